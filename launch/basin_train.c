@@ -1,0 +1,34 @@
+/* basin-train: one worker of a synchronous data-parallel training job.
+ * Start it under mpirun (launch/train.sh does); it parses options and hands
+ * them to the training loop. */
+#include <mpi.h>
+#include <stdio.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/trainer.h"
+
+int main(int argc, char **argv)
+{
+    TrainConfig cfg;
+    config_defaults(&cfg);
+    int rc = config_parse(&cfg, argc, argv);
+    if (rc) return rc;
+    if (cfg.help) {
+        config_usage("basin-train");
+        return 0;
+    }
+    int provided = 0;
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+        return basin_error(BASIN_ERR_RUNTIME, "MPI_Init_thread failed");
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    TrainResult res;
+    rc = trainer_run(&cfg, MPI_COMM_WORLD, &res);
+    if (rc == BASIN_ERR_RUNTIME) {
+        /* Other ranks may be waiting in a collective: end the whole job. */
+        MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    MPI_Finalize();
+    return rc;
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Prepare this machine for basin: install the Debian packages that are
+# missing (only those), then configure and build. Safe to run again: with
+# everything in place it installs nothing and rebuilds only what changed.
+#
+#   launch/setup.sh [--sanitize] [--bench]
+#     --sanitize  also build build-asan/ (AddressSanitizer + UBSan)
+#     --bench     also install what the benchmarks compare against (PyTorch)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sanitize=0 bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    --bench) bench=1 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown option '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
+          libopenblas-dev zlib1g-dev dataset-fashion-mnist iproute2)
+[ "$bench" = 1 ] && packages+=(python3-torch python3-h5py python3-matplotlib python3-numpy)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: all packages in place"
+fi
+
+jobs=$(nproc)
+build() {
+  local dir=$1; shift
+  mkdir -p "$dir"
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    echo "setup: configuring $dir"
+    if ! cmake -S . -B "$dir" "$@" >"$dir/configure.log" 2>&1; then
+      cat "$dir/configure.log" >&2; echo "setup: configuring $dir failed" >&2; exit 1
+    fi
+    grep 'basin:' "$dir/configure.log" | sed 's/^-- basin: */setup:   /'
+  fi
+  if ! cmake --build "$dir" -j "$jobs" >"$dir/build.log" 2>&1; then
+    grep -E -B2 -A8 'error|Error' "$dir/build.log" | head -60 >&2
+    echo "setup: building $dir failed (full log: $dir/build.log)" >&2; exit 1
+  fi
+  echo "setup: $dir is up to date"
+}
+build build -DCMAKE_BUILD_TYPE=Release
+[ "$sanitize" = 1 ] && build build-asan -DCMAKE_BUILD_TYPE=Debug -DBASIN_SANITIZE=ON -DBASIN_CUDA=OFF
+exit 0

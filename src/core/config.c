@@ -1,0 +1,220 @@
+#include "core/config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+void config_defaults(TrainConfig *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->model = "cnn";
+    cfg->data = "data/fashion-mnist.h5";
+    cfg->output_dir = "out";
+    cfg->epochs = 15;
+    cfg->batch = 64;
+    cfg->lr = 0.05;
+    cfg->schedule = SCHEDULE_COSINE;
+    cfg->warmup_epochs = 0.0;
+    cfg->lr_step_epochs = 5.0;
+    cfg->lr_gamma = 0.1;
+    cfg->momentum = 0.9;
+    cfg->weight_decay = 5e-4;
+    cfg->seed = 42;
+    cfg->eval_every = 1;
+    cfg->log_every = 100;
+    cfg->threads = 1;
+    cfg->prefetch = 1;
+}
+
+void config_usage(const char *prog)
+{
+    printf("Usage: %s [options]\n"
+           "Train a network with synchronous data parallelism: run under mpirun, one\n"
+           "process per worker (launch/train.sh does that for you).\n\n"
+           "Model and data\n"
+           "  --model NAME|SPEC       mlp, cnn, cnn-small, or a layer spec such as\n"
+           "                          'conv:32:5,relu,pool:2,flatten,fc:10' (default cnn)\n"
+           "  --data PATH             dataset file from basin-data (default data/fashion-mnist.h5)\n"
+           "  --limit-train N         use only the first N training samples\n"
+           "  --limit-test N          use only the first N test samples\n"
+           "Optimisation\n"
+           "  --epochs N              passes over the training set (default 15)\n"
+           "  --batch N               global batch size over all ranks (default 64)\n"
+           "  --lr X                  peak learning rate (default 0.05)\n"
+           "  --schedule KIND         constant, step or cosine (default cosine)\n"
+           "  --warmup-epochs X       linear warm-up length in epochs (default 0)\n"
+           "  --lr-step-epochs X      step schedule: decay every X epochs (default 5)\n"
+           "  --lr-gamma X            step schedule: decay factor (default 0.1)\n"
+           "  --momentum X            SGD momentum, 0 for none (default 0.9)\n"
+           "  --nesterov              Nesterov momentum\n"
+           "  --weight-decay X        decoupled weight decay, not on biases (default 5e-4)\n"
+           "  --seed N                initial weights, sample order, dropout (default 42)\n"
+           "  --max-steps N           stop after N steps in all\n"
+           "Output\n"
+           "  --output-dir DIR        where outputs go (default out)\n"
+           "  --metrics PATH          JSON-lines metrics (default DIR/metrics.jsonl)\n"
+           "  --log-every N           progress line every N steps (default 100)\n"
+           "  --eval-every N          test-set evaluation every N epochs, 0: never (default 1)\n"
+           "  --eval-batch N          global batch of evaluation (default: --batch)\n"
+           "Machine\n"
+           "  --threads N             BLAS threads per rank (default 1)\n"
+           "  --no-prefetch           read batches on the training thread\n"
+           "  --check[=RANKS]         validate options, data and model as if on RANKS ranks\n"
+           "                          (default: as started); write nothing\n"
+           "  --help                  this text\n",
+           prog);
+}
+
+static int bad_value(const char *opt, const char *val, const char *want)
+{
+    return basin_error(BASIN_ERR_USAGE, "--%s '%s': %s", opt, val, want);
+}
+
+static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) {
+        char want[96];
+        snprintf(want, sizeof want, "expected an integer in [%ld, %ld]", lo, hi);
+        return bad_value(opt, s, want);
+    }
+    *out = v;
+    return BASIN_OK;
+}
+
+static int parse_double(const char *opt, const char *s, double lo, double hi, int lo_open, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi || (lo_open && v == lo)) {
+        char want[96];
+        snprintf(want, sizeof want, "expected a number %s %g and <= %g", lo_open ? ">" : ">=", lo, hi);
+        return bad_value(opt, s, want);
+    }
+    *out = v;
+    return BASIN_OK;
+}
+
+enum {
+    OPT_MODEL = 256, OPT_DATA, OPT_LIMIT_TRAIN, OPT_LIMIT_TEST, OPT_EPOCHS, OPT_BATCH, OPT_LR,
+    OPT_SCHEDULE, OPT_WARMUP, OPT_STEP_EPOCHS, OPT_GAMMA, OPT_MOMENTUM, OPT_NESTEROV, OPT_WD,
+    OPT_SEED, OPT_MAX_STEPS, OPT_OUTDIR, OPT_METRICS, OPT_LOG_EVERY, OPT_EVAL_EVERY,
+    OPT_EVAL_BATCH, OPT_THREADS, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP,
+};
+
+static const struct option long_options[] = {
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"data", required_argument, NULL, OPT_DATA},
+    {"limit-train", required_argument, NULL, OPT_LIMIT_TRAIN},
+    {"limit-test", required_argument, NULL, OPT_LIMIT_TEST},
+    {"epochs", required_argument, NULL, OPT_EPOCHS},
+    {"batch", required_argument, NULL, OPT_BATCH},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"schedule", required_argument, NULL, OPT_SCHEDULE},
+    {"warmup-epochs", required_argument, NULL, OPT_WARMUP},
+    {"lr-step-epochs", required_argument, NULL, OPT_STEP_EPOCHS},
+    {"lr-gamma", required_argument, NULL, OPT_GAMMA},
+    {"momentum", required_argument, NULL, OPT_MOMENTUM},
+    {"nesterov", no_argument, NULL, OPT_NESTEROV},
+    {"weight-decay", required_argument, NULL, OPT_WD},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"max-steps", required_argument, NULL, OPT_MAX_STEPS},
+    {"output-dir", required_argument, NULL, OPT_OUTDIR},
+    {"metrics", required_argument, NULL, OPT_METRICS},
+    {"log-every", required_argument, NULL, OPT_LOG_EVERY},
+    {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
+    {"eval-batch", required_argument, NULL, OPT_EVAL_BATCH},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"no-prefetch", no_argument, NULL, OPT_NO_PREFETCH},
+    {"check", optional_argument, NULL, OPT_CHECK},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+int config_parse(TrainConfig *cfg, int argc, char **argv)
+{
+    optind = 1;
+    opterr = 0;
+    long v = 0;
+    double d = 0;
+    for (;;) {
+        int idx = -1;
+        int c = getopt_long(argc, argv, ":", long_options, &idx);
+        if (c == -1) break;
+        const char *name = idx >= 0 ? long_options[idx].name : "";
+        switch (c) {
+        case OPT_MODEL: cfg->model = optarg; break;
+        case OPT_DATA: cfg->data = optarg; break;
+        case OPT_LIMIT_TRAIN: TRY(parse_long(name, optarg, 1, 1L << 40, &v)); cfg->limit_train = (size_t)v; break;
+        case OPT_LIMIT_TEST: TRY(parse_long(name, optarg, 1, 1L << 40, &v)); cfg->limit_test = (size_t)v; break;
+        case OPT_EPOCHS: TRY(parse_long(name, optarg, 1, 1000000, &v)); cfg->epochs = (int)v; break;
+        case OPT_BATCH: TRY(parse_long(name, optarg, 1, 1L << 24, &v)); cfg->batch = (size_t)v; break;
+        case OPT_EVAL_BATCH: TRY(parse_long(name, optarg, 1, 1L << 24, &v)); cfg->eval_batch = (size_t)v; break;
+        case OPT_LR: TRY(parse_double(name, optarg, 0.0, 1e6, 1, &cfg->lr)); break;
+        case OPT_SCHEDULE:
+            if (strcmp(optarg, "constant") == 0) cfg->schedule = SCHEDULE_CONSTANT;
+            else if (strcmp(optarg, "step") == 0) cfg->schedule = SCHEDULE_STEP;
+            else if (strcmp(optarg, "cosine") == 0) cfg->schedule = SCHEDULE_COSINE;
+            else return bad_value(name, optarg, "expected constant, step or cosine");
+            break;
+        case OPT_WARMUP: TRY(parse_double(name, optarg, 0.0, 1e6, 0, &cfg->warmup_epochs)); break;
+        case OPT_STEP_EPOCHS: TRY(parse_double(name, optarg, 0.0, 1e6, 1, &cfg->lr_step_epochs)); break;
+        case OPT_GAMMA: TRY(parse_double(name, optarg, 0.0, 1.0, 1, &cfg->lr_gamma)); break;
+        case OPT_MOMENTUM:
+            TRY(parse_double(name, optarg, 0.0, 1.0, 0, &d));
+            if (d >= 1.0) return bad_value(name, optarg, "expected a number in [0, 1)");
+            cfg->momentum = d;
+            break;
+        case OPT_NESTEROV: cfg->nesterov = 1; break;
+        case OPT_WD: TRY(parse_double(name, optarg, 0.0, 1.0, 0, &cfg->weight_decay)); break;
+        case OPT_SEED: TRY(parse_long(name, optarg, 0, 0x7fffffffffffffffL, &v)); cfg->seed = (uint64_t)v; break;
+        case OPT_MAX_STEPS: TRY(parse_long(name, optarg, 1, 0x7fffffffffffffffL, &v)); cfg->max_steps = v; break;
+        case OPT_OUTDIR:
+            if (!*optarg) return bad_value(name, optarg, "expected a directory");
+            cfg->output_dir = optarg;
+            break;
+        case OPT_METRICS:
+            if (!*optarg) return bad_value(name, optarg, "expected a file path");
+            cfg->metrics = optarg;
+            break;
+        case OPT_LOG_EVERY: TRY(parse_long(name, optarg, 1, 1L << 30, &v)); cfg->log_every = (int)v; break;
+        case OPT_EVAL_EVERY: TRY(parse_long(name, optarg, 0, 1L << 30, &v)); cfg->eval_every = (int)v; break;
+        case OPT_THREADS: TRY(parse_long(name, optarg, 1, 1024, &v)); cfg->threads = (int)v; break;
+        case OPT_NO_PREFETCH: cfg->prefetch = 0; break;
+        case OPT_CHECK:
+            cfg->check_only = 1;
+            if (optarg) {
+                TRY(parse_long(name, optarg, 1, 1 << 24, &v));
+                cfg->check_ranks = (int)v;
+            }
+            break;
+        case OPT_HELP: cfg->help = 1; return BASIN_OK;
+        case ':':
+            return basin_error(BASIN_ERR_USAGE, "option %s needs a value (see --help)", argv[optind - 1]);
+        default:
+            return basin_error(BASIN_ERR_USAGE, "unknown option '%s' (see --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return basin_error(BASIN_ERR_USAGE, "unexpected argument '%s' (options start with --; see --help)",
+                           argv[optind]);
+    return BASIN_OK;
+}
+
+void config_describe(const TrainConfig *cfg, char *buf, size_t len)
+{
+    snprintf(buf, len,
+             "model=%s data=%s epochs=%d batch=%zu lr=%g schedule=%s warmup=%g momentum=%g%s "
+             "weight_decay=%g seed=%llu",
+             cfg->model, cfg->data, cfg->epochs, cfg->batch, cfg->lr, schedule_name(cfg->schedule),
+             cfg->warmup_epochs, cfg->momentum, cfg->nesterov ? " (nesterov)" : "", cfg->weight_decay,
+             (unsigned long long)cfg->seed);
+}

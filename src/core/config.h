@@ -1,0 +1,47 @@
+/* The training configuration and its command-line parsing. */
+#ifndef BASIN_CONFIG_H
+#define BASIN_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/optim.h"
+
+typedef struct {
+    const char *model;        /* preset name or spec (models.h) */
+    const char *data;         /* dataset file (reader.h layout) */
+    const char *output_dir;   /* metrics and, later, checkpoints go here */
+    const char *metrics;      /* JSON-lines file; default <output_dir>/metrics.jsonl */
+    int epochs;
+    size_t batch;             /* global batch, over all ranks */
+    size_t eval_batch;        /* global batch of evaluation; 0: same as batch */
+    double lr;                /* peak learning rate */
+    ScheduleKind schedule;
+    double warmup_epochs;
+    double lr_step_epochs;    /* step schedule: decay every this many epochs */
+    double lr_gamma;
+    double momentum;
+    int nesterov;
+    double weight_decay;
+    uint64_t seed;
+    int eval_every;           /* evaluate every N epochs (and after the last); 0: never */
+    int log_every;            /* progress line every N steps */
+    size_t limit_train;       /* 0: all training samples */
+    size_t limit_test;
+    long max_steps;           /* stop after this many steps in all (<= 0: no limit) */
+    int threads;              /* BLAS threads per rank */
+    int prefetch;
+    int check_only;           /* validate everything, write nothing, exit */
+    int check_ranks;          /* with check_only: validate as if on this many ranks (0: as run) */
+    int help;
+} TrainConfig;
+
+void config_defaults(TrainConfig *cfg);
+/* Parse argv into cfg. Returns BASIN_OK, or BASIN_ERR_USAGE after one clear
+ * line naming the bad option or value. Sets cfg->help for --help. */
+int config_parse(TrainConfig *cfg, int argc, char **argv);
+void config_usage(const char *prog);
+/* One-line summary for the log. */
+void config_describe(const TrainConfig *cfg, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,223 @@
+#include "core/layers.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+const char *layer_kind_name(LayerKind kind)
+{
+    switch (kind) {
+    case LAYER_LINEAR: return "fc";
+    case LAYER_CONV: return "conv";
+    case LAYER_MAXPOOL: return "pool";
+    case LAYER_RELU: return "relu";
+    case LAYER_FLATTEN: return "flatten";
+    case LAYER_DROPOUT: return "dropout";
+    }
+    return "?";
+}
+
+static int setup_window(Layer *l, Shape in, int k, int stride, int pad)
+{
+    Window *g = &l->win;
+    g->c = in.c, g->h = in.h, g->w = in.w;
+    g->kh = g->kw = k;
+    g->stride = stride, g->pad = pad;
+    g->oh = window_out(in.h, k, stride, pad);
+    g->ow = window_out(in.w, k, stride, pad);
+    if (g->oh <= 0 || g->ow <= 0)
+        return basin_error(BASIN_ERR_USAGE,
+                           "model: layer %d (%s) with window %d, stride %d, padding %d does not fit "
+                           "its %dx%dx%d input",
+                           l->index + 1, layer_kind_name(l->kind), k, stride, pad, in.c, in.h, in.w);
+    return BASIN_OK;
+}
+
+int layer_setup(Layer *l, int index, const LayerSpec *spec, Shape in)
+{
+    memset(l, 0, sizeof *l);
+    l->kind = spec->kind;
+    l->index = index;
+    l->spec = *spec;
+    l->in = in;
+    l->need_dx = index > 0;
+    switch (spec->kind) {
+    case LAYER_LINEAR:
+        l->out = (Shape){spec->units, 1, 1};
+        l->w_count = (size_t)spec->units * shape_size(in);
+        l->b_count = (size_t)spec->units;
+        break;
+    case LAYER_CONV:
+        TRY(setup_window(l, in, spec->k, spec->stride, spec->pad));
+        l->out = (Shape){spec->units, l->win.oh, l->win.ow};
+        l->w_count = (size_t)spec->units * (size_t)in.c * (size_t)spec->k * (size_t)spec->k;
+        l->b_count = (size_t)spec->units;
+        break;
+    case LAYER_MAXPOOL:
+        TRY(setup_window(l, in, spec->k, spec->stride, 0));
+        l->out = (Shape){in.c, l->win.oh, l->win.ow};
+        break;
+    case LAYER_FLATTEN:
+        l->out = (Shape){(int)shape_size(in), 1, 1};
+        break;
+    case LAYER_RELU:
+    case LAYER_DROPOUT:
+        l->out = in;
+        break;
+    }
+    return BASIN_OK;
+}
+
+int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
+{
+    size_t out = shape_size(l->out);
+    if (l->kind == LAYER_DROPOUT) {
+        l->mask = ops->alloc(max_batch * out * sizeof(float));
+        if (!l->mask) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate dropout mask");
+    } else if (l->kind == LAYER_MAXPOOL) {
+        l->arg = ops->alloc(max_batch * out * sizeof(int32_t));
+        if (!l->arg) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate pooling indices");
+    } else if (l->kind == LAYER_CONV) {
+        size_t rows = (size_t)l->win.c * (size_t)l->win.kh * (size_t)l->win.kw;
+        l->col = ops->alloc(rows * (size_t)l->win.oh * (size_t)l->win.ow * sizeof(float));
+        if (!l->col) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate im2col buffer");
+    }
+    return BASIN_OK;
+}
+
+void layer_free(Layer *l, const Ops *ops)
+{
+    ops->free(l->mask);
+    ops->free(l->arg);
+    ops->free(l->col);
+    l->mask = NULL, l->arg = NULL, l->col = NULL;
+}
+
+void layer_init_params(const Layer *l, uint64_t seed, int relu_follows, float *w, float *b)
+{
+    if (!l->w_count) return;
+    size_t fan_in = l->w_count / l->b_count;
+    size_t fan_out = l->b_count;
+    if (l->kind == LAYER_CONV) fan_out = l->b_count * (size_t)l->win.kh * (size_t)l->win.kw;
+    uint64_t stream = rng_stream(RNG_STREAM_INIT, (uint32_t)l->index);
+    if (relu_follows) {
+        /* He et al. 2015: keeps the activations' variance through ReLUs. */
+        float sd = sqrtf(2.0f / (float)fan_in);
+        for (size_t i = 0; i < l->w_count; i++) w[i] = sd * rng_normal(seed, stream, i);
+    } else {
+        /* Glorot & Bengio 2010, uniform. */
+        float a = sqrtf(6.0f / (float)(fan_in + fan_out));
+        for (size_t i = 0; i < l->w_count; i++) w[i] = a * (2.0f * rng_uniform(seed, stream, i) - 1.0f);
+    }
+    memset(b, 0, l->b_count * sizeof *b);
+}
+
+void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
+                   const ForwardCtx *ctx)
+{
+    size_t in = shape_size(l->in), out = shape_size(l->out);
+    switch (l->kind) {
+    case LAYER_LINEAR:
+        /* y (n, out) = x (n, in) W^T (in, out) */
+        ops->gemm(0, 1, n, out, in, 1.0f, x, in, l->w, in, 0.0f, y, out);
+        ops->add_bias_rows(y, l->b, n, out);
+        break;
+    case LAYER_CONV: {
+        const Window *g = &l->win;
+        size_t k = in / ((size_t)g->h * g->w) * (size_t)g->kh * g->kw; /* C_in K K */
+        size_t p = (size_t)g->oh * g->ow;
+        for (size_t i = 0; i < n; i++) {
+            /* y_i (C_out, OH OW) = W (C_out, C_in K K) col (C_in K K, OH OW) */
+            ops->im2col(g, x + i * in, l->col);
+            ops->gemm(0, 0, (size_t)l->spec.units, p, k, 1.0f, l->w, k, l->col, p, 0.0f,
+                      y + i * out, p);
+        }
+        ops->add_bias_channels(y, l->b, n, (size_t)l->spec.units, p);
+        break;
+    }
+    case LAYER_MAXPOOL:
+        ops->maxpool_fwd(&l->win, n, x, y, l->arg);
+        break;
+    case LAYER_RELU:
+        ops->relu_fwd(x, y, n * out);
+        break;
+    case LAYER_DROPOUT:
+        if (ctx->train && l->spec.p > 0.0f) {
+            uint64_t stream = rng_stream(RNG_STREAM_DROPOUT, (uint32_t)l->index);
+            ops->dropout_fwd(x, y, l->mask, n * out, l->spec.p, ctx->seed, stream,
+                             ctx->sample_offset * out);
+        } else {
+            ops->copy(y, x, n * out * sizeof(float));
+        }
+        break;
+    case LAYER_FLATTEN:
+        ops->copy(y, x, n * out * sizeof(float));
+        break;
+    }
+}
+
+void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
+                    const float *dy, float *dx, size_t n)
+{
+    size_t in = shape_size(l->in), out = shape_size(l->out);
+    switch (l->kind) {
+    case LAYER_LINEAR:
+        /* dW (out, in) = dy^T (out, n) x (n, in); db = column sums of dy */
+        ops->gemm(1, 0, out, in, n, 1.0f, dy, out, x, in, 0.0f, l->dw, in);
+        ops->zero(l->db, out);
+        ops->bias_grad_rows(l->db, dy, n, out);
+        /* dx (n, in) = dy (n, out) W (out, in) */
+        if (l->need_dx) ops->gemm(0, 0, n, in, out, 1.0f, dy, out, l->w, in, 0.0f, dx, in);
+        break;
+    case LAYER_CONV: {
+        const Window *g = &l->win;
+        size_t co = (size_t)l->spec.units;
+        size_t k = (size_t)g->c * g->kh * g->kw;
+        size_t p = (size_t)g->oh * g->ow;
+        ops->zero(l->db, co);
+        ops->bias_grad_channels(l->db, dy, n, co, p);
+        if (n == 0) ops->zero(l->dw, l->w_count);
+        for (size_t i = 0; i < n; i++) {
+            const float *dyi = dy + i * out;
+            /* dW (C_out, K') += dy_i (C_out, P) col_i^T (P, K') */
+            ops->im2col(g, x + i * in, l->col);
+            ops->gemm(0, 1, co, k, p, 1.0f, dyi, p, l->col, p, i ? 1.0f : 0.0f, l->dw, k);
+            if (l->need_dx) {
+                /* dcol (K', P) = W^T (K', C_out) dy_i (C_out, P); dx_i = col2im(dcol) */
+                ops->gemm(1, 0, k, p, co, 1.0f, l->w, k, dyi, p, 0.0f, l->col, p);
+                ops->zero(dx + i * in, in);
+                ops->col2im(g, l->col, dx + i * in);
+            }
+        }
+        break;
+    }
+    case LAYER_MAXPOOL:
+        if (l->need_dx) ops->maxpool_bwd(&l->win, n, dy, l->arg, dx);
+        break;
+    case LAYER_RELU:
+        if (l->need_dx) ops->relu_bwd(y, dy, dx, n * out);
+        break;
+    case LAYER_DROPOUT:
+        if (!l->need_dx) break;
+        if (l->spec.p > 0.0f)
+            ops->dropout_bwd(dy, l->mask, dx, n * out);
+        else
+            ops->copy(dx, dy, n * out * sizeof(float));
+        break;
+    case LAYER_FLATTEN:
+        if (l->need_dx) ops->copy(dx, dy, n * out * sizeof(float));
+        break;
+    }
+    (void)x;
+}
+
+double layer_forward_macs(const Layer *l)
+{
+    switch (l->kind) {
+    case LAYER_LINEAR: return (double)l->w_count;
+    case LAYER_CONV: return (double)l->w_count * l->win.oh * l->win.ow;
+    default: return 0.0;
+    }
+}

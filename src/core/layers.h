@@ -1,0 +1,94 @@
+/* Layers: the building blocks of a sequential network.
+ *
+ * A layer owns no parameter memory: its weights and gradients are views into
+ * the network's flat buffers (net.c), and all arithmetic goes through the op
+ * table, so the same layer runs on every backend. Activations are NCHW; a
+ * flat feature vector is the shape (features, 1, 1).
+ */
+#ifndef BASIN_LAYERS_H
+#define BASIN_LAYERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/ops.h"
+
+typedef struct {
+    int c, h, w;
+} Shape;
+
+static inline size_t shape_size(Shape s) { return (size_t)s.c * (size_t)s.h * (size_t)s.w; }
+
+typedef enum {
+    LAYER_LINEAR,  /* fc:N            y = x W^T + b, input flattened */
+    LAYER_CONV,    /* conv:C:K[:S[:P]] */
+    LAYER_MAXPOOL, /* pool:K[:S] */
+    LAYER_RELU,    /* relu */
+    LAYER_FLATTEN, /* flatten */
+    LAYER_DROPOUT, /* dropout:P */
+} LayerKind;
+
+/* What a model spec says about one layer (filled by src/models). */
+typedef struct {
+    LayerKind kind;
+    int units;    /* fc outputs, conv output channels */
+    int k;        /* conv/pool window (square) */
+    int stride;   /* conv/pool stride */
+    int pad;      /* conv zero padding */
+    float p;      /* dropout probability */
+} LayerSpec;
+
+typedef struct {
+    int train;              /* 1: dropout active */
+    uint64_t seed;          /* the run's seed */
+    uint64_t sample_offset; /* global position of this slice's first sample in
+                               the run's sample sequence (dropout draws) */
+} ForwardCtx;
+
+typedef struct Layer {
+    LayerKind kind;
+    int index;              /* position in the network */
+    LayerSpec spec;
+    Shape in, out;          /* per sample */
+    Window win;             /* conv and pool geometry */
+    int need_dx;            /* 0 for the first layer: no gradient w.r.t. the data */
+
+    /* Parameters, as offsets into the flat buffers (counts 0 when none). */
+    size_t w_off, w_count;  /* linear: (out, in); conv: (C_out, C_in * K * K) */
+    size_t b_off, b_count;  /* (out) or (C_out) */
+    float *w, *b;           /* views into Net.params */
+    float *dw, *db;         /* views into Net.grads */
+
+    /* Scratch owned by the layer (backend memory), sized for max_batch. */
+    float *mask;            /* dropout: (max_batch, out) factors */
+    int32_t *arg;           /* max-pool: (max_batch, out) argmax */
+    float *col;             /* conv: (C_in K K, OH OW) im2col of one sample */
+} Layer;
+
+/* Fill in shapes, geometry and parameter counts from spec and the input
+ * shape. Returns BASIN_ERR_USAGE (after one line naming the layer) when the
+ * geometry does not fit. */
+int layer_setup(Layer *l, int index, const LayerSpec *spec, Shape in);
+/* Allocate scratch for batches of up to max_batch samples. */
+int layer_alloc(Layer *l, const Ops *ops, size_t max_batch);
+void layer_free(Layer *l, const Ops *ops);
+
+/* Initial values of the layer's parameters (host memory w, b): He normal for
+ * layers followed by a ReLU, Glorot uniform otherwise; biases zero. Draws
+ * depend only on (seed, layer index, element). */
+void layer_init_params(const Layer *l, uint64_t seed, int relu_follows, float *w, float *b);
+
+/* y (n, out) = layer(x (n, in)). Layers without arithmetic (flatten) are
+ * aliased by the network and never called. */
+void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
+                   const ForwardCtx *ctx);
+/* Given x, y of the forward pass and dy, write this layer's parameter
+ * gradients (overwriting) and, when need_dx, dx (n, in). */
+void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
+                    const float *dy, float *dx, size_t n);
+
+const char *layer_kind_name(LayerKind kind);
+/* Multiply-adds of forward for one sample (for GFLOP/s reports). */
+double layer_forward_macs(const Layer *l);
+
+#endif

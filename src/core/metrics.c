@@ -1,0 +1,63 @@
+#include "core/metrics.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/error.h"
+
+int metrics_open(Metrics *m, const char *path)
+{
+    m->f = fopen(path, "w");
+    if (!m->f) return basin_error(BASIN_ERR_RUNTIME, "cannot write metrics file %s: %s", path, strerror(errno));
+    return BASIN_OK;
+}
+
+void metrics_close(Metrics *m)
+{
+    if (m->f) fclose(m->f);
+    m->f = NULL;
+}
+
+void metrics_step(Metrics *m, const StepRecord *r)
+{
+    if (!m->f) return;
+    fprintf(m->f,
+            "{\"event\":\"step\",\"epoch\":%d,\"step\":%llu,\"loss\":%.6g,\"accuracy\":%.6g,"
+            "\"lr\":%.6g,\"images_per_s\":%.1f,\"time_s\":%.3f,\"data_wait_s\":%.6f,"
+            "\"compute_s\":%.6f,\"comm_s\":%.6f}\n",
+            r->epoch, (unsigned long long)r->step, r->loss, r->accuracy, r->lr, r->images_per_s,
+            r->time_s, r->data_wait_s, r->compute_s, r->comm_s);
+    fflush(m->f);
+}
+
+void metrics_eval(Metrics *m, int epoch, uint64_t step, double loss, double accuracy, double time_s)
+{
+    if (!m->f) return;
+    fprintf(m->f,
+            "{\"event\":\"eval\",\"epoch\":%d,\"step\":%llu,\"test_loss\":%.6g,"
+            "\"test_accuracy\":%.6g,\"time_s\":%.3f}\n",
+            epoch, (unsigned long long)step, loss, accuracy, time_s);
+    fflush(m->f);
+}
+
+int make_dirs(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return basin_error(BASIN_ERR_USAGE, "path too long: %s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return basin_error(BASIN_ERR_USAGE, "cannot create directory %s: %s", buf, strerror(errno));
+            *p = c;
+            if (!c) break;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return basin_error(BASIN_ERR_USAGE, "%s is not a directory", path);
+    return BASIN_OK;
+}

@@ -1,0 +1,38 @@
+/* The machine-readable metrics file: one JSON object per line.
+ *
+ *   {"event":"step","epoch":1,"step":100,"loss":0.52,"accuracy":0.81,"lr":0.05,
+ *    "images_per_s":7421.3,"time_s":8.6,"data_wait_s":0.0001,"compute_s":0.0081,
+ *    "comm_s":0.0004}
+ *   {"event":"eval","epoch":1,"step":937,"test_loss":0.41,"test_accuracy":0.853,"time_s":9.1}
+ *
+ * epoch is 1-based in the file (the epoch being trained), step counts global
+ * steps from 1. Timings are means per step over the logging interval.
+ */
+#ifndef BASIN_METRICS_H
+#define BASIN_METRICS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    FILE *f;
+} Metrics;
+
+/* Create or truncate path (its directory must exist). */
+int metrics_open(Metrics *m, const char *path);
+void metrics_close(Metrics *m);
+
+typedef struct {
+    int epoch;
+    uint64_t step;
+    double loss, accuracy, lr, images_per_s, time_s;
+    double data_wait_s, compute_s, comm_s;
+} StepRecord;
+
+void metrics_step(Metrics *m, const StepRecord *r);
+void metrics_eval(Metrics *m, int epoch, uint64_t step, double loss, double accuracy, double time_s);
+
+/* Create directory path and its parents (mkdir -p). */
+int make_dirs(const char *path);
+
+#endif

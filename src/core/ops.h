@@ -1,0 +1,125 @@
+/* The backend op table.
+ *
+ * Layers call every piece of arithmetic through an Ops table, so a layer is
+ * written once and runs on any backend: ops_cpu.c (OpenBLAS) here,
+ * cuda/ops_cuda.cu on GPUs. Every pointer an op takes lives in the backend's
+ * memory (host memory for the CPU table, device memory for CUDA).
+ *
+ * Conventions
+ *   - All matrices are row-major. gemm follows cblas_sgemm's row-major meaning.
+ *   - Images are NCHW; a batch of B samples of shape (C, H, W) is contiguous.
+ *   - Sizes are size_t; kernel geometry (channels, height, kernel size) is int.
+ *   - Ops never allocate and never fail on valid arguments; geometry is
+ *     validated when a layer is built, not per call.
+ */
+#ifndef BASIN_OPS_H
+#define BASIN_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Geometry of one 2-D convolution or pooling window. */
+typedef struct {
+    int c, h, w;        /* input channels, height, width (per sample) */
+    int kh, kw;         /* window */
+    int stride, pad;    /* same in both directions; zero padding */
+    int oh, ow;         /* output height, width: (h + 2 pad - kh) / stride + 1 */
+} Window;
+
+/* Arguments of one SGD step over a contiguous slice of the flat buffers. */
+typedef struct {
+    float lr;           /* learning rate of this step (schedule applied) */
+    float momentum;     /* mu; 0 disables the momentum buffer */
+    float weight_decay; /* decoupled: p -= lr * wd * p, never enters the momentum */
+    int nesterov;       /* 1: p -= lr * (g + mu * v); 0: p -= lr * v */
+} SgdStep;
+
+typedef struct Ops {
+    const char *name;
+
+    /* ---- memory ------------------------------------------------------- */
+    void *(*alloc)(size_t bytes);          /* 64-byte aligned; NULL on failure */
+    void (*free)(void *p);
+    void (*to_device)(void *dst, const void *host_src, size_t bytes);
+    void (*to_host)(void *host_dst, const void *src, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);
+    void (*zero)(float *x, size_t n);
+    void (*sync)(void);                    /* wait for all queued work */
+
+    /* ---- dense algebra ------------------------------------------------ */
+    /* C (M x N) = alpha * op(A) * op(B) + beta * C, row-major, op = transpose
+     * when trans_* is non-zero; lda/ldb/ldc are row strides of A, B, C as
+     * stored. */
+    void (*gemm)(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                 const float *a, size_t lda, const float *b, size_t ldb, float beta,
+                 float *c, size_t ldc);
+    /* y[r][j] += bias[j] for r < rows, j < cols */
+    void (*add_bias_rows)(float *y, const float *bias, size_t rows, size_t cols);
+    /* y[n][c][i] += bias[c] for a batch of n samples of c channels of hw pixels */
+    void (*add_bias_channels)(float *y, const float *bias, size_t n, size_t c, size_t hw);
+    /* db[j] += sum_r dy[r][j] */
+    void (*bias_grad_rows)(float *db, const float *dy, size_t rows, size_t cols);
+    /* db[c] += sum over n, i of dy[n][c][i] */
+    void (*bias_grad_channels)(float *db, const float *dy, size_t n, size_t c, size_t hw);
+
+    /* ---- convolution helpers (one sample) ----------------------------- */
+    /* col (c*kh*kw, oh*ow) from x (c, h, w); padded positions are 0. */
+    void (*im2col)(const Window *g, const float *x, float *col);
+    /* dx (c, h, w) += col2im(col): the adjoint of im2col (accumulates). */
+    void (*col2im)(const Window *g, const float *col, float *dx);
+
+    /* ---- activations, pooling, dropout -------------------------------- */
+    void (*relu_fwd)(const float *x, float *y, size_t n);
+    /* dx = dy where y > 0, else 0 (y is the forward output; dx may be dy) */
+    void (*relu_bwd)(const float *y, const float *dy, float *dx, size_t n);
+    /* Max pooling of n samples; arg[i] is the index within the sample's input
+     * (c*h*w) of the max chosen for output i; ties pick the first. */
+    void (*maxpool_fwd)(const Window *g, size_t n, const float *x, float *y, int32_t *arg);
+    /* dx = 0, then dx[arg[i]] += dy[i] within each sample */
+    void (*maxpool_bwd)(const Window *g, size_t n, const float *dy, const int32_t *arg, float *dx);
+    /* Inverted dropout: keep element i with probability 1 - p, scaled by
+     * 1/(1 - p). The keep decision for element i is
+     *   rng_uniform(seed, stream, offset + i) >= p
+     * (core/rng.h), so every backend draws the same mask. mask[i] holds the
+     * factor applied (0 or 1/(1-p)). */
+    void (*dropout_fwd)(const float *x, float *y, float *mask, size_t n, float p,
+                        uint64_t seed, uint64_t stream, uint64_t offset);
+    /* dx = dy * mask */
+    void (*dropout_bwd)(const float *dy, const float *mask, float *dx, size_t n);
+
+    /* ---- loss ------------------------------------------------------------ */
+    /* Softmax cross-entropy of b rows of k logits, numerically stable
+     * (log-sum-exp around the row max). Writes probs (b x k); returns through
+     * the host pointers the SUM of the b losses (double) and the number of
+     * rows whose argmax equals the label. Labels are in [0, k). */
+    void (*softmax_xent_fwd)(const float *logits, const int32_t *labels, size_t b, size_t k,
+                             float *probs, double *loss_sum, size_t *correct);
+    /* dlogits = scale * (probs - onehot(labels)) */
+    void (*softmax_xent_bwd)(const float *probs, const int32_t *labels, size_t b, size_t k,
+                             float scale, float *dlogits);
+
+    /* ---- optimizer ------------------------------------------------------- */
+    /* One SGD step over n elements of params/grads/mom (mom unused when
+     * momentum is 0):
+     *   v = mu * v + g
+     *   p = p - lr * wd * p - lr * (nesterov ? g + mu * v : v)   (mu > 0)
+     *   p = p - lr * wd * p - lr * g                               (mu = 0)
+     * The decay term uses p before this step's update. */
+    void (*sgd_step)(float *params, const float *grads, float *mom, size_t n, const SgdStep *s);
+    /* x *= a */
+    void (*scale)(float *x, size_t n, float a);
+} Ops;
+
+extern const Ops ops_cpu;
+
+/* Output size of a window along one axis; 0 when the window does not fit. */
+static inline int window_out(int in, int k, int stride, int pad)
+{
+    int span = in + 2 * pad - k;
+    return span < 0 ? 0 : span / stride + 1;
+}
+
+/* One BLAS thread per rank unless the user asked otherwise; call once at start. */
+void ops_cpu_set_threads(int threads);
+
+#endif
