@@ -1,7 +1,7 @@
 /* Reading training data: an HDF5 dataset file, the global sample order, and
  * a prefetching batch reader.
  *
- * File layout (written by `basin-data import`, see dataset.c):
+ * File layout (written by `basin-data import`, see import_idx.c):
  *   /<split>/images  uint8 [N, C, H, W]   split is "train" or "test"
  *   /<split>/labels  uint8 [N]            values in [0, classes)
  *   attributes on the root group: classes (int), mean, std (float, of the
@@ -76,7 +76,8 @@ typedef struct Reader Reader;
 int reader_open(const ReaderConfig *cfg, Reader **out);
 const DatasetInfo *reader_info(const Reader *r);
 size_t reader_steps_per_epoch(const Reader *r);
-/* The next batch reader_next returns is (epoch, step). Restarts prefetch. */
+/* The next batch reader_next returns is (epoch, step); a step past the end of
+ * an epoch carries into the following ones. Restarts prefetch. */
 int reader_seek(Reader *r, uint64_t epoch, uint64_t step);
 /* Hand out the next batch, moving on to the next epoch after the last step.
  * With prefetch, the batch after it is read while the caller computes. */

@@ -1,0 +1,473 @@
+/* One split of a dataset file: validation on open, and reads of arbitrary
+ * sample sets as one coalesced hyperslab selection.
+ *
+ * The file and dataset handles stay open for the life of the Dataset. The
+ * labels of the split (one byte per sample) are read and range-checked once at
+ * open and served from memory; images are read per call, only the samples
+ * asked for.
+ *
+ * HDF5 keeps its error stack per thread, and its default is to print the whole
+ * stack; every entry point here silences it for the calling thread and reports
+ * one line of its own instead.
+ */
+#include "reader/reader.h"
+
+#include "core/error.h"
+
+#include <errno.h>
+#include <hdf5.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+    uint64_t idx; /* sample index in the file */
+    size_t pos;   /* position in the caller's request */
+} IdxPos;
+
+struct Dataset {
+    char *path;
+    char *split;
+    hid_t file, images, fspace; /* fspace: images' file space, reselected per read */
+    DatasetInfo info;
+    size_t sample_bytes;        /* c * h * w */
+    uint8_t *labels;            /* (count) validated at open */
+    float lut[256];             /* byte value -> normalised float */
+    /* scratch of dataset_read, grown on demand */
+    size_t cap;
+    IdxPos *sorted;             /* (cap) */
+    size_t *slot;               /* (cap) request position -> row of raw */
+    uint8_t *raw;               /* (cap, c, h, w) */
+};
+
+static void quiet_hdf5(void)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+static char *dup_string(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = basin_malloc(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+/* 1: the link exists, 0: it does not, <0: HDF5 failed. */
+static int link_exists(hid_t file, const char *name)
+{
+    htri_t e = H5Lexists(file, name, H5P_DEFAULT);
+    return e > 0 ? 1 : e == 0 ? 0 : -1;
+}
+
+/* Open /split/name after checking it exists and is a uint8 dataset of `rank`
+ * dimensions; dims receives its extent. */
+static int open_u8_dataset(const char *path, hid_t file, const char *split, const char *name,
+                           int rank, hsize_t *dims, hid_t *out)
+{
+    char full[256];
+    snprintf(full, sizeof full, "/%s/%s", split, name);
+    int rc = BASIN_OK;
+    hid_t ds = H5I_INVALID_HID, space = H5I_INVALID_HID, type = H5I_INVALID_HID;
+
+    int e = link_exists(file, full);
+    if (e < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Lexists(%s, %s) failed", path, full);
+        goto cleanup;
+    }
+    if (e == 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: missing dataset %s", path, full);
+        goto cleanup;
+    }
+    ds = H5Dopen2(file, full, H5P_DEFAULT);
+    if (ds < 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: %s is not a dataset", path, full);
+        goto cleanup;
+    }
+    type = H5Dget_type(ds);
+    if (type < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_type(%s, %s) failed", path, full);
+        goto cleanup;
+    }
+    H5T_class_t cls = H5Tget_class(type);
+    size_t tsize = H5Tget_size(type);
+    H5T_sign_t sign = cls == H5T_INTEGER ? H5Tget_sign(type) : H5T_SGN_ERROR;
+    if (cls != H5T_INTEGER || tsize != 1 || sign != H5T_SGN_NONE) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: %s must hold uint8 values (found %s of %zu bytes)", path,
+                         full, cls == H5T_INTEGER ? (sign == H5T_SGN_NONE ? "unsigned integers" : "signed integers")
+                         : cls == H5T_FLOAT ? "floats" : "non-numeric values", tsize);
+        goto cleanup;
+    }
+    space = H5Dget_space(ds);
+    if (space < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_space(%s, %s) failed", path, full);
+        goto cleanup;
+    }
+    int nd = H5Sget_simple_extent_ndims(space);
+    if (nd < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sget_simple_extent_ndims(%s, %s) failed", path, full);
+        goto cleanup;
+    }
+    if (nd != rank) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: %s has %d dimensions, expected %d (%s)", path, full, nd,
+                         rank, rank == 4 ? "N, C, H, W" : "N");
+        goto cleanup;
+    }
+    if (H5Sget_simple_extent_dims(space, dims, NULL) < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sget_simple_extent_dims(%s, %s) failed", path, full);
+        goto cleanup;
+    }
+    *out = ds;
+    ds = H5I_INVALID_HID;
+
+cleanup:
+    if (type >= 0) H5Tclose(type);
+    if (space >= 0) H5Sclose(space);
+    if (ds >= 0) H5Dclose(ds);
+    return rc;
+}
+
+/* Read the scalar numeric root attribute `name` converted to mem_type. */
+static int read_root_attr(const char *path, hid_t file, const char *name, hid_t mem_type, void *value)
+{
+    int rc = BASIN_OK;
+    hid_t attr = H5I_INVALID_HID, type = H5I_INVALID_HID, space = H5I_INVALID_HID;
+
+    htri_t e = H5Aexists(file, name);
+    if (e < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aexists(%s, %s) failed", path, name);
+        goto cleanup;
+    }
+    if (e == 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: missing root attribute '%s'", path, name);
+        goto cleanup;
+    }
+    attr = H5Aopen(file, name, H5P_DEFAULT);
+    if (attr < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aopen(%s, %s) failed", path, name);
+        goto cleanup;
+    }
+    type = H5Aget_type(attr);
+    space = H5Aget_space(attr);
+    if (type < 0 || space < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aget_type/H5Aget_space(%s, %s) failed", path, name);
+        goto cleanup;
+    }
+    H5T_class_t cls = H5Tget_class(type);
+    hssize_t npoints = H5Sget_simple_extent_npoints(space);
+    if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || npoints != 1) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' must be a single number", path, name);
+        goto cleanup;
+    }
+    if (H5Aread(attr, mem_type, value) < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aread(%s, %s) failed", path, name);
+        goto cleanup;
+    }
+
+cleanup:
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    if (attr >= 0) H5Aclose(attr);
+    return rc;
+}
+
+/* Read labels [0, count) of the split into d->labels and check their range. */
+static int load_labels(Dataset *d, hid_t labels_ds)
+{
+    int rc = BASIN_OK;
+    hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
+    size_t count = d->info.count;
+
+    d->labels = basin_malloc(count);
+    if (!d->labels) return BASIN_ERR_RUNTIME;
+    if (count == 0) return BASIN_OK;
+
+    hsize_t start = 0, n = count;
+    fspace = H5Dget_space(labels_ds);
+    if (fspace < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_space(%s, /%s/labels) failed", d->path, d->split);
+        goto cleanup;
+    }
+    if (H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &start, NULL, &n, NULL) < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sselect_hyperslab(%s, /%s/labels) failed", d->path, d->split);
+        goto cleanup;
+    }
+    mspace = H5Screate_simple(1, &n, NULL);
+    if (mspace < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate_simple(%zu) failed", count);
+        goto cleanup;
+    }
+    if (H5Dread(labels_ds, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, d->labels) < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dread(%s, /%s/labels) failed", d->path, d->split);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (d->labels[i] >= d->info.classes) {
+            rc = basin_error(BASIN_ERR_USAGE, "%s: /%s/labels[%zu] = %u is out of range [0, %d)", d->path,
+                             d->split, i, d->labels[i], d->info.classes);
+            goto cleanup;
+        }
+    }
+
+cleanup:
+    if (mspace >= 0) H5Sclose(mspace);
+    if (fspace >= 0) H5Sclose(fspace);
+    return rc;
+}
+
+int dataset_open(const char *path, const char *split, size_t limit, Dataset **out)
+{
+    *out = NULL;
+    quiet_hdf5();
+    int rc = BASIN_OK;
+    hid_t labels_ds = H5I_INVALID_HID;
+    Dataset *d = basin_calloc(1, sizeof *d);
+    if (!d) return BASIN_ERR_RUNTIME;
+    d->file = d->images = d->fspace = H5I_INVALID_HID;
+
+    if (!path || !*path || !split || !*split || strchr(split, '/') || strlen(split) > 64) {
+        rc = basin_error(BASIN_ERR_USAGE, "dataset: need a file path and a split name such as 'train' "
+                                          "(got path '%s', split '%s')", path ? path : "", split ? split : "");
+        goto cleanup;
+    }
+    d->path = dup_string(path);
+    d->split = dup_string(split);
+    if (!d->path || !d->split) {
+        rc = BASIN_ERR_RUNTIME;
+        goto cleanup;
+    }
+
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: %s%s", path, strerror(errno),
+                         errno == ENOENT ? " (create it with: basin-data import fashion-mnist)" : "");
+        goto cleanup;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: not a regular file", path);
+        goto cleanup;
+    }
+    if (access(path, R_OK) != 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: %s", path, strerror(errno));
+        goto cleanup;
+    }
+    htri_t is_h5 = H5Fis_hdf5(path);
+    if (is_h5 <= 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: not an HDF5 file", path);
+        goto cleanup;
+    }
+    d->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (d->file < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fopen(%s, read-only) failed", path);
+        goto cleanup;
+    }
+
+    char group[80];
+    snprintf(group, sizeof group, "/%s", split);
+    int e = link_exists(d->file, group);
+    if (e < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Lexists(%s, %s) failed", path, group);
+        goto cleanup;
+    }
+    if (e == 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: missing split %s", path, group);
+        goto cleanup;
+    }
+
+    hsize_t idims[4], ldims[1];
+    if ((rc = open_u8_dataset(path, d->file, split, "images", 4, idims, &d->images))) goto cleanup;
+    if ((rc = open_u8_dataset(path, d->file, split, "labels", 1, ldims, &labels_ds))) goto cleanup;
+    if (idims[0] != ldims[0]) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: /%s/images has %llu samples but /%s/labels has %llu", path,
+                         split, (unsigned long long)idims[0], split, (unsigned long long)ldims[0]);
+        goto cleanup;
+    }
+    for (int i = 1; i < 4; i++) {
+        if (idims[i] == 0 || idims[i] > 65536) {
+            rc = basin_error(BASIN_ERR_USAGE, "%s: /%s/images has sample shape [%llu, %llu, %llu], "
+                             "each extent must be in [1, 65536]", path, split, (unsigned long long)idims[1],
+                             (unsigned long long)idims[2], (unsigned long long)idims[3]);
+            goto cleanup;
+        }
+    }
+
+    int classes = 0;
+    float mean = 0.0f, std = 0.0f;
+    if ((rc = read_root_attr(path, d->file, "classes", H5T_NATIVE_INT, &classes))) goto cleanup;
+    if ((rc = read_root_attr(path, d->file, "mean", H5T_NATIVE_FLOAT, &mean))) goto cleanup;
+    if ((rc = read_root_attr(path, d->file, "std", H5T_NATIVE_FLOAT, &std))) goto cleanup;
+    if (classes < 1 || classes > 256) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: attribute classes = %d, must be in [1, 256] for uint8 labels",
+                         path, classes);
+        goto cleanup;
+    }
+    if (!isfinite(mean) || !isfinite(std) || !(std > 0.0f)) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: attributes mean = %g, std = %g: need finite values, std > 0",
+                         path, (double)mean, (double)std);
+        goto cleanup;
+    }
+
+    size_t n_file = (size_t)idims[0];
+    d->info.count = limit > 0 && limit < n_file ? limit : n_file;
+    d->info.c = (int)idims[1];
+    d->info.h = (int)idims[2];
+    d->info.w = (int)idims[3];
+    d->info.classes = classes;
+    d->info.mean = mean;
+    d->info.std = std;
+    d->sample_bytes = (size_t)idims[1] * (size_t)idims[2] * (size_t)idims[3];
+    for (int v = 0; v < 256; v++) d->lut[v] = ((float)v / 255.0f - mean) / std;
+
+    if ((rc = load_labels(d, labels_ds))) goto cleanup;
+
+    d->fspace = H5Dget_space(d->images);
+    if (d->fspace < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_space(%s, /%s/images) failed", path, split);
+        goto cleanup;
+    }
+
+cleanup:
+    if (labels_ds >= 0) H5Dclose(labels_ds);
+    if (rc) {
+        dataset_close(d);
+        return rc;
+    }
+    *out = d;
+    return BASIN_OK;
+}
+
+const DatasetInfo *dataset_info(const Dataset *d)
+{
+    return &d->info;
+}
+
+static int cmp_idxpos(const void *a, const void *b)
+{
+    const IdxPos *x = a, *y = b;
+    if (x->idx != y->idx) return x->idx < y->idx ? -1 : 1;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static int grow_scratch(Dataset *d, size_t n)
+{
+    if (n <= d->cap) return BASIN_OK;
+    size_t cap = n > 2 * d->cap ? n : 2 * d->cap;
+    if (cap > SIZE_MAX / (d->sample_bytes ? d->sample_bytes : 1))
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "dataset_read: %zu samples overflow a buffer size", n);
+    IdxPos *sorted = realloc(d->sorted, cap * sizeof *sorted);
+    if (sorted) d->sorted = sorted;
+    size_t *slot = realloc(d->slot, cap * sizeof *slot);
+    if (slot) d->slot = slot;
+    uint8_t *raw = realloc(d->raw, cap * d->sample_bytes);
+    if (raw) d->raw = raw;
+    if (!sorted || !slot || !raw)
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "out of memory growing read buffers to %zu samples", cap);
+    d->cap = cap;
+    return BASIN_OK;
+}
+
+/* Runs of consecutive samples per H5Dread. HDF5 1.10 builds a union of
+ * hyperslabs in time that grows faster than linearly with the number of
+ * blocks: measured on Fashion-MNIST (random batches, 784-byte samples), one
+ * union of 1024 runs took ~3.5x as long as reading the runs one by one, while
+ * unions of up to 32 runs cost the same per sample as single reads and fewer
+ * calls. */
+#define RUNS_PER_READ 32
+
+/* Read the rows of one union selection (already made in d->fspace) into raw. */
+static int read_rows(Dataset *d, uint8_t *raw, size_t rows)
+{
+    int rc = BASIN_OK;
+    hsize_t melems = (hsize_t)rows * d->sample_bytes;
+    hid_t mspace = H5Screate_simple(1, &melems, NULL);
+    if (mspace < 0)
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate_simple(%llu) failed", (unsigned long long)melems);
+    if (H5Dread(d->images, H5T_NATIVE_UINT8, mspace, d->fspace, H5P_DEFAULT, raw) < 0)
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dread(%s, /%s/images, %zu samples) failed", d->path, d->split, rows);
+    if (H5Sclose(mspace) < 0 && !rc) rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sclose(memory space) failed");
+    return rc;
+}
+
+/* Read the unique samples of sorted[0..n) into raw, one row each, in index
+ * order, and note in d->slot which row serves each request position. Each run
+ * of consecutive indices is one hyperslab block: adjacent samples are adjacent
+ * bytes in contiguous storage, so HDF5 reads a run as one range. */
+static int read_sorted(Dataset *d, const IdxPos *sorted, size_t n)
+{
+    size_t row = 0, group_first_row = 0, runs = 0;
+    size_t i = 0;
+    while (i < n) {
+        uint64_t first = sorted[i].idx, next = first + 1;
+        d->slot[sorted[i].pos] = row++;
+        size_t j = i + 1;
+        for (; j < n; j++) {
+            if (sorted[j].idx == next - 1) { /* a duplicate shares the row */
+                d->slot[sorted[j].pos] = row - 1;
+            } else if (sorted[j].idx == next) {
+                d->slot[sorted[j].pos] = row++;
+                next++;
+            } else {
+                break;
+            }
+        }
+        hsize_t start[4] = {first, 0, 0, 0};
+        hsize_t count[4] = {next - first, (hsize_t)d->info.c, (hsize_t)d->info.h, (hsize_t)d->info.w};
+        if (H5Sselect_hyperslab(d->fspace, runs == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count, NULL) < 0)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sselect_hyperslab(%s, /%s/images, rows %llu..%llu) failed",
+                              d->path, d->split, (unsigned long long)first, (unsigned long long)next);
+        i = j;
+        if (++runs == RUNS_PER_READ || i == n) {
+            TRY(read_rows(d, d->raw + group_first_row * d->sample_bytes, row - group_first_row));
+            group_first_row = row;
+            runs = 0;
+        }
+    }
+    return BASIN_OK;
+}
+
+int dataset_read(Dataset *d, const uint64_t *idx, size_t n, float *images, int32_t *labels)
+{
+    if (n == 0) return BASIN_OK;
+    quiet_hdf5();
+    for (size_t i = 0; i < n; i++) {
+        if (idx[i] >= d->info.count)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "dataset_read: sample %llu out of range (%s /%s has %zu)",
+                              (unsigned long long)idx[i], d->path, d->split, d->info.count);
+    }
+    TRY(grow_scratch(d, n));
+    for (size_t i = 0; i < n; i++) {
+        d->sorted[i].idx = idx[i];
+        d->sorted[i].pos = i;
+    }
+    qsort(d->sorted, n, sizeof *d->sorted, cmp_idxpos);
+    TRY(read_sorted(d, d->sorted, n));
+
+    /* Scatter into the caller's order, normalising through the table. */
+    const size_t sb = d->sample_bytes;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *src = d->raw + d->slot[i] * sb;
+        float *dst = images + i * sb;
+        for (size_t k = 0; k < sb; k++) dst[k] = d->lut[src[k]];
+        labels[i] = d->labels[idx[i]];
+    }
+    return BASIN_OK;
+}
+
+void dataset_close(Dataset *d)
+{
+    if (!d) return;
+    quiet_hdf5();
+    if (d->fspace >= 0) H5Sclose(d->fspace);
+    if (d->images >= 0) H5Dclose(d->images);
+    if (d->file >= 0 && H5Fclose(d->file) < 0) basin_warn("H5Fclose(%s) failed", d->path ? d->path : "");
+    free(d->raw);
+    free(d->slot);
+    free(d->sorted);
+    free(d->labels);
+    free(d->split);
+    free(d->path);
+    free(d);
+}

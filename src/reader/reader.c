@@ -1,0 +1,346 @@
+/* The batch reader: this rank's slice of each global batch, in the global
+ * order, optionally read one batch ahead on a background thread.
+ *
+ * Double buffer. Two slots: the caller holds one (the batch last returned,
+ * valid until its next call) while the prefetch thread fills the other with
+ * the batch after it. The thread never runs more than one batch ahead:
+ *
+ *   caller:  |-- compute on s --|next|-- compute on s+1 --|next|
+ *   thread:  |-- read s+1 --|   wait  |-- read s+2 --|    wait
+ *
+ * reader_next blocks only when the thread has not finished the next batch,
+ * and counts that time as data wait.
+ *
+ * Serial HDF5 is not to be entered from two threads at once on the same file:
+ * while prefetch is on, the Dataset (and the epoch permutation) belong to the
+ * thread alone, from its start to its join. reader_seek and reader_close stop
+ * and join it before anything else touches them.
+ */
+#include "reader/reader.h"
+
+#include "core/error.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    float *images;   /* (max_n, c, h, w) */
+    int32_t *labels; /* (max_n) */
+    uint64_t *index; /* (max_n) */
+    uint64_t epoch, step;
+    size_t global_n, n;
+    int status;      /* of the read that filled it */
+} Slot;
+
+struct Reader {
+    ReaderConfig cfg; /* path and split point at our own copies */
+    char *path, *split;
+    Dataset *ds;
+    DatasetInfo info;
+    size_t steps;     /* per epoch */
+    size_t max_n;     /* the most samples this rank gets in one batch */
+    size_t sample_floats;
+
+    uint64_t *perm;   /* (count) order of perm_epoch, when shuffling */
+    uint64_t perm_epoch;
+    int perm_valid;
+
+    Slot slot[2];
+    uint64_t epoch, step; /* the next batch to read */
+    double wait_s;        /* caller side only */
+
+    /* prefetch; everything below is guarded by mu */
+    int thread_on;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int sync_init;        /* mu and cv initialised */
+    int stop;
+    int held;             /* slot held by the caller, or -1 */
+    int ready;            /* slot read and not yet handed out, or -1 */
+    int failed;           /* first error of the thread; it stops after one */
+};
+
+static char *dup_string(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = basin_malloc(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void advance(uint64_t *epoch, uint64_t *step, size_t steps)
+{
+    if (++*step >= steps) {
+        *step = 0;
+        ++*epoch;
+    }
+}
+
+/* Read batch (epoch, step) of this rank into slot s. Runs on the prefetch
+ * thread when there is one, else on the caller's. */
+static int fill_slot(Reader *r, Slot *s, uint64_t epoch, uint64_t step)
+{
+    size_t count = r->info.count, B = r->cfg.global_batch;
+    if (r->cfg.shuffle && (!r->perm_valid || r->perm_epoch != epoch)) {
+        order_epoch(r->cfg.seed, epoch, count, r->perm);
+        r->perm_epoch = epoch;
+        r->perm_valid = 1;
+    }
+    size_t start = (size_t)step * B;
+    size_t end = count - start < B ? count : start + B;
+    size_t first, n;
+    order_rank_slice(end - start, r->cfg.rank, r->cfg.world, &first, &n);
+    for (size_t k = 0; k < n; k++) {
+        size_t pos = start + first + k;
+        s->index[k] = r->cfg.shuffle ? r->perm[pos] : pos;
+    }
+    s->epoch = epoch;
+    s->step = step;
+    s->global_n = end - start;
+    s->n = n;
+    return dataset_read(r->ds, s->index, n, s->images, s->labels);
+}
+
+static void *prefetch_main(void *arg)
+{
+    Reader *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->stop && r->ready >= 0) pthread_cond_wait(&r->cv, &r->mu);
+        if (r->stop) break;
+        int s = r->held == 0 ? 1 : 0;
+        uint64_t epoch = r->epoch, step = r->step;
+        advance(&r->epoch, &r->step, r->steps);
+        pthread_mutex_unlock(&r->mu);
+
+        int rc = fill_slot(r, &r->slot[s], epoch, step);
+
+        pthread_mutex_lock(&r->mu);
+        r->slot[s].status = rc;
+        r->ready = s;
+        pthread_cond_broadcast(&r->cv);
+        if (rc) {
+            r->failed = rc;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+static int start_prefetch(Reader *r)
+{
+    r->stop = 0;
+    r->held = -1;
+    r->ready = -1;
+    r->failed = 0;
+    int e = pthread_create(&r->thread, NULL, prefetch_main, r);
+    if (e) return BASIN_FAIL(BASIN_ERR_RUNTIME, "pthread_create(prefetch) failed: %s", strerror(e));
+    r->thread_on = 1;
+    return BASIN_OK;
+}
+
+static void stop_prefetch(Reader *r)
+{
+    if (!r->thread_on) return;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->thread, NULL);
+    r->thread_on = 0;
+}
+
+int reader_open(const ReaderConfig *cfg, Reader **out)
+{
+    *out = NULL;
+    if (!cfg || !cfg->path || !cfg->split)
+        return basin_error(BASIN_ERR_USAGE, "reader: a data file and a split are required");
+    if (cfg->world < 1 || cfg->rank < 0 || cfg->rank >= cfg->world)
+        return basin_error(BASIN_ERR_USAGE, "reader: rank %d is not in a world of %d", cfg->rank, cfg->world);
+    if (cfg->global_batch == 0) return basin_error(BASIN_ERR_USAGE, "reader: the global batch size must be >= 1");
+
+    int rc = BASIN_OK;
+    Reader *r = basin_calloc(1, sizeof *r);
+    if (!r) return BASIN_ERR_RUNTIME;
+    r->cfg = *cfg;
+    r->path = dup_string(cfg->path);
+    r->split = dup_string(cfg->split);
+    if (!r->path || !r->split) {
+        rc = BASIN_ERR_RUNTIME;
+        goto cleanup;
+    }
+    r->cfg.path = r->path;
+    r->cfg.split = r->split;
+    r->held = r->ready = -1;
+
+    if ((rc = dataset_open(cfg->path, cfg->split, cfg->limit, &r->ds))) goto cleanup;
+    r->info = *dataset_info(r->ds);
+    size_t N = r->info.count, B = cfg->global_batch;
+    if (N == 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: split '%s' has no samples", cfg->path, cfg->split);
+        goto cleanup;
+    }
+    r->steps = cfg->drop_last ? N / B : N / B + (N % B != 0);
+    if (r->steps == 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: global batch %zu is larger than the %zu samples of split '%s' "
+                         "(with drop_last an epoch would have no steps)", cfg->path, B, N, cfg->split);
+        goto cleanup;
+    }
+    size_t first;
+    order_rank_slice(B < N ? B : N, 0, cfg->world, &first, &r->max_n);
+    r->sample_floats = (size_t)r->info.c * (size_t)r->info.h * (size_t)r->info.w;
+
+    if (cfg->shuffle) {
+        r->perm = basin_malloc(N * sizeof *r->perm);
+        if (!r->perm) {
+            rc = BASIN_ERR_RUNTIME;
+            goto cleanup;
+        }
+    }
+    int nslots = cfg->prefetch ? 2 : 1;
+    for (int i = 0; i < nslots; i++) {
+        Slot *s = &r->slot[i];
+        s->images = basin_aligned_alloc(r->max_n * r->sample_floats * sizeof(float));
+        s->labels = basin_malloc(r->max_n * sizeof *s->labels);
+        s->index = basin_malloc(r->max_n * sizeof *s->index);
+        if (!s->images || !s->labels || !s->index) {
+            rc = BASIN_ERR_RUNTIME;
+            goto cleanup;
+        }
+    }
+
+    if (cfg->prefetch) {
+        int e = pthread_mutex_init(&r->mu, NULL);
+        if (e) {
+            rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "pthread_mutex_init failed: %s", strerror(e));
+            goto cleanup;
+        }
+        e = pthread_cond_init(&r->cv, NULL);
+        if (e) {
+            pthread_mutex_destroy(&r->mu);
+            rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "pthread_cond_init failed: %s", strerror(e));
+            goto cleanup;
+        }
+        r->sync_init = 1;
+        if ((rc = start_prefetch(r))) goto cleanup;
+    }
+
+cleanup:
+    if (rc) {
+        reader_close(r);
+        return rc;
+    }
+    *out = r;
+    return BASIN_OK;
+}
+
+const DatasetInfo *reader_info(const Reader *r)
+{
+    return &r->info;
+}
+
+size_t reader_steps_per_epoch(const Reader *r)
+{
+    return r->steps;
+}
+
+int reader_seek(Reader *r, uint64_t epoch, uint64_t step)
+{
+    /* A step past the end of an epoch (a resume with another batch size, or
+     * "after the last step") continues in the epochs after it. */
+    epoch += step / r->steps;
+    step %= r->steps;
+    if (!r->cfg.prefetch) {
+        r->epoch = epoch;
+        r->step = step;
+        return BASIN_OK;
+    }
+    stop_prefetch(r);
+    r->epoch = epoch;
+    r->step = step;
+    return start_prefetch(r);
+}
+
+static void fill_batch(const Slot *s, Batch *out)
+{
+    out->epoch = s->epoch;
+    out->step = s->step;
+    out->global_n = s->global_n;
+    out->n = s->n;
+    out->images = s->images;
+    out->labels = s->labels;
+    out->index = s->index;
+}
+
+int reader_next(Reader *r, Batch *out)
+{
+    if (!r->cfg.prefetch) {
+        double t0 = now_seconds();
+        int rc = fill_slot(r, &r->slot[0], r->epoch, r->step);
+        r->wait_s += now_seconds() - t0;
+        if (rc) return rc;
+        advance(&r->epoch, &r->step, r->steps);
+        fill_batch(&r->slot[0], out);
+        return BASIN_OK;
+    }
+    if (!r->thread_on) return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader_next: the prefetch thread is not running");
+
+    pthread_mutex_lock(&r->mu);
+    r->held = -1; /* the caller is done with the batch it had */
+    if (r->ready < 0 && !r->failed) {
+        double t0 = now_seconds();
+        while (r->ready < 0 && !r->failed) pthread_cond_wait(&r->cv, &r->mu);
+        r->wait_s += now_seconds() - t0;
+    }
+    int rc = BASIN_OK, s = r->ready;
+    if (s < 0) {
+        rc = r->failed;
+    } else {
+        r->ready = -1;
+        r->held = s;
+        rc = r->slot[s].status;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (rc) return rc;
+    fill_batch(&r->slot[s], out);
+    return BASIN_OK;
+}
+
+double reader_take_wait_seconds(Reader *r)
+{
+    double w = r->wait_s;
+    r->wait_s = 0.0;
+    return w;
+}
+
+void reader_close(Reader *r)
+{
+    if (!r) return;
+    stop_prefetch(r);
+    if (r->sync_init) {
+        pthread_cond_destroy(&r->cv);
+        pthread_mutex_destroy(&r->mu);
+    }
+    for (int i = 0; i < 2; i++) {
+        free(r->slot[i].images);
+        free(r->slot[i].labels);
+        free(r->slot[i].index);
+    }
+    free(r->perm);
+    dataset_close(r->ds);
+    free(r->split);
+    free(r->path);
+    free(r);
+}
