@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allreduce/allreduce.h"
 #include "core/error.h"
 
 void config_defaults(TrainConfig *cfg)
@@ -29,6 +30,11 @@ void config_defaults(TrainConfig *cfg)
     cfg->log_every = 100;
     cfg->threads = 1;
     cfg->prefetch = 1;
+    cfg->allreduce = "auto";
+    cfg->bucket_mb = 4.0;
+    cfg->overlap = 1;
+    cfg->collective_timeout = 300.0;
+    cfg->check_every = 100;
 }
 
 void config_usage(const char *prog)
@@ -61,6 +67,15 @@ void config_usage(const char *prog)
            "  --log-every N           progress line every N steps (default 100)\n"
            "  --eval-every N          test-set evaluation every N epochs, 0: never (default 1)\n"
            "  --eval-batch N          global batch of evaluation (default: --batch)\n"
+           "Data parallelism\n"
+           "  --allreduce ALGO        gradient all-reduce: auto, hier, rhd, ring, mpi (default auto)\n"
+           "  --bucket-mb X           gradient bucket size in MiB (default 4)\n"
+           "  --no-overlap            reduce gradients after backward, not during it\n"
+           "  --supernode-size K      ranks per supernode (default: ranks sharing a host)\n"
+           "  --collective-timeout S  abort the job when a collective waits S seconds (default 300)\n"
+           "  --scale-lr              linear scaling rule: lr = lr * batch / 256\n"
+           "  --check-every N         compare replica checksums every N steps (default 100)\n"
+           "  --trace FILE            Chrome trace per rank in FILE.rank<R>.json\n"
            "Machine\n"
            "  --threads N             BLAS threads per rank (default 1)\n"
            "  --no-prefetch           read batches on the training thread\n"
@@ -107,7 +122,8 @@ enum {
     OPT_MODEL = 256, OPT_DATA, OPT_LIMIT_TRAIN, OPT_LIMIT_TEST, OPT_EPOCHS, OPT_BATCH, OPT_LR,
     OPT_SCHEDULE, OPT_WARMUP, OPT_STEP_EPOCHS, OPT_GAMMA, OPT_MOMENTUM, OPT_NESTEROV, OPT_WD,
     OPT_SEED, OPT_MAX_STEPS, OPT_OUTDIR, OPT_METRICS, OPT_LOG_EVERY, OPT_EVAL_EVERY,
-    OPT_EVAL_BATCH, OPT_THREADS, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP,
+    OPT_EVAL_BATCH, OPT_THREADS, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP, OPT_ALLREDUCE, OPT_BUCKET,
+    OPT_NO_OVERLAP, OPT_SUPERNODE, OPT_TIMEOUT, OPT_SCALE_LR, OPT_CHECK_EVERY, OPT_TRACE,
 };
 
 static const struct option long_options[] = {
@@ -136,6 +152,14 @@ static const struct option long_options[] = {
     {"no-prefetch", no_argument, NULL, OPT_NO_PREFETCH},
     {"check", optional_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, OPT_HELP},
+    {"allreduce", required_argument, NULL, OPT_ALLREDUCE},
+    {"bucket-mb", required_argument, NULL, OPT_BUCKET},
+    {"no-overlap", no_argument, NULL, OPT_NO_OVERLAP},
+    {"supernode-size", required_argument, NULL, OPT_SUPERNODE},
+    {"collective-timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"scale-lr", no_argument, NULL, OPT_SCALE_LR},
+    {"check-every", required_argument, NULL, OPT_CHECK_EVERY},
+    {"trace", required_argument, NULL, OPT_TRACE},
     {NULL, 0, NULL, 0},
 };
 
@@ -197,6 +221,24 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
             }
             break;
         case OPT_HELP: cfg->help = 1; return BASIN_OK;
+        case OPT_ALLREDUCE: {
+            const char *const *names = allreduce_algorithms();
+            int known = 0;
+            for (int i = 0; names[i]; i++) known |= strcmp(names[i], optarg) == 0;
+            if (!known) return bad_value(name, optarg, "expected auto, hier, rhd, ring or mpi");
+            cfg->allreduce = optarg;
+            break;
+        }
+        case OPT_BUCKET: TRY(parse_double(name, optarg, 0.0, 65536.0, 1, &cfg->bucket_mb)); break;
+        case OPT_NO_OVERLAP: cfg->overlap = 0; break;
+        case OPT_SUPERNODE: TRY(parse_long(name, optarg, 1, 1 << 20, &v)); cfg->supernode_size = (int)v; break;
+        case OPT_TIMEOUT: TRY(parse_double(name, optarg, 0.0, 1e7, 1, &cfg->collective_timeout)); break;
+        case OPT_SCALE_LR: cfg->scale_lr = 1; break;
+        case OPT_CHECK_EVERY: TRY(parse_long(name, optarg, 1, 1L << 30, &v)); cfg->check_every = (int)v; break;
+        case OPT_TRACE:
+            if (!*optarg) return bad_value(name, optarg, "expected a file path");
+            cfg->trace = optarg;
+            break;
         case ':':
             return basin_error(BASIN_ERR_USAGE, "option %s needs a value (see --help)", argv[optind - 1]);
         default:
@@ -217,4 +259,25 @@ void config_describe(const TrainConfig *cfg, char *buf, size_t len)
              cfg->model, cfg->data, cfg->epochs, cfg->batch, cfg->lr, schedule_name(cfg->schedule),
              cfg->warmup_epochs, cfg->momentum, cfg->nesterov ? " (nesterov)" : "", cfg->weight_decay,
              (unsigned long long)cfg->seed);
+}
+
+uint64_t config_hash(const TrainConfig *cfg)
+{
+    /* Everything that changes the arithmetic or the collectives; not the
+     * output paths or the logging cadence, which may differ between hosts. */
+    char buf[8192];
+    int n = snprintf(buf, sizeof buf,
+                     "%s|%s|%d|%zu|%zu|%.17g|%d|%.17g|%.17g|%.17g|%.17g|%d|%.17g|%llu|%d|%zu|%zu|%ld|%s|"
+                     "%.17g|%d|%d|%d|%d",
+                     cfg->model, cfg->data, cfg->epochs, cfg->batch, cfg->eval_batch, cfg->lr,
+                     (int)cfg->schedule, cfg->warmup_epochs, cfg->lr_step_epochs, cfg->lr_gamma,
+                     cfg->momentum, cfg->nesterov, cfg->weight_decay, (unsigned long long)cfg->seed,
+                     cfg->eval_every, cfg->limit_train, cfg->limit_test, cfg->max_steps, cfg->allreduce,
+                     cfg->bucket_mb, cfg->overlap, cfg->supernode_size, cfg->scale_lr, cfg->check_every);
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (int i = 0; i < n && i < (int)sizeof buf; i++) {
+        h ^= (unsigned char)buf[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
 }

@@ -30,10 +30,19 @@ typedef struct {
     size_t limit_test;
     long max_steps;           /* stop after this many steps in all (<= 0: no limit) */
     int threads;              /* BLAS threads per rank */
+    const char *allreduce;    /* gradient all-reduce algorithm (allreduce.h), "auto" */
+    double bucket_mb;         /* gradient bucket size in MiB */
+    int overlap;              /* 1: reduce buckets while backward runs */
+    int supernode_size;       /* 0: ranks sharing a host; K: groups of K ranks */
+    double collective_timeout;/* seconds a collective may wait before the job aborts */
+    int scale_lr;             /* linear scaling rule: lr = lr * batch / 256 */
+    int check_every;          /* replica checksum every N steps (and at the end) */
+    const char *trace;        /* Chrome trace per rank: <trace>.rank<R>.json */
     int prefetch;
     int check_only;           /* validate everything, write nothing, exit */
     int check_ranks;          /* with check_only: validate as if on this many ranks (0: as run) */
     int help;
+    int keep_params;          /* API only: return the final parameters in TrainResult */
 } TrainConfig;
 
 void config_defaults(TrainConfig *cfg);
@@ -43,5 +52,7 @@ int config_parse(TrainConfig *cfg, int argc, char **argv);
 void config_usage(const char *prog);
 /* One-line summary for the log. */
 void config_describe(const TrainConfig *cfg, char *buf, size_t len);
+/* A hash of every option that must agree between ranks. */
+uint64_t config_hash(const TrainConfig *cfg);
 
 #endif

@@ -21,13 +21,18 @@ void metrics_close(Metrics *m)
 
 void metrics_step(Metrics *m, const StepRecord *r)
 {
+    static const char *const names[5] = {"data_wait", "forward", "backward", "comm_exposed", "optimizer"};
     if (!m->f) return;
     fprintf(m->f,
             "{\"event\":\"step\",\"epoch\":%d,\"step\":%llu,\"loss\":%.6g,\"accuracy\":%.6g,"
             "\"lr\":%.6g,\"images_per_s\":%.1f,\"time_s\":%.3f,\"data_wait_s\":%.6f,"
-            "\"compute_s\":%.6f,\"comm_s\":%.6f}\n",
+            "\"compute_s\":%.6f,\"comm_s\":%.6f",
             r->epoch, (unsigned long long)r->step, r->loss, r->accuracy, r->lr, r->images_per_s,
             r->time_s, r->data_wait_s, r->compute_s, r->comm_s);
+    for (int i = 0; i < 5; i++)
+        fprintf(m->f, ",\"%s_mean_s\":%.6f,\"%s_max_s\":%.6f", names[i], r->timing_mean[i], names[i],
+                r->timing_max[i]);
+    fprintf(m->f, ",\"straggler\":%d}\n", r->straggler);
     fflush(m->f);
 }
 

@@ -27,6 +27,10 @@ typedef struct {
     uint64_t step;
     double loss, accuracy, lr, images_per_s, time_s;
     double data_wait_s, compute_s, comm_s;
+    /* Per-step seconds over ranks: data_wait, forward, backward,
+     * comm_exposed, optimizer; and the rank with the most busy time. */
+    double timing_mean[5], timing_max[5];
+    int straggler;
 } StepRecord;
 
 void metrics_step(Metrics *m, const StepRecord *r);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/error.h"
 
@@ -176,12 +177,27 @@ static const float *act_of(const Net *net, int i, const float *x)
     return i < 0 ? x : net->act[i];
 }
 
+double net_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void timed(Net *net, int layer, int backward, double t0)
+{
+    net->ops->sync();
+    net->on_layer(net->on_layer_arg, layer, backward, t0, net_clock());
+}
+
 void net_forward(Net *net, const float *x, const int32_t *labels, size_t n,
                  const ForwardCtx *ctx, double *loss_sum, size_t *correct)
 {
     for (int i = 0; i < net->n_layers; i++) {
         if (!net->act[i]) continue;
+        double t0 = net->on_layer ? net_clock() : 0.0;
         layer_forward(&net->layers[i], net->ops, act_of(net, i - 1, x), net->act[i], n, ctx);
+        if (net->on_layer) timed(net, i, 0, t0);
     }
     double loss = 0.0;
     size_t ok = 0;
@@ -202,7 +218,9 @@ void net_backward(Net *net, const float *x, const int32_t *labels, size_t n, flo
         Layer *l = &net->layers[i];
         if (!net->act[i]) continue; /* flatten: the gradient passes through as is */
         float *dx = net->dbuf[cur ^ 1];
+        double t0 = net->on_layer ? net_clock() : 0.0;
         layer_backward(l, ops, act_of(net, i - 1, x), net->act[i], dy, dx, n);
+        if (net->on_layer) timed(net, i, 1, t0);
         if (l->w_count && ready) ready(ready_arg, l->b_off + l->b_count);
         if (l->need_dx) {
             cur ^= 1;

@@ -22,6 +22,11 @@
  * grows: grads[0, ready) will not be written again in this pass. */
 typedef void (*GradsReadyFn)(void *arg, size_t ready);
 
+/* Optional observer of every layer's forward or backward pass (for traces):
+ * told the layer index, the pass, and its start and end (seconds, monotonic
+ * clock) after the layer's ops have been issued and synchronized. */
+typedef void (*LayerTimeFn)(void *arg, int layer, int backward, double t0, double t1);
+
 typedef struct Net {
     const Ops *ops;
     int n_layers;
@@ -39,6 +44,9 @@ typedef struct Net {
     float **act;         /* act[i]: output of layer i, (max_batch, out_i) */
     float *dbuf[2];      /* gradients w.r.t. activations, ping-pong */
     float *probs;        /* (max_batch, classes) softmax output */
+
+    LayerTimeFn on_layer; /* NULL: no per-layer timing */
+    void *on_layer_arg;
 } Net;
 
 /* Build a network of n layers for inputs of shape `in`, with its own
@@ -69,6 +77,8 @@ void net_forward(Net *net, const float *x, const int32_t *labels, size_t n,
 void net_backward(Net *net, const float *x, const int32_t *labels, size_t n, float scale,
                   GradsReadyFn ready, void *ready_arg);
 
+/* Seconds on the monotonic clock. */
+double net_clock(void);
 /* Multiply-adds of one sample's forward pass. */
 double net_forward_macs(const Net *net);
 /* One line per layer: kind, output shape, parameters. */

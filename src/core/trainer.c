@@ -5,14 +5,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "allreduce/allreduce.h"
 #include "core/error.h"
 #include "core/metrics.h"
 #include "core/net.h"
 #include "core/optim.h"
+#include "core/trace.h"
 #include "models/models.h"
 #include "reader/reader.h"
+
+/* A contiguous slice of the flat gradient buffer, reduced as one request. */
+typedef struct {
+    size_t lo, hi;
+    AllreducePlan *plan;
+    AllreduceTicket ticket;
+    int started, done;
+    double t_start, t_done;
+} Bucket;
+
+/* Per-step time split, seconds (in the order of StepRecord.timing_*). */
+enum { T_DATA, T_FORWARD, T_BACKWARD, T_COMM, T_OPTIM, T_COUNT };
 
 typedef struct {
     const TrainConfig *cfg;
@@ -27,15 +40,16 @@ typedef struct {
     Schedule schedule;
     SgdConfig sgd;
     Metrics metrics;
+    Trace trace;
     double t_start;
-} Trainer;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+    AllreduceComm *ar;
+    float *window;        /* gradient buffer inside the shared window */
+    Bucket *buckets;
+    int n_buckets, next_bucket;
+
+    long corrupt_rank, corrupt_step; /* test hook: BASIN_TEST_CORRUPT=RANK:STEP */
+} Trainer;
 
 #define CHECK_MPI(call)                                                            \
     do {                                                                           \
@@ -47,17 +61,6 @@ static double now_s(void)
             return BASIN_FAIL(BASIN_ERR_RUNTIME, "%s failed: %s", #call, mpi_msg_); \
         }                                                                          \
     } while (0)
-
-/* Sum a float buffer over all ranks, in chunks that fit MPI's int count. */
-static int sum_over_ranks(Trainer *t, float *buf, size_t count)
-{
-    const size_t chunk = (size_t)INT_MAX / 2;
-    for (size_t off = 0; off < count; off += chunk) {
-        size_t n = count - off < chunk ? count - off : chunk;
-        CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)n, MPI_FLOAT, MPI_SUM, t->comm));
-    }
-    return BASIN_OK;
-}
 
 static int sum_doubles(Trainer *t, double *v, int n)
 {
@@ -77,7 +80,8 @@ static void format_eta(double s, char *buf, size_t len)
     else snprintf(buf, len, "%lds", t);
 }
 
-/* Everything a user can get wrong is checked here, before any file is written. */
+/* ---- set-up: everything a user can get wrong, before any file is written -- */
+
 static int trainer_setup(Trainer *t)
 {
     const TrainConfig *cfg = t->cfg;
@@ -95,6 +99,8 @@ static int trainer_setup(Trainer *t)
     };
     TRY(reader_open(&rc, &t->train));
     const DatasetInfo *info = reader_info(t->train);
+    if ((size_t)t->world > info->count)
+        return basin_error(BASIN_ERR_USAGE, "%d ranks but only %zu training samples", t->world, info->count);
     t->steps_per_epoch = reader_steps_per_epoch(t->train);
     if (t->steps_per_epoch == 0)
         return basin_error(BASIN_ERR_USAGE, "--batch %zu is larger than the %zu training samples",
@@ -122,23 +128,170 @@ static int trainer_setup(Trainer *t)
     if (cfg->max_steps > 0 && (uint64_t)cfg->max_steps < t->total_steps) t->total_steps = (uint64_t)cfg->max_steps;
     t->schedule = (Schedule){
         .kind = cfg->schedule,
-        .base_lr = cfg->lr,
+        .base_lr = cfg->scale_lr ? cfg->lr * (double)cfg->batch / 256.0 : cfg->lr,
         .warmup_steps = (uint64_t)llround(cfg->warmup_epochs * (double)spe),
         .total_steps = t->total_steps,
         .step_every = (uint64_t)llround(cfg->lr_step_epochs * (double)spe),
         .gamma = cfg->lr_gamma,
     };
     t->sgd = (SgdConfig){(float)cfg->momentum, (float)cfg->weight_decay, cfg->nesterov};
+
+    const char *hook = getenv("BASIN_TEST_CORRUPT");
+    t->corrupt_rank = t->corrupt_step = -1;
+    if (hook && sscanf(hook, "%ld:%ld", &t->corrupt_rank, &t->corrupt_step) != 2)
+        return basin_error(BASIN_ERR_USAGE, "BASIN_TEST_CORRUPT='%s': expected RANK:STEP", hook);
     return BASIN_OK;
 }
 
+/* Every rank must run the same configuration: compare a hash of it. */
+static int check_same_config(Trainer *t)
+{
+    unsigned long long h = config_hash(t->cfg), lo = h, hi = h;
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, t->comm));
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, t->comm));
+    if (lo == hi) return BASIN_OK;
+    unsigned long long mine[1] = {h}, *all = t->rank == 0 ? calloc((size_t)t->world, sizeof *all) : NULL;
+    CHECK_MPI(MPI_Gather(mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, 0, t->comm));
+    if (t->rank == 0) {
+        int other = 0;
+        for (int r = 1; r < t->world && all; r++)
+            if (all[r] != all[0]) {
+                other = r;
+                break;
+            }
+        basin_error(BASIN_ERR_USAGE, "ranks were started with different options: rank %d's differ from rank 0's",
+                    other);
+        free(all);
+    }
+    return BASIN_ERR_USAGE;
+}
+
+/* ---- gradient buckets ---------------------------------------------------- */
+
+static int buckets_setup(Trainer *t)
+{
+    if (t->world == 1) return BASIN_OK;
+    const TrainConfig *cfg = t->cfg;
+    AllreduceConfig ac;
+    allreduce_config_default(&ac);
+    ac.supernode_size = cfg->supernode_size;
+    ac.timeout_s = cfg->collective_timeout;
+    TRY(allreduce_comm_create(t->comm, &ac, &t->ar));
+    size_t n = t->net->n_params;
+    t->window = allreduce_buffer_alloc(t->ar, n);
+    if (!t->window) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared gradient buffer");
+    TRY(net_bind_grads(t->net, t->window));
+
+    size_t per = (size_t)(cfg->bucket_mb * 1048576.0 / sizeof(float));
+    if (per == 0) per = 1;
+    t->n_buckets = (int)((n + per - 1) / per);
+    t->buckets = basin_calloc((size_t)t->n_buckets, sizeof *t->buckets);
+    if (!t->buckets) return BASIN_ERR_RUNTIME;
+    for (int k = 0; k < t->n_buckets; k++) {
+        Bucket *b = &t->buckets[k];
+        b->lo = (size_t)k * per;
+        b->hi = b->lo + per < n ? b->lo + per : n;
+        TRY(allreduce_plan(t->ar, cfg->allreduce, b->hi - b->lo, ALLREDUCE_WINDOW_ONLY, &b->plan));
+    }
+    return BASIN_OK;
+}
+
+static void buckets_free(Trainer *t)
+{
+    if (!t->ar) return;
+    allreduce_wait_all(t->ar);
+    for (int k = 0; k < t->n_buckets; k++) allreduce_plan_free(t->buckets[k].plan);
+    free(t->buckets);
+    if (t->net) net_bind_grads(t->net, NULL);
+    if (t->window) allreduce_buffer_free(t->ar, t->window);
+    allreduce_comm_free(t->ar);
+    t->ar = NULL;
+}
+
+static int bucket_start(Trainer *t, Bucket *b)
+{
+    b->t_start = net_clock();
+    b->started = 1;
+    b->done = 0;
+    float *g = t->net->grads + b->lo;
+    return allreduce_start(b->plan, g, g, &b->ticket);
+}
+
+/* Backward tells us the final prefix of the gradients grew: start every
+ * bucket that now lies inside it, and note buckets that finished. */
+static void on_grads_ready(void *arg, size_t ready)
+{
+    Trainer *t = arg;
+    while (t->next_bucket < t->n_buckets && t->buckets[t->next_bucket].hi <= ready) {
+        /* A failed start is reported again by the wait that follows. */
+        (void)bucket_start(t, &t->buckets[t->next_bucket]);
+        t->next_bucket++;
+    }
+    for (int k = 0; k < t->next_bucket; k++) {
+        Bucket *b = &t->buckets[k];
+        int done = 0;
+        if (!b->done && allreduce_test(t->ar, b->ticket, &done) == BASIN_OK && done) {
+            b->done = 1;
+            b->t_done = net_clock();
+        }
+    }
+}
+
+static void on_layer(void *arg, int layer, int backward, double t0, double t1)
+{
+    Trainer *t = arg;
+    char name[64];
+    snprintf(name, sizeof name, "%s %d %s", backward ? "backward" : "forward", layer + 1,
+             layer_kind_name(t->net->layers[layer].kind));
+    trace_event(&t->trace, name, backward ? "backward" : "forward", 0, t0, t1);
+}
+
+/* ---- replica consistency --------------------------------------------------- */
+
+static uint64_t checksum(const float *x, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    const uint32_t *w = (const uint32_t *)x;
+    for (size_t i = 0; i < n; i++) {
+        h ^= w[i] + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+        h *= 0xff51afd7ed558ccdull;
+    }
+    return h;
+}
+
+static int check_replicas(Trainer *t, uint64_t step)
+{
+    if (t->world == 1) return BASIN_OK;
+    unsigned long long h = checksum(t->net->params, t->net->n_params), lo = h, hi = h;
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, t->comm));
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, t->comm));
+    if (lo == hi) return BASIN_OK;
+    unsigned long long *all = t->rank == 0 ? calloc((size_t)t->world, sizeof *all) : NULL;
+    CHECK_MPI(MPI_Gather(&h, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, 0, t->comm));
+    if (t->rank == 0 && all) {
+        char list[512] = "";
+        size_t used = 0;
+        for (int r = 1; r < t->world && used < sizeof list - 16; r++)
+            if (all[r] != all[0]) used += (size_t)snprintf(list + used, sizeof list - used, "%s%d", used ? ", " : "", r);
+        basin_error(BASIN_ERR_RUNTIME,
+                    "replicas diverged at step %llu: the parameters of rank(s) %s differ from rank 0's",
+                    (unsigned long long)step, list);
+    }
+    free(all);
+    return BASIN_ERR_RUNTIME;
+}
+
+/* ---- the loop ---------------------------------------------------------------- */
+
 static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
 {
-    double t0 = now_s();
+    double t0 = net_clock();
     TRY(reader_seek(t->test, 0, 0));
     size_t steps = reader_steps_per_epoch(t->test);
     ForwardCtx ctx = {.train = 0, .seed = t->cfg->seed};
     double acc[3] = {0, 0, 0}; /* loss sum, correct, samples */
+    LayerTimeFn keep = t->net->on_layer;
+    t->net->on_layer = NULL;
     for (size_t s = 0; s < steps; s++) {
         Batch b;
         TRY(reader_next(t->test, &b));
@@ -147,97 +300,176 @@ static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
         acc[1] += (double)correct;
         acc[2] += (double)b.n;
     }
+    t->net->on_layer = keep;
     TRY(sum_doubles(t, acc, 3));
     double loss = acc[0] / acc[2], accuracy = acc[1] / acc[2];
-    double secs = now_s() - t0;
+    double secs = net_clock() - t0;
     basin_info("epoch %d/%d  test loss %.4f  test acc %.2f%%  (%.0f images, %.1f s)", epoch,
                t->cfg->epochs, loss, 100.0 * accuracy, acc[2], secs);
-    metrics_eval(&t->metrics, epoch, step, loss, accuracy, now_s() - t->t_start);
+    metrics_eval(&t->metrics, epoch, step, loss, accuracy, net_clock() - t->t_start);
+    trace_event(&t->trace, "evaluation", "eval", 0, t0, net_clock());
     res->test_loss = loss;
     res->test_accuracy = accuracy;
+    return BASIN_OK;
+}
+
+/* One training step on this rank's slice: forward, backward with buckets
+ * reduced as they fill, and the optimizer on each bucket once it is summed. */
+static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct, size_t *n_rank,
+                      size_t *n_global, double tm[T_COUNT])
+{
+    const TrainConfig *cfg = t->cfg;
+    Net *net = t->net;
+    Batch b;
+    double c0 = net_clock();
+    TRY(reader_next(t->train, &b));
+    tm[T_DATA] += reader_take_wait_seconds(t->train);
+    size_t first, count;
+    order_rank_slice(b.global_n, t->rank, t->world, &first, &count);
+    ForwardCtx ctx = {.train = 1, .seed = cfg->seed, .sample_offset = gs * cfg->batch + first};
+    float lr = (float)schedule_lr(&t->schedule, gs);
+
+    double c1 = net_clock();
+    net_forward(net, b.images, b.labels, b.n, &ctx, loss_sum, correct);
+    double c2 = net_clock();
+    t->next_bucket = 0;
+    int overlap = t->ar && cfg->overlap;
+    net_backward(net, b.images, b.labels, b.n, 1.0f / (float)b.global_n, overlap ? on_grads_ready : NULL, t);
+    double c3 = net_clock();
+    tm[T_FORWARD] += c2 - c1;
+    tm[T_BACKWARD] += c3 - c2;
+    trace_event(&t->trace, "data", "data", 0, c0, c1);
+
+    if (!t->ar) {
+        sgd_step_range(net, &t->sgd, lr, 0, net->n_params);
+        tm[T_OPTIM] += net_clock() - c3;
+    } else {
+        if (!overlap) on_grads_ready(t, net->n_params);
+        for (int k = 0; k < t->n_buckets; k++) {
+            Bucket *bk = &t->buckets[k];
+            double w0 = net_clock();
+            TRY(allreduce_wait(t->ar, bk->ticket));
+            double w1 = net_clock();
+            if (!bk->done) bk->t_done = w1;
+            tm[T_COMM] += w1 - w0;
+            char name[48];
+            snprintf(name, sizeof name, "all-reduce bucket %d", k);
+            trace_event(&t->trace, name, "allreduce", 1, bk->t_start, bk->t_done);
+            sgd_step_range(net, &t->sgd, lr, bk->lo, bk->hi);
+            tm[T_OPTIM] += net_clock() - w1;
+        }
+    }
+    trace_event(&t->trace, "step", "step", 2, c0, net_clock());
+    if ((long)gs == t->corrupt_step && t->rank == t->corrupt_rank) net->params[0] += 1.0f;
+    *n_rank = b.n;
+    *n_global = b.global_n;
+    return BASIN_OK;
+}
+
+/* Reduce this interval's timings: mean and max over ranks, and the slowest. */
+static int report_interval(Trainer *t, StepRecord *r, const double tm[T_COUNT], uint64_t steps)
+{
+    double mean[T_COUNT], max[T_COUNT];
+    for (int i = 0; i < T_COUNT; i++) mean[i] = max[i] = tm[i] / (double)steps;
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, mean, T_COUNT, MPI_DOUBLE, MPI_SUM, t->comm));
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, max, T_COUNT, MPI_DOUBLE, MPI_MAX, t->comm));
+    struct { double v; int rank; } busy = {tm[T_DATA] + tm[T_FORWARD] + tm[T_BACKWARD] + tm[T_OPTIM], t->rank};
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &busy, 1, MPI_DOUBLE_INT, MPI_MAXLOC, t->comm));
+    for (int i = 0; i < T_COUNT; i++) {
+        r->timing_mean[i] = mean[i] / t->world;
+        r->timing_max[i] = max[i];
+    }
+    r->straggler = busy.rank;
+    r->data_wait_s = r->timing_mean[T_DATA];
+    r->compute_s = r->timing_mean[T_FORWARD] + r->timing_mean[T_BACKWARD] + r->timing_mean[T_OPTIM];
+    r->comm_s = r->timing_mean[T_COMM];
     return BASIN_OK;
 }
 
 static int train_loop(Trainer *t, TrainResult *res)
 {
     const TrainConfig *cfg = t->cfg;
-    Net *net = t->net;
     uint64_t spe = t->steps_per_epoch;
-    double run_t0 = now_s(), interval_t0 = run_t0, train_time = 0.0;
-    double iv[3] = {0, 0, 0}; /* loss sum, correct, samples over the interval */
-    double tm[3] = {0, 0, 0}; /* data wait, compute, comm over the interval */
+    double run_t0 = net_clock(), interval_t0 = run_t0, train_time = 0.0;
+    double iv[3] = {0, 0, 0};    /* loss sum, correct, samples over the interval */
+    double tm[T_COUNT] = {0};
     uint64_t iv_steps = 0, images = 0;
     res->test_loss = res->test_accuracy = NAN;
     reader_take_wait_seconds(t->train);
 
     for (uint64_t gs = 0; gs < t->total_steps; gs++) {
         int epoch = (int)(gs / spe) + 1;
-        double s0 = now_s();
-        Batch b;
-        TRY(reader_next(t->train, &b));
-        double wait = reader_take_wait_seconds(t->train);
-        size_t first, count;
-        order_rank_slice(b.global_n, t->rank, t->world, &first, &count);
-        ForwardCtx ctx = {.train = 1, .seed = cfg->seed, .sample_offset = gs * cfg->batch + first};
-        float lr = (float)schedule_lr(&t->schedule, gs);
-        size_t correct = 0;
-        net_forward(net, b.images, b.labels, b.n, &ctx, &iv[0], &correct);
-        net_backward(net, b.images, b.labels, b.n, 1.0f / (float)b.global_n, NULL, NULL);
-        double s1 = now_s();
-        if (t->world > 1) TRY(sum_over_ranks(t, net->grads, net->n_params));
-        double s2 = now_s();
-        sgd_step_range(net, &t->sgd, lr, 0, net->n_params);
-        double s3 = now_s();
+        size_t correct = 0, n_rank = 0, n_global = 0;
+        TRY(train_step(t, gs, &iv[0], &correct, &n_rank, &n_global, tm));
         iv[1] += (double)correct;
-        iv[2] += (double)b.n;
-        tm[0] += wait;
-        tm[1] += (s1 - s0 - wait) + (s3 - s2);
-        tm[2] += s2 - s1;
+        iv[2] += (double)n_rank;
         iv_steps++;
-        images += b.global_n;
+        images += n_global;
 
         uint64_t done = gs + 1;
         int end_of_epoch = done % spe == 0 || done == t->total_steps;
+        if (done % (uint64_t)cfg->check_every == 0 || done == t->total_steps) TRY(check_replicas(t, done));
         if (done % (uint64_t)cfg->log_every == 0 || end_of_epoch) {
             TRY(sum_doubles(t, iv, 3));
-            double tnow = now_s(), dt = tnow - interval_t0;
+            double tnow = net_clock(), dt = tnow - interval_t0;
             train_time += dt;
-            double ips = iv[2] / dt;
             double step_time = train_time / (double)done;
             char eta[32];
             format_eta(step_time * (double)(t->total_steps - done), eta, sizeof eta);
-            res->train_loss = iv[0] / iv[2];
-            basin_info("epoch %d/%d  step %6llu/%llu  loss %.4f  acc %5.1f%%  %7.0f img/s  lr %.4g  ETA %s",
-                       epoch, cfg->epochs, (unsigned long long)done,
-                       (unsigned long long)t->total_steps, res->train_loss, 100.0 * iv[1] / iv[2], ips,
-                       (double)lr, eta);
+            float lr = (float)schedule_lr(&t->schedule, gs);
             StepRecord r = {
-                .epoch = epoch, .step = done, .loss = res->train_loss, .accuracy = iv[1] / iv[2],
-                .lr = lr, .images_per_s = ips, .time_s = tnow - t->t_start,
-                .data_wait_s = tm[0] / (double)iv_steps, .compute_s = tm[1] / (double)iv_steps,
-                .comm_s = tm[2] / (double)iv_steps,
+                .epoch = epoch, .step = done, .loss = iv[0] / iv[2], .accuracy = iv[1] / iv[2],
+                .lr = lr, .images_per_s = iv[2] / dt, .time_s = tnow - t->t_start,
             };
+            TRY(report_interval(t, &r, tm, iv_steps));
+            res->train_loss = r.loss;
+            basin_info("epoch %d/%d  step %6llu/%llu  loss %.4f  acc %5.1f%%  %7.0f img/s  lr %.4g  ETA %s",
+                       epoch, cfg->epochs, (unsigned long long)done, (unsigned long long)t->total_steps,
+                       r.loss, 100.0 * r.accuracy, r.images_per_s, (double)lr, eta);
             metrics_step(&t->metrics, &r);
             memset(iv, 0, sizeof iv);
             memset(tm, 0, sizeof tm);
             iv_steps = 0;
-            if (end_of_epoch && t->test &&
-                ((epoch % cfg->eval_every) == 0 || done == t->total_steps)) {
+            if (end_of_epoch && t->test && ((epoch % cfg->eval_every) == 0 || done == t->total_steps))
                 TRY(evaluate(t, epoch, done, res));
-            }
-            interval_t0 = now_s();
+            interval_t0 = net_clock();
         }
     }
     res->steps = t->total_steps;
-    res->seconds = now_s() - run_t0;
+    res->seconds = net_clock() - run_t0;
     res->images_per_s = train_time > 0 ? (double)images / train_time : 0.0;
     return BASIN_OK;
+}
+
+static int open_outputs(Trainer *t, char *metrics_path, size_t len)
+{
+    const TrainConfig *cfg = t->cfg;
+    int rc = BASIN_OK;
+    if (cfg->metrics) snprintf(metrics_path, len, "%s", cfg->metrics);
+    else snprintf(metrics_path, len, "%s/metrics.jsonl", cfg->output_dir);
+    if (t->rank == 0) {
+        rc = make_dirs(cfg->output_dir);
+        if (!rc) rc = metrics_open(&t->metrics, metrics_path);
+    }
+    if (!rc && cfg->trace) {
+        char path[4096];
+        size_t n = strlen(cfg->trace);
+        int stem = n > 5 && strcmp(cfg->trace + n - 5, ".json") == 0 ? (int)n - 5 : (int)n;
+        snprintf(path, sizeof path, "%.*s.rank%d.json", stem, cfg->trace, t->rank);
+        rc = trace_open(&t->trace, path, t->rank, t->t_start);
+        if (!rc) {
+            t->net->on_layer = on_layer;
+            t->net->on_layer_arg = t;
+        }
+    }
+    return rc;
 }
 
 int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
 {
     Trainer t = {.cfg = cfg, .comm = comm};
     TrainResult res = {0};
+    res.test_loss = res.test_accuracy = NAN;
     int rc;
     CHECK_MPI(MPI_Comm_rank(comm, &t.rank));
     CHECK_MPI(MPI_Comm_size(comm, &t.world));
@@ -245,10 +477,11 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     ops_cpu_set_threads(cfg->threads);
 
     rc = trainer_setup(&t);
-    /* A rank whose setup failed (a file missing on its host) must not leave
+    /* A rank whose set-up failed (a file missing on its host) must not leave
      * the others waiting in the first collective: agree on the outcome. */
     int worst = rc;
     if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS) worst = BASIN_ERR_RUNTIME;
+    if (!worst && !cfg->check_only) worst = check_same_config(&t);
     if (worst) {
         rc = worst;
         goto done;
@@ -262,26 +495,28 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
         goto done;
     }
 
+    rc = buckets_setup(&t);
+    if (rc) goto done;
     char metrics_path[4096];
-    if (cfg->metrics)
-        snprintf(metrics_path, sizeof metrics_path, "%s", cfg->metrics);
-    else
-        snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg->output_dir);
-    if (t.rank == 0) {
-        rc = make_dirs(cfg->output_dir);
-        if (!rc) rc = metrics_open(&t.metrics, metrics_path);
-    }
-    /* Every rank learns whether rank 0 could create its outputs. */
-    int any = rc;
-    if (MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS) any = BASIN_ERR_RUNTIME;
-    if (any) {
-        rc = any;
+    t.t_start = net_clock();
+    rc = open_outputs(&t, metrics_path, sizeof metrics_path);
+    /* Every rank learns whether the outputs could be created anywhere. */
+    worst = rc;
+    if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS) worst = BASIN_ERR_RUNTIME;
+    if (worst) {
+        rc = worst;
         goto done;
     }
 
     rc = net_init_params(t.net, cfg->seed);
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
+    if (t.ar) {
+        const AllreduceTopology *topo = allreduce_topology(t.ar);
+        basin_info("basin: %d supernode(s); all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s",
+                   topo->nodes, allreduce_plan_algorithm(t.buckets[0].plan), t.n_buckets, cfg->bucket_mb,
+                   cfg->overlap ? "on" : "off");
+    }
     basin_info("basin: %zu training and %zu test samples of %dx%dx%d, %d classes; %llu steps of %zu "
                "(%zu per rank), %llu per epoch",
                info->count, t.test ? reader_info(t.test)->count : (size_t)0, info->c, info->h, info->w,
@@ -290,14 +525,22 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     net_describe(t.net, desc, sizeof desc);
     basin_info("basin: %zu parameters, %.1f MFLOP per sample forward\n%s", t.net->n_params,
                2e-6 * net_forward_macs(t.net), desc);
-    t.t_start = now_s();
     rc = train_loop(&t, &res);
-    if (!rc) {
-        basin_info("basin: trained %llu steps in %.1f s (%.0f images/s); metrics in %s",
-                   (unsigned long long)res.steps, res.seconds, res.images_per_s, metrics_path);
+    if (!rc)
+        basin_info("basin: trained %llu steps in %.1f s (%.0f images/s); metrics in %s%s%s",
+                   (unsigned long long)res.steps, res.seconds, res.images_per_s, metrics_path,
+                   cfg->trace ? ", traces in " : "", cfg->trace ? cfg->trace : "");
+    if (!rc && cfg->keep_params) {
+        res.params = malloc(t.net->n_params * sizeof(float));
+        if (res.params) {
+            memcpy(res.params, t.net->params, t.net->n_params * sizeof(float));
+            res.n_params = t.net->n_params;
+        }
     }
 done:
     metrics_close(&t.metrics);
+    trace_close(&t.trace);
+    buckets_free(&t);
     net_destroy(t.net);
     if (t.test) reader_close(t.test);
     if (t.train) reader_close(t.train);

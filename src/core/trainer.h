@@ -15,6 +15,9 @@ typedef struct {
     double test_accuracy;        /* in [0, 1]; NAN when none ran */
     double images_per_s;         /* training throughput over the run, all ranks */
     double seconds;              /* wall time of the training loop */
+    float *params;               /* with cfg->keep_params: a malloc'd copy of the final
+                                    parameters (the caller frees it) */
+    size_t n_params;
 } TrainResult;
 
 /* Train as configured on the ranks of comm (every rank calls it). Returns

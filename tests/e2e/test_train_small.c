@@ -17,7 +17,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s DATA.h5 OUTPUT_DIR\n", argv[0]);
         return 2;
     }
-    MPI_Init(&argc, &argv);
+    int provided;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     TrainConfig cfg;
