@@ -81,8 +81,14 @@ int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
         if (!l->arg) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate pooling indices");
     } else if (l->kind == LAYER_CONV) {
         size_t rows = (size_t)l->win.c * (size_t)l->win.kh * (size_t)l->win.kw;
-        l->col = ops->alloc(rows * (size_t)l->win.oh * (size_t)l->win.ow * sizeof(float));
+        size_t bytes = rows * (size_t)l->win.oh * (size_t)l->win.ow * sizeof(float);
+        l->col = ops->alloc(bytes);
         if (!l->col) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate im2col buffer");
+        /* Backward needs every sample's im2col again: keep them when they fit. */
+        if (max_batch * bytes <= LAYER_COL_CACHE_BYTES) {
+            l->cols = ops->alloc(max_batch * bytes);
+            if (!l->cols) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate im2col cache");
+        }
     }
     return BASIN_OK;
 }
@@ -92,7 +98,8 @@ void layer_free(Layer *l, const Ops *ops)
     ops->free(l->mask);
     ops->free(l->arg);
     ops->free(l->col);
-    l->mask = NULL, l->arg = NULL, l->col = NULL;
+    ops->free(l->cols);
+    l->mask = NULL, l->arg = NULL, l->col = NULL, l->cols = NULL;
 }
 
 void layer_init_params(const Layer *l, uint64_t seed, int relu_follows, float *w, float *b)
@@ -130,9 +137,9 @@ void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
         size_t p = (size_t)g->oh * g->ow;
         for (size_t i = 0; i < n; i++) {
             /* y_i (C_out, OH OW) = W (C_out, C_in K K) col (C_in K K, OH OW) */
-            ops->im2col(g, x + i * in, l->col);
-            ops->gemm(0, 0, (size_t)l->spec.units, p, k, 1.0f, l->w, k, l->col, p, 0.0f,
-                      y + i * out, p);
+            float *col = l->cols ? l->cols + i * k * p : l->col;
+            ops->im2col(g, x + i * in, col);
+            ops->gemm(0, 0, (size_t)l->spec.units, p, k, 1.0f, l->w, k, col, p, 0.0f, y + i * out, p);
         }
         ops->add_bias_channels(y, l->b, n, (size_t)l->spec.units, p);
         break;
@@ -181,9 +188,11 @@ void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
         if (n == 0) ops->zero(l->dw, l->w_count);
         for (size_t i = 0; i < n; i++) {
             const float *dyi = dy + i * out;
-            /* dW (C_out, K') += dy_i (C_out, P) col_i^T (P, K') */
-            ops->im2col(g, x + i * in, l->col);
-            ops->gemm(0, 1, co, k, p, 1.0f, dyi, p, l->col, p, i ? 1.0f : 0.0f, l->dw, k);
+            /* dW (C_out, K') += dy_i (C_out, P) col_i^T (P, K'); col_i from
+             * forward when it was kept */
+            const float *col = l->cols ? l->cols + i * k * p : l->col;
+            if (!l->cols) ops->im2col(g, x + i * in, l->col);
+            ops->gemm(0, 1, co, k, p, 1.0f, dyi, p, col, p, i ? 1.0f : 0.0f, l->dw, k);
             if (l->need_dx) {
                 /* dcol (K', P) = W^T (K', C_out) dy_i (C_out, P); dx_i = col2im(dcol) */
                 ops->gemm(1, 0, k, p, co, 1.0f, l->w, k, dyi, p, 0.0f, l->col, p);

@@ -45,6 +45,9 @@ typedef struct {
                                the run's sample sequence (dropout draws) */
 } ForwardCtx;
 
+/* Largest im2col cache a conv layer keeps between forward and backward. */
+#define LAYER_COL_CACHE_BYTES ((size_t)256 << 20)
+
 typedef struct Layer {
     LayerKind kind;
     int index;              /* position in the network */
@@ -63,6 +66,9 @@ typedef struct Layer {
     float *mask;            /* dropout: (max_batch, out) factors */
     int32_t *arg;           /* max-pool: (max_batch, out) argmax */
     float *col;             /* conv: (C_in K K, OH OW) im2col of one sample */
+    float *cols;            /* conv: im2col of every sample of the batch, kept
+                               from forward for backward (NULL when that would
+                               exceed LAYER_COL_CACHE_BYTES: then recomputed) */
 } Layer;
 
 /* Fill in shapes, geometry and parameter counts from spec and the input

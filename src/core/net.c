@@ -10,9 +10,14 @@
 static int plan_layers(Layer *layers, const LayerSpec *specs, int n, Shape in, size_t *count)
 {
     Shape s = in;
+    int params_before = 0;
     for (int i = 0; i < n; i++) {
         TRY(layer_setup(&layers[i], i, &specs[i], s));
         s = layers[i].out;
+        /* The gradient w.r.t. a layer's input is needed only when some
+         * earlier layer has parameters: never w.r.t. the data. */
+        layers[i].need_dx = params_before;
+        if (layers[i].w_count) params_before = 1;
     }
     /* Reverse layer order: the last layer's parameters first. */
     size_t off = 0;

@@ -133,7 +133,7 @@ static void fill_input(LayerKind kind, float *x, size_t n)
         for (size_t i = 0; i < n; i++) x[i] = (float)(0.01 * (double)((i * 7919) % n) - 0.5);
 }
 
-static void check_layer(const char *what, LayerSpec spec, Shape in, size_t n, int first)
+static void check_layer_cache(const char *what, LayerSpec spec, Shape in, size_t n, int first, int keep_cols)
 {
     Layer l;
     if (layer_setup(&l, first ? 0 : 1, &spec, in)) {
@@ -141,6 +141,10 @@ static void check_layer(const char *what, LayerSpec spec, Shape in, size_t n, in
         return;
     }
     layer_alloc(&l, &ops_cpu, n);
+    if (!keep_cols) { /* the path of batches too large for the im2col cache */
+        ops_cpu.free(l.cols);
+        l.cols = NULL;
+    }
     size_t nin = shape_size(l.in) * n, nout = shape_size(l.out) * n;
     float *x = calloc(nin, sizeof *x), *y = calloc(nout, sizeof *y), *g = calloc(nout, sizeof *g);
     float *dx = calloc(nin, sizeof *dx);
@@ -189,6 +193,11 @@ static void check_layer(const char *what, LayerSpec spec, Shape in, size_t n, in
     layer_free(&l, &ops_cpu);
     free(x), free(y), free(g), free(dx), free(w), free(b), free(dw), free(db);
     free(xd), free(wd), free(bd), free(yd);
+}
+
+static void check_layer(const char *what, LayerSpec spec, Shape in, size_t n, int first)
+{
+    check_layer_cache(what, spec, in, n, first, 1);
 }
 
 static LayerSpec S(LayerKind kind, int units, int k, int stride, int pad, float p)
@@ -288,6 +297,7 @@ int main(void)
     check_layer("linear on image", S(LAYER_LINEAR, 3, 0, 0, 0, 0), img, 2, 0);
     check_layer("conv k3 s1 p1", S(LAYER_CONV, 3, 3, 1, 1, 0), img, 2, 0);
     check_layer("conv k5 s1 p2", S(LAYER_CONV, 4, 5, 1, 2, 0), img, 2, 0);
+    check_layer_cache("conv k3 s1 p1 (im2col recomputed)", S(LAYER_CONV, 3, 3, 1, 1, 0), img, 3, 0, 0);
     check_layer("conv k3 s2 p0", S(LAYER_CONV, 2, 3, 2, 0, 0), img, 3, 0);
     check_layer("conv k2 s3 p1", S(LAYER_CONV, 2, 2, 3, 1, 0), img, 1, 0);
     check_layer("conv k1 s1 p0 (first)", S(LAYER_CONV, 3, 1, 1, 0, 0), img, 2, 1);
