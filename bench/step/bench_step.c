@@ -1,0 +1,589 @@
+/* basin-bench-step: throughput of one training step on one process.
+ *
+ * A step is what the training loop does per batch, minus reading data and
+ * the all-reduce: net_forward (training mode, dropout on), net_backward with
+ * scale 1/batch, and sgd_step_range over the whole flat buffer. Inputs and
+ * labels are random (fixed seed) and built once, outside the timed loop.
+ *
+ * Reported: the median over repeats of images/s, the achieved GFLOP/s, and
+ * the same process's single-core SGEMM rate for reference:
+ *
+ *   FLOPs/sample = 2 * (forward MACs + backward MACs)
+ *   backward MACs = sum over fc/conv layers of
+ *                   MACs for dW (= the layer's forward MACs)
+ *                 + MACs for dx (the same again), except the first fc/conv
+ *                   layer, whose input gradient nobody needs
+ *
+ * so GFLOP/s counts the useful arithmetic of a step, not what an
+ * implementation happens to do. Every rate comes twice: by the wall clock
+ * and by the process's CPU time. They agree on an idle core; on a shared
+ * machine the CPU-time rate still measures the code, not the scheduler's
+ * share. The last line of output is one JSON object
+ * for scripts (bench/step/run.sh).
+ *
+ * --profile adds a per-layer breakdown: the same step, layer by layer as
+ * net_forward / net_backward run them, each layer timed on its own.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/error.h"
+#include "core/layers.h"
+#include "core/net.h"
+#include "core/ops.h"
+#include "core/optim.h"
+#include "core/rng.h"
+#include "models/models.h"
+
+#define INPUT_SHAPE ((Shape){1, 28, 28})
+#define CLASSES 10
+#define DATA_SEED 1234u
+#define INIT_SEED 42u
+#define LR 0.01f
+#define MOMENTUM 0.9f
+#define WEIGHT_DECAY 5e-4f
+#define SGEMM_SQUARE 1024
+#define SGEMM_RUNS 7
+#define SGEMM_MIN_S 0.02 /* each timed SGEMM run lasts at least this long */
+
+typedef struct {
+    const char *model;
+    int batch, steps, repeats, warmup, threads;
+    int profile;
+} Options;
+
+typedef struct {
+    float *x;        /* (batch, 1, 28, 28) */
+    int32_t *labels; /* (batch) */
+} Data;
+
+/* A rate measured by the wall clock and by the process's CPU time; the two
+ * agree on an idle machine with one BLAS thread. */
+typedef struct {
+    double wall, cpu;
+} Rate;
+
+/* The single gemm call of a layer's forward pass, as layers.c issues it. */
+typedef struct {
+    int layer; /* index in the network, -1 when none */
+    int trans_a, trans_b;
+    size_t m, n, k;
+} GemmShape;
+
+/* ---- command line ---------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: basin-bench-step [options]\n"
+            "Time full training steps (forward + backward + SGD) of a model on one process.\n"
+            "\n"
+            "  --model NAME|SPEC  preset (mlp, cnn, cnn-small) or layer spec (default mlp)\n"
+            "  --batch N          samples per step (default 64)\n"
+            "  --steps N          timed steps per repeat (default 20)\n"
+            "  --repeats R        timed repeats; the median is reported (default 5)\n"
+            "  --warmup N         untimed steps first (default 3)\n"
+            "  --threads N        BLAS threads (default 1; with more, the CPU-time rates\n"
+            "                     divide by the CPU seconds of all threads)\n"
+            "  --profile          also print a per-layer forward/backward breakdown\n"
+            "  --help             this text\n"
+            "\n"
+            "The last line of output is one JSON object with the results.\n");
+}
+
+/* A whole-string integer in [lo, hi], or -1 after one line naming the option. */
+static int parse_count(const char *opt, const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) {
+        basin_error(BASIN_ERR_USAGE, "--%s wants an integer in [%ld, %ld], not '%s'", opt, lo, hi,
+                    s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, Options *o)
+{
+    *o = (Options){.model = "mlp", .batch = 64, .steps = 20, .repeats = 5, .warmup = 3,
+                   .threads = 1};
+    enum { OPT_PROFILE = 256 };
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, 'm'},   {"batch", required_argument, NULL, 'b'},
+        {"steps", required_argument, NULL, 's'},   {"repeats", required_argument, NULL, 'r'},
+        {"warmup", required_argument, NULL, 'w'},  {"threads", required_argument, NULL, 't'},
+        {"profile", no_argument, NULL, OPT_PROFILE}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'b': if (parse_count("batch", optarg, 1, 1 << 16, &o->batch)) return -1; break;
+        case 's': if (parse_count("steps", optarg, 1, 1 << 20, &o->steps)) return -1; break;
+        case 'r': if (parse_count("repeats", optarg, 1, 1000, &o->repeats)) return -1; break;
+        case 'w': if (parse_count("warmup", optarg, 0, 1 << 20, &o->warmup)) return -1; break;
+        case 't': if (parse_count("threads", optarg, 1, 1024, &o->threads)) return -1; break;
+        case OPT_PROFILE: o->profile = 1; break;
+        case 'h': usage(stdout); exit(0);
+        case ':':
+            basin_error(BASIN_ERR_USAGE, "option %s needs a value (see --help)", name);
+            return -1;
+        default:
+            basin_error(BASIN_ERR_USAGE, "unknown option %s (see --help)", name);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        basin_error(BASIN_ERR_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static double clock_s(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double now_s(void)
+{
+    return clock_s(CLOCK_MONOTONIC);
+}
+
+/* CPU seconds of this process: on a shared machine, the time it actually
+ * ran, whatever else the scheduler gave the core to. */
+static double cpu_s(void)
+{
+    return clock_s(CLOCK_PROCESS_CPUTIME_ID);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of n values (sorts them). */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int is_gemm_layer(const Layer *l)
+{
+    return l->kind == LAYER_LINEAR || l->kind == LAYER_CONV;
+}
+
+/* Useful FLOPs of one sample's step (see the top of the file). */
+static double flops_per_sample(const Net *net)
+{
+    double fwd = 0.0, bwd = 0.0;
+    int first = 1;
+    for (int i = 0; i < net->n_layers; i++) {
+        const Layer *l = &net->layers[i];
+        if (!is_gemm_layer(l)) continue;
+        double macs = layer_forward_macs(l);
+        fwd += macs;
+        bwd += first ? macs : 2.0 * macs;
+        first = 0;
+    }
+    return 2.0 * (fwd + bwd);
+}
+
+/* The forward gemm of the layer with the most forward MACs, at this batch. */
+static GemmShape largest_gemm(const Net *net, size_t batch)
+{
+    GemmShape g = {.layer = -1};
+    double best = 0.0;
+    for (int i = 0; i < net->n_layers; i++) {
+        const Layer *l = &net->layers[i];
+        double macs = layer_forward_macs(l);
+        if (!is_gemm_layer(l) || macs <= best) continue;
+        best = macs;
+        if (l->kind == LAYER_LINEAR) {
+            /* y (n, out) = x (n, in) W^T */
+            g = (GemmShape){i, 0, 1, batch, shape_size(l->out), shape_size(l->in)};
+        } else {
+            /* y_i (C_out, OH OW) = W (C_out, C_in K K) col (C_in K K, OH OW), per sample */
+            g = (GemmShape){i, 0, 0, (size_t)l->spec.units, (size_t)l->win.oh * l->win.ow,
+                            (size_t)l->win.c * l->win.kh * l->win.kw};
+        }
+    }
+    return g;
+}
+
+/* GFLOP/s of C = op(A) op(B) through the backend's gemm, the median of
+ * SGEMM_RUNS timed runs, by the wall clock and by this process's CPU time.
+ * Each run repeats the call until it has taken SGEMM_MIN_S of CPU time, so
+ * small shapes are timed as precisely as large ones. Returns -1 when out of
+ * memory. */
+static int sgemm_rate(const Ops *ops, int ta, int tb, size_t m, size_t n, size_t k, Rate *out)
+{
+    size_t a_rows = ta ? k : m, a_cols = ta ? m : k;
+    size_t b_rows = tb ? n : k, b_cols = tb ? k : n;
+    float *a = ops->alloc(a_rows * a_cols * sizeof(float));
+    float *b = ops->alloc(b_rows * b_cols * sizeof(float));
+    float *c = ops->alloc(m * n * sizeof(float));
+    int rc = -1;
+    if (!a || !b || !c) goto done;
+    for (size_t i = 0; i < a_rows * a_cols; i++) a[i] = rng_uniform(DATA_SEED, 11, i) - 0.5f;
+    for (size_t i = 0; i < b_rows * b_cols; i++) b[i] = rng_uniform(DATA_SEED, 12, i) - 0.5f;
+    ops->gemm(ta, tb, m, n, k, 1.0f, a, a_cols, b, b_cols, 0.0f, c, n); /* warm-up */
+    double wall[SGEMM_RUNS], cpu[SGEMM_RUNS];
+    const double flop = 2.0 * (double)m * (double)n * (double)k;
+    for (int r = 0; r < SGEMM_RUNS; r++) {
+        long calls = 0;
+        double w0 = now_s(), c0 = cpu_s(), ct;
+        do {
+            ops->gemm(ta, tb, m, n, k, 1.0f, a, a_cols, b, b_cols, 0.0f, c, n);
+            ops->sync();
+            calls++;
+            ct = cpu_s() - c0;
+        } while (ct < SGEMM_MIN_S);
+        wall[r] = flop * (double)calls / (now_s() - w0) * 1e-9;
+        cpu[r] = flop * (double)calls / ct * 1e-9;
+    }
+    out->wall = median(wall, SGEMM_RUNS);
+    out->cpu = median(cpu, SGEMM_RUNS);
+    rc = 0;
+done:
+    ops->free(a);
+    ops->free(b);
+    ops->free(c);
+    return rc;
+}
+
+/* ---- the step ----------------------------------------------------------------- */
+
+static int data_create(const Ops *ops, size_t batch, Data *d)
+{
+    size_t in = shape_size(INPUT_SHAPE);
+    float *x = basin_malloc(batch * in * sizeof(float));
+    int32_t *y = basin_malloc(batch * sizeof(int32_t));
+    d->x = ops->alloc(batch * in * sizeof(float));
+    d->labels = ops->alloc(batch * sizeof(int32_t));
+    int rc = BASIN_ERR_RUNTIME;
+    if (!x || !y || !d->x || !d->labels) goto done;
+    /* Pixel-like values in [0, 1), labels uniform over the classes. */
+    for (size_t i = 0; i < batch * in; i++) x[i] = rng_uniform(DATA_SEED, 1, i);
+    for (size_t i = 0; i < batch; i++) y[i] = (int32_t)(rng_u64(DATA_SEED, 2, i) % CLASSES);
+    ops->to_device(d->x, x, batch * in * sizeof(float));
+    ops->to_device(d->labels, y, batch * sizeof(int32_t));
+    rc = BASIN_OK;
+done:
+    free(x);
+    free(y);
+    return rc;
+}
+
+static void data_destroy(const Ops *ops, Data *d)
+{
+    ops->free(d->x);
+    ops->free(d->labels);
+}
+
+/* One training step, as the trainer runs it for a batch. */
+static double train_step(Net *net, const Data *d, size_t batch, uint64_t step,
+                         const SgdConfig *sgd)
+{
+    ForwardCtx ctx = {.train = 1, .seed = INIT_SEED, .sample_offset = step * batch};
+    double loss = 0.0;
+    size_t correct = 0;
+    net_forward(net, d->x, d->labels, batch, &ctx, &loss, &correct);
+    net_backward(net, d->x, d->labels, batch, 1.0f / (float)batch, NULL, NULL);
+    sgd_step_range(net, sgd, LR, 0, net->n_params);
+    net->ops->sync();
+    return loss;
+}
+
+/* ---- per-layer profile ----------------------------------------------------- */
+
+/* CPU seconds of each part of a step, summed over the profiled steps. */
+typedef struct {
+    double *fwd, *bwd; /* (n_layers) */
+    double loss_fwd, loss_bwd, sgd;
+} Profile;
+
+/* Output of layer i, flatten layers aliasing their input (as in net.c). */
+static const float *act_of(const Net *net, int i, const float *x)
+{
+    while (i >= 0 && !net->act[i]) i--;
+    return i < 0 ? x : net->act[i];
+}
+
+/* One step in the order net_forward / net_backward / sgd_step_range run it,
+ * adding each part's seconds to p. */
+static void profiled_step(Net *net, const Data *d, size_t n, uint64_t step, const SgdConfig *sgd,
+                          Profile *p)
+{
+    const Ops *ops = net->ops;
+    ForwardCtx ctx = {.train = 1, .seed = INIT_SEED, .sample_offset = step * n};
+    double t;
+    for (int i = 0; i < net->n_layers; i++) {
+        if (!net->act[i]) continue;
+        t = cpu_s();
+        layer_forward(&net->layers[i], ops, act_of(net, i - 1, d->x), net->act[i], n, &ctx);
+        ops->sync();
+        p->fwd[i] += cpu_s() - t;
+    }
+    double loss = 0.0;
+    size_t ok = 0;
+    t = cpu_s();
+    ops->softmax_xent_fwd(net->act[net->n_layers - 1], d->labels, n, (size_t)net->classes,
+                          net->probs, &loss, &ok);
+    p->loss_fwd += cpu_s() - t;
+
+    int cur = 0;
+    float *dy = net->dbuf[cur];
+    t = cpu_s();
+    ops->softmax_xent_bwd(net->probs, d->labels, n, (size_t)net->classes, 1.0f / (float)n, dy);
+    p->loss_bwd += cpu_s() - t;
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        Layer *l = &net->layers[i];
+        if (!net->act[i]) continue;
+        float *dx = net->dbuf[cur ^ 1];
+        t = cpu_s();
+        layer_backward(l, ops, act_of(net, i - 1, d->x), net->act[i], dy, dx, n);
+        ops->sync();
+        p->bwd[i] += cpu_s() - t;
+        if (l->need_dx) {
+            cur ^= 1;
+            dy = dx;
+        }
+    }
+    t = cpu_s();
+    sgd_step_range(net, sgd, LR, 0, net->n_params);
+    ops->sync();
+    p->sgd += cpu_s() - t;
+}
+
+/* The parts of one conv layer's forward and backward, timed one op at a
+ * time. The calls are those of layer_forward / layer_backward (layers.c) for
+ * a conv layer; the values do not matter for the timing, so the layer's last
+ * output stands in for dy and dbuf[0] takes dx. Overwrites the layer's
+ * gradients: run it after the measurements. */
+static void conv_detail(Net *net, int li, const float *x, size_t n, int reps)
+{
+    const Ops *ops = net->ops;
+    Layer *l = &net->layers[li];
+    const Window *g = &l->win;
+    const size_t in = shape_size(l->in), out = shape_size(l->out);
+    const size_t co = (size_t)l->spec.units, k = (size_t)g->c * g->kh * g->kw;
+    const size_t p = (size_t)g->oh * g->ow;
+    const float *dy = net->act[li];
+    float *dx = net->dbuf[0];
+    enum { F_IM2COL, F_GEMM, F_BIAS, B_BIAS, B_IM2COL, B_DW, B_DX, B_ZERO, B_COL2IM, N_PARTS };
+    double t[N_PARTS] = {0}, t0;
+#define TIMED(part, call) (t0 = cpu_s(), (call), ops->sync(), t[part] += cpu_s() - t0)
+    for (int r = 0; r < reps; r++) {
+        for (size_t i = 0; i < n; i++) {
+            TIMED(F_IM2COL, ops->im2col(g, x + i * in, l->col));
+            TIMED(F_GEMM, ops->gemm(0, 0, co, p, k, 1.0f, l->w, k, l->col, p, 0.0f,
+                                    net->dbuf[1] + i * out, p));
+        }
+        TIMED(F_BIAS, ops->add_bias_channels(net->dbuf[1], l->b, n, co, p));
+        TIMED(B_BIAS, (ops->zero(l->db, co), ops->bias_grad_channels(l->db, dy, n, co, p)));
+        for (size_t i = 0; i < n; i++) {
+            const float *dyi = dy + i * out;
+            TIMED(B_IM2COL, ops->im2col(g, x + i * in, l->col));
+            TIMED(B_DW, ops->gemm(0, 1, co, k, p, 1.0f, dyi, p, l->col, p, i ? 1.0f : 0.0f,
+                                  l->dw, k));
+            if (l->need_dx) {
+                TIMED(B_DX, ops->gemm(1, 0, k, p, co, 1.0f, l->w, k, dyi, p, 0.0f, l->col, p));
+                TIMED(B_ZERO, ops->zero(dx + i * in, in));
+                TIMED(B_COL2IM, ops->col2im(g, l->col, dx + i * in));
+            }
+        }
+    }
+#undef TIMED
+    const double ms = 1e3 / reps, gf = 2e-6 * (double)(co * p * k) * (double)n;
+    printf("  conv %d (gemm %zux%zux%zu per sample), CPU ms per step:\n", li + 1, co, p, k);
+    printf("    forward : im2col %.3f, gemm %.3f (%.1f GF/s), bias %.3f\n", t[F_IM2COL] * ms,
+           t[F_GEMM] * ms, gf / (t[F_GEMM] * ms), t[F_BIAS] * ms);
+    printf("    backward: db %.3f, im2col %.3f, dW gemm %.3f (%.1f GF/s)", t[B_BIAS] * ms,
+           t[B_IM2COL] * ms, t[B_DW] * ms, gf / (t[B_DW] * ms));
+    if (l->need_dx)
+        printf(", dx gemm %.3f (%.1f GF/s), zero dx %.3f, col2im %.3f", t[B_DX] * ms,
+               gf / (t[B_DX] * ms), t[B_ZERO] * ms, t[B_COL2IM] * ms);
+    printf("\n");
+}
+
+static int run_profile(Net *net, const Data *d, size_t batch, int steps, uint64_t first_step,
+                       const SgdConfig *sgd, double step_s)
+{
+    Profile p = {0};
+    p.fwd = basin_calloc((size_t)net->n_layers, sizeof *p.fwd);
+    p.bwd = basin_calloc((size_t)net->n_layers, sizeof *p.bwd);
+    if (!p.fwd || !p.bwd) {
+        free(p.fwd);
+        free(p.bwd);
+        return BASIN_ERR_RUNTIME;
+    }
+    for (int s = 0; s < steps; s++) profiled_step(net, d, batch, first_step + (uint64_t)s, sgd, &p);
+
+    double scale = 1e3 / steps; /* ms per step */
+    double total = 0.0;
+    printf("\nper-layer profile (CPU ms per step, mean of %d steps; GF/s of the layer's gemm work)\n",
+           steps);
+    printf("  %-3s %-8s %-14s %9s %8s %9s %8s %8s\n", "#", "layer", "output", "fwd ms", "GF/s",
+           "bwd ms", "GF/s", "% step");
+    int first_gemm = 1;
+    for (int i = 0; i < net->n_layers; i++) {
+        const Layer *l = &net->layers[i];
+        if (!net->act[i]) continue;
+        double f = p.fwd[i] * scale, b = p.bwd[i] * scale;
+        total += f + b;
+        char shape[32];
+        snprintf(shape, sizeof shape, "%dx%dx%d", l->out.c, l->out.h, l->out.w);
+        double macs = layer_forward_macs(l) * (double)batch;
+        if (is_gemm_layer(l)) {
+            /* backward does dW, and dx when the layer computes it */
+            double bmacs = macs * (l->need_dx ? 2.0 : 1.0);
+            printf("  %-3d %-8s %-14s %9.3f %8.1f %9.3f %8.1f %7.1f%%%s\n", i + 1,
+                   layer_kind_name(l->kind), shape, f, 2e-6 * macs / f, b, 2e-6 * bmacs / b,
+                   100.0 * (f + b) / (step_s * 1e3),
+                   first_gemm && l->need_dx ? "  (computes an unused dx)" : "");
+            first_gemm = 0;
+        } else {
+            printf("  %-3d %-8s %-14s %9.3f %8s %9.3f %8s %7.1f%%\n", i + 1,
+                   layer_kind_name(l->kind), shape, f, "", b, "", 100.0 * (f + b) / (step_s * 1e3));
+        }
+    }
+    double lf = p.loss_fwd * scale, lb = p.loss_bwd * scale, sg = p.sgd * scale;
+    total += lf + lb + sg;
+    printf("  %-3s %-8s %-14s %9.3f %8s %9.3f %8s %7.1f%%\n", "", "softmax", "", lf, "", lb, "",
+           100.0 * (lf + lb) / (step_s * 1e3));
+    printf("  %-3s %-8s %-14s %9s %8s %9.3f %8s %7.1f%%\n", "", "sgd", "", "", "", sg, "",
+           100.0 * sg / (step_s * 1e3));
+    printf("  sum of parts %.3f ms; unprofiled step (median, CPU time) %.3f ms\n", total,
+           step_s * 1e3);
+    for (int i = 0; i < net->n_layers; i++) {
+        if (net->layers[i].kind == LAYER_CONV) conv_detail(net, i, act_of(net, i - 1, d->x), batch, steps);
+    }
+    free(p.fwd);
+    free(p.bwd);
+    return BASIN_OK;
+}
+
+/* ---- main ------------------------------------------------------------------- */
+
+/* Median, min and max of n values (sorts them). */
+typedef struct {
+    double med, lo, hi;
+} Spread;
+
+static Spread spread(double *v, int n)
+{
+    double med = median(v, n);
+    return (Spread){med, v[0], v[n - 1]};
+}
+
+int main(int argc, char **argv)
+{
+    Options o;
+    if (parse_args(argc, argv, &o)) return 2;
+    ops_cpu_set_threads(o.threads);
+    const Ops *ops = &ops_cpu;
+
+    LayerSpec specs[MODEL_MAX_LAYERS];
+    int n_layers = 0;
+    if (model_parse(o.model, specs, MODEL_MAX_LAYERS, &n_layers)) return 2;
+    Net *net = NULL;
+    int rc = net_create(specs, n_layers, INPUT_SHAPE, CLASSES, ops, (size_t)o.batch, &net);
+    if (rc) return rc == BASIN_ERR_USAGE ? 2 : 1;
+    Data d = {0};
+    double *wall = basin_calloc((size_t)o.repeats, sizeof *wall);
+    double *cpu = basin_calloc((size_t)o.repeats, sizeof *cpu);
+    if (!wall || !cpu || net_init_params(net, INIT_SEED) || data_create(ops, (size_t)o.batch, &d)) {
+        rc = 1;
+        goto done;
+    }
+
+    const size_t batch = (size_t)o.batch;
+    const SgdConfig sgd = {.momentum = MOMENTUM, .weight_decay = WEIGHT_DECAY, .nesterov = 0};
+    uint64_t step = 0;
+    double loss = 0.0;
+    for (int w = 0; w < o.warmup; w++) loss = train_step(net, &d, batch, step++, &sgd);
+    for (int r = 0; r < o.repeats; r++) {
+        double w0 = now_s(), c0 = cpu_s();
+        for (int s = 0; s < o.steps; s++) loss = train_step(net, &d, batch, step++, &sgd);
+        double images = (double)o.steps * (double)batch;
+        cpu[r] = images / (cpu_s() - c0);
+        wall[r] = images / (now_s() - w0);
+    }
+    const Spread iw = spread(wall, o.repeats), ic = spread(cpu, o.repeats);
+    const double flops = flops_per_sample(net);
+    const Rate img = {iw.med, ic.med};
+    const Rate gf = {img.wall * flops * 1e-9, img.cpu * flops * 1e-9};
+
+    Rate sq = {0}, lg_rate = {0};
+    const GemmShape lg = largest_gemm(net, batch);
+    if (sgemm_rate(ops, 0, 0, SGEMM_SQUARE, SGEMM_SQUARE, SGEMM_SQUARE, &sq) ||
+        (lg.layer >= 0 && sgemm_rate(ops, lg.trans_a, lg.trans_b, lg.m, lg.n, lg.k, &lg_rate))) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the SGEMM reference matrices");
+        goto done;
+    }
+
+    char desc[4096];
+    net_describe(net, desc, sizeof desc);
+    printf("basin-bench-step: model %s, batch %d, %d BLAS threads, %s\n", o.model, o.batch,
+           o.threads, openblas_get_config());
+    printf("%s", desc);
+    printf("parameters %zu; forward %.3f MMAC/sample; useful step %.3f MFLOP/sample\n",
+           net->n_params, 1e-6 * net_forward_macs(net), 1e-6 * flops);
+    printf("warm-up %d steps, then %d repeats of %d steps; medians (min..max):\n", o.warmup,
+           o.repeats, o.steps);
+    printf("  by CPU time  %9.1f img/s (%.1f..%.1f), %.3f ms/step, %.2f GFLOP/s\n", ic.med, ic.lo,
+           ic.hi, 1e3 * (double)batch / img.cpu, gf.cpu);
+    printf("  by wall time %9.1f img/s (%.1f..%.1f), %.3f ms/step, %.2f GFLOP/s\n", iw.med, iw.lo,
+           iw.hi, 1e3 * (double)batch / img.wall, gf.wall);
+    printf("SGEMM %dx%dx%d: %.2f GFLOP/s by CPU time (%.2f by wall) -> step achieves %.3f of "
+           "SGEMM (%.3f by wall)\n",
+           SGEMM_SQUARE, SGEMM_SQUARE, SGEMM_SQUARE, sq.cpu, sq.wall, gf.cpu / sq.cpu,
+           gf.wall / sq.wall);
+    if (lg.layer >= 0)
+        printf("largest layer (%d, %s) forward gemm %c%c m=%zu n=%zu k=%zu: %.2f GFLOP/s by CPU "
+               "time\n",
+               lg.layer + 1, layer_kind_name(net->layers[lg.layer].kind), lg.trans_a ? 'T' : 'N',
+               lg.trans_b ? 'T' : 'N', lg.m, lg.n, lg.k, lg_rate.cpu);
+    printf("last loss %.4f\n", loss / (double)batch);
+
+    if (o.profile) {
+        rc = run_profile(net, &d, batch, o.steps, step, &sgd, (double)batch / img.cpu);
+        if (rc) goto done;
+    }
+
+    printf("{\"bench\":\"step\",\"impl\":\"basin\",\"model\":\"%s\",\"batch\":%d,\"threads\":%d,"
+           "\"warmup\":%d,\"steps\":%d,\"repeats\":%d,\"flop_per_sample\":%.0f,"
+           "\"img_s_cpu\":%.3f,\"img_s_wall\":%.3f,\"gflops_cpu\":%.4f,\"gflops_wall\":%.4f,"
+           "\"sgemm_gflops_cpu\":%.4f,\"sgemm_gflops_wall\":%.4f,\"sgemm_fraction_cpu\":%.4f,"
+           "\"sgemm_fraction_wall\":%.4f,\"layer_gemm\":[%zu,%zu,%zu],"
+           "\"layer_gemm_gflops_cpu\":%.4f}\n",
+           o.model, o.batch, o.threads, o.warmup, o.steps, o.repeats, flops, img.cpu, img.wall,
+           gf.cpu, gf.wall, sq.cpu, sq.wall, gf.cpu / sq.cpu, gf.wall / sq.wall, lg.m, lg.n, lg.k,
+           lg_rate.cpu);
+    rc = 0;
+done:
+    free(wall);
+    free(cpu);
+    data_destroy(ops, &d);
+    net_destroy(net);
+    return rc;
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/python3
+"""PyTorch reference for basin-bench-step: the same models, the same step.
+
+A step is forward, CrossEntropyLoss (mean over the batch), backward and
+SGD(momentum 0.9, weight decay 5e-4) on random data built once, timed like
+basin-bench-step: warm-up steps, then repeats of timed steps, the median of
+the repeats reported by CPU time and by wall time. The last line of output
+is one JSON object.
+
+Run it with Debian's interpreter (/usr/bin/python3, python3-torch). Thread
+counts are fixed through the environment before torch is imported: OpenMP
+and OpenBLAS read it when they load, so torch.set_num_threads alone leaves
+their pools at the machine's core count.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def positive(lo):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"wants an integer >= {lo}, not '{s}'")
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"wants an integer >= {lo}, not '{s}'")
+        return v
+    return parse
+
+
+def parse_args():
+    p = argparse.ArgumentParser(
+        description="Time full PyTorch training steps (forward + backward + SGD) on one process.")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument("--batch", type=positive(1), default=64, help="samples per step")
+    p.add_argument("--steps", type=positive(1), default=20, help="timed steps per repeat")
+    p.add_argument("--repeats", type=positive(1), default=5, help="timed repeats (median reported)")
+    p.add_argument("--warmup", type=positive(0), default=3, help="untimed steps first")
+    p.add_argument("--threads", type=positive(1), default=1, help="intra-op threads")
+    p.add_argument("--lr", type=float, default=0.01)
+    return p.parse_args()
+
+
+ARGS = parse_args()
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(ARGS.threads)
+
+import torch  # noqa: E402  (after the thread environment is set)
+from torch import nn  # noqa: E402
+
+
+def build(model):
+    if model == "mlp":
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 1024), nn.ReLU(),
+            nn.Linear(1024, 1024), nn.ReLU(),
+            nn.Linear(1024, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3136, 1024), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(1024, 10))
+
+
+def flop_per_sample(net):
+    """2 * (forward MACs + backward MACs), counted as basin-bench-step does."""
+    fwd = bwd = 0.0
+    first = True
+    h = w = 28
+    for m in net:
+        if isinstance(m, nn.Conv2d):
+            macs = m.weight.numel() * h * w  # stride 1, "same" padding here
+        elif isinstance(m, nn.Linear):
+            macs = m.weight.numel()
+        else:
+            if isinstance(m, nn.MaxPool2d):
+                h, w = h // 2, w // 2
+            continue
+        fwd += macs
+        bwd += macs if first else 2 * macs
+        first = False
+    return 2 * (fwd + bwd)
+
+
+def main():
+    torch.set_num_threads(ARGS.threads)
+    torch.manual_seed(42)
+    net = build(ARGS.model)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=ARGS.lr, momentum=0.9, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(1234)
+    x = torch.rand(ARGS.batch, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (ARGS.batch,), generator=g)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(ARGS.warmup):
+        loss = step()
+    wall, cpu = [], []
+    for _ in range(ARGS.repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(ARGS.steps):
+            loss = step()
+        images = ARGS.steps * ARGS.batch
+        cpu.append(images / (time.process_time() - c0))
+        wall.append(images / (time.perf_counter() - w0))
+
+    img_cpu, img_wall = statistics.median(cpu), statistics.median(wall)
+    flops = flop_per_sample(net)
+    print(f"torch {torch.__version__} ({sys.executable}), model {ARGS.model}, batch {ARGS.batch}, "
+          f"{torch.get_num_threads()} threads, mkldnn {torch.backends.mkldnn.is_available()}")
+    print(f"warm-up {ARGS.warmup} steps, then {ARGS.repeats} repeats of {ARGS.steps} steps; "
+          f"medians (min..max):")
+    print(f"  by CPU time  {img_cpu:9.1f} img/s ({min(cpu):.1f}..{max(cpu):.1f}), "
+          f"{1e3 * ARGS.batch / img_cpu:.3f} ms/step, {img_cpu * flops * 1e-9:.2f} GFLOP/s")
+    print(f"  by wall time {img_wall:9.1f} img/s ({min(wall):.1f}..{max(wall):.1f}), "
+          f"{1e3 * ARGS.batch / img_wall:.3f} ms/step, {img_wall * flops * 1e-9:.2f} GFLOP/s")
+    print(f"last loss {loss.item():.4f}")
+    print(json.dumps({
+        "bench": "step", "impl": "torch", "model": ARGS.model, "batch": ARGS.batch,
+        "threads": torch.get_num_threads(), "warmup": ARGS.warmup, "steps": ARGS.steps,
+        "repeats": ARGS.repeats, "flop_per_sample": flops,
+        "img_s_cpu": round(img_cpu, 3), "img_s_wall": round(img_wall, 3),
+        "gflops_cpu": round(img_cpu * flops * 1e-9, 4),
+        "gflops_wall": round(img_wall * flops * 1e-9, 4),
+        "torch": torch.__version__,
+    }, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
