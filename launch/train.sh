@@ -10,11 +10,12 @@
 #   --per-host N    ranks per host (with --hostfile)
 #   everything after -- goes to basin-train (see build/launch/basin-train --help);
 #   with no options it trains the default model on Fashion-MNIST.
+#   BASIN_BUILD=DIR uses the programs already built in DIR and skips set-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 np="" hostfile="" per_host=""
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "train: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,7 +34,13 @@ if [ -n "$hostfile" ]; then
   grep -Eq '^[[:space:]]*[^#[:space:]]' "$hostfile" || die "hostfile '$hostfile' names no hosts"
 fi
 
-launch/setup.sh
+if [ -n "${BASIN_BUILD:-}" ]; then
+  build=$BASIN_BUILD
+  [ -x "$build/launch/basin-train" ] || die "BASIN_BUILD=$build holds no launch/basin-train"
+else
+  build=build
+  launch/setup.sh
+fi
 
 # The bundled default job: the cnn preset on Fashion-MNIST; options given
 # after -- come later and so override these.
@@ -45,13 +52,13 @@ for ((i = 0; i < ${#user[@]}; i++)); do
 done
 if [ "$data" = data/fashion-mnist.h5 ] && [ ! -f "$data" ]; then
   echo "train: importing Fashion-MNIST into $data"
-  build/launch/basin-data import fashion-mnist --output "$data"
+  "$build/launch/basin-data" import fashion-mnist --output "$data"
 fi
 
 cores=$(nproc)
 [ -n "$np" ] || np=$cores
 # Validate everything once, in one process, before starting the job.
-build/launch/basin-train --check="$np" "${defaults[@]}" "${user[@]}" >/dev/null
+"$build/launch/basin-train" --check="$np" "${defaults[@]}" "${user[@]}" >/dev/null
 
 mpi=(-np "$np" -x OPENBLAS_NUM_THREADS=1 -x OMP_NUM_THREADS=1)
 [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
@@ -64,5 +71,5 @@ elif [ "$np" -le "$cores" ]; then
 else
   mpi+=(--oversubscribe --bind-to none)
 fi
-echo "train: mpirun ${mpi[*]} build/launch/basin-train ${defaults[*]} ${user[*]}"
-exec mpirun "${mpi[@]}" build/launch/basin-train "${defaults[@]}" "${user[@]}"
+echo "train: mpirun ${mpi[*]} $build/launch/basin-train ${defaults[*]} ${user[*]}"
+exec mpirun "${mpi[@]}" "$build/launch/basin-train" "${defaults[@]}" "${user[@]}"
