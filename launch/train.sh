@@ -44,7 +44,7 @@ fi
 
 # The bundled default job: the cnn preset on Fashion-MNIST; options given
 # after -- come later and so override these.
-defaults=(--model cnn --epochs 5 --batch 64 --lr 0.05 --schedule cosine)
+defaults=(--model cnn --epochs 5 --batch 64 --lr 0.02 --schedule cosine)
 user=("$@")
 data=data/fashion-mnist.h5
 for ((i = 0; i < ${#user[@]}; i++)); do

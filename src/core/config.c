@@ -18,7 +18,7 @@ void config_defaults(TrainConfig *cfg)
     cfg->output_dir = "out";
     cfg->epochs = 15;
     cfg->batch = 64;
-    cfg->lr = 0.05;
+    cfg->lr = 0.02;
     cfg->schedule = SCHEDULE_COSINE;
     cfg->warmup_epochs = 0.0;
     cfg->lr_step_epochs = 5.0;
@@ -51,7 +51,7 @@ void config_usage(const char *prog)
            "Optimisation\n"
            "  --epochs N              passes over the training set (default 15)\n"
            "  --batch N               global batch size over all ranks (default 64)\n"
-           "  --lr X                  peak learning rate (default 0.05)\n"
+           "  --lr X                  peak learning rate (default 0.02)\n"
            "  --schedule KIND         constant, step or cosine (default cosine)\n"
            "  --warmup-epochs X       linear warm-up length in epochs (default 0)\n"
            "  --lr-step-epochs X      step schedule: decay every X epochs (default 5)\n"
