@@ -1,0 +1,161 @@
+/* The table of algorithms, the MPI baseline, "auto", and plan/run. */
+#include "allreduce/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- mpi: MPI_Allreduce -------------------------------------------------- */
+/* The library's own choice (Open MPI 4.1: coll/tuned). Messages above
+ * max_message_count floats are reduced as several MPI_Allreduce calls.
+ * The watchdog covers it but cannot name a peer: MPI hides who it waits on. */
+
+typedef struct MpiState {
+    size_t count;
+} MpiState;
+
+static int mpi_plan(AllreduceComm *c, size_t count, unsigned flags, void **state)
+{
+    MpiState *m = basin_calloc(1, sizeof *m);
+    if (!m) return BASIN_ERR_RUNTIME;
+    m->count = count;
+    *state = m;
+    return BASIN_OK;
+}
+
+static int mpi_run(AllreduceComm *c, void *state, const float *send, float *recv)
+{
+    size_t n = ((MpiState *)state)->count;
+    int step = 0;
+    for (size_t off = 0; off < n; off += c->max_msg, step++) {
+        size_t k = n - off < c->max_msg ? n - off : c->max_msg; /* <= INT_MAX */
+        ar_watch_begin(c, "MPI_Allreduce", step, -1);
+        int rc = MPI_Allreduce(send == recv ? MPI_IN_PLACE : (const void *)(send + off), recv + off, (int)k,
+                               MPI_FLOAT, MPI_SUM, c->world);
+        ar_watch_end(c);
+        if (rc != MPI_SUCCESS) return ar_mpi_fail(rc, "MPI_Allreduce", __FILE__, __LINE__);
+    }
+    return BASIN_OK;
+}
+
+static void mpi_free(void *state)
+{
+    free(state);
+}
+
+const AllreduceAlgo ar_algo_mpi = {"mpi", mpi_plan, mpi_run, mpi_free};
+
+/* ---- the table ----------------------------------------------------------- */
+
+static const AllreduceAlgo *const table[] = {&ar_algo_rhd, &ar_algo_ring, &ar_algo_hier, &ar_algo_mpi};
+static const char *const names[] = {"auto", "rhd", "ring", "hier", "mpi", NULL};
+
+const char *const *allreduce_algorithms(void)
+{
+    return names;
+}
+
+/* ---- auto ---------------------------------------------------------------- */
+/* Chosen from bench/allreduce (bench/results/allreduce.md; 2 cores shared
+ * with other jobs, so single points are noisy, the trends below are not):
+ *  - one supernode: hier at every size. Reducing straight out of the peers'
+ *    memory beat MPI_Allreduce from 4 KiB to 256 MiB with window buffers
+ *    (no copy, no message: 4-10x at >= 16 MiB), and also with private
+ *    buffers, where hier copies in once;
+ *  - several supernodes (4 simulated hosts x 2 ranks, 1 Gbit/s): hier below
+ *    AUTO_RING_BYTES (fewest latency terms: 2 log S across hosts; 5x
+ *    MPI_Allreduce at 4 KiB), ring from there on (it was 10-25% faster than
+ *    hier at >= 16 MiB there, where 8 ranks on 2 cores make the run CPU-bound
+ *    rather than link-bound and ring does the least work per rank);
+ *  - one rank per supernode: hier is rhd then.
+ * The choice depends only on the count and the topology, which every rank
+ * sees alike, so all ranks choose the same algorithm. */
+enum { AUTO_RING_BYTES = 16 << 20 };
+
+static const AllreduceAlgo *auto_choose(const AllreduceComm *c, size_t count, unsigned flags)
+{
+    size_t bytes = count * sizeof(float);
+    const AllreduceTopology *t = &c->topo;
+    if (t->world_size == 1) return &ar_algo_rhd;
+    if (t->nodes == 1) return &ar_algo_hier;
+    return bytes < AUTO_RING_BYTES ? &ar_algo_hier : &ar_algo_ring;
+}
+
+/* ---- plan / run ---------------------------------------------------------- */
+
+int allreduce_plan(AllreduceComm *c, const char *algo, size_t count, unsigned flags, AllreducePlan **out)
+{
+    *out = NULL;
+    const AllreduceAlgo *a = NULL;
+    if (!algo || !strcmp(algo, "auto")) {
+        a = auto_choose(c, count, flags);
+    } else {
+        for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+            if (!strcmp(algo, table[i]->name)) a = table[i];
+    }
+    if (!a)
+        return basin_error(BASIN_ERR_USAGE, "unknown all-reduce algorithm '%s' (choose auto, rhd, ring, hier, mpi)",
+                           algo);
+    /* Planning may create shared windows: not while requests are in flight. */
+    TRY(allreduce_wait_all(c));
+    AllreducePlan *p = basin_calloc(1, sizeof *p);
+    if (!p) return BASIN_ERR_RUNTIME;
+    p->comm = c;
+    p->algo = a;
+    p->count = count;
+    p->flags = flags;
+    int st = a->plan(c, count, flags, &p->state);
+    if (st) {
+        free(p);
+        return st;
+    }
+    *out = p;
+    return BASIN_OK;
+}
+
+const char *allreduce_plan_algorithm(const AllreducePlan *p)
+{
+    return p->algo->name;
+}
+
+size_t allreduce_plan_count(const AllreducePlan *p)
+{
+    return p->count;
+}
+
+void allreduce_plan_free(AllreducePlan *p)
+{
+    if (!p) return;
+    allreduce_wait_all(p->comm);
+    p->algo->free(p->state);
+    free(p);
+}
+
+int ar_check_buffers(const AllreducePlan *p, const float *send, float *recv)
+{
+    if (!p) return basin_error(BASIN_ERR_USAGE, "all-reduce: no plan");
+    if (p->count == 0) return BASIN_OK;
+    if (!send || !recv) return basin_error(BASIN_ERR_USAGE, "all-reduce: NULL buffer for %zu floats", p->count);
+    uintptr_t s = (uintptr_t)send, r = (uintptr_t)recv, bytes = p->count * sizeof(float);
+    if (s != r && s < r + bytes && r < s + bytes)
+        return basin_error(BASIN_ERR_USAGE, "all-reduce: send and recv overlap without being the same buffer");
+    return BASIN_OK;
+}
+
+int ar_run_now(AllreducePlan *p, const float *send, float *recv)
+{
+    AllreduceComm *c = p->comm;
+    c->seq++;
+    ar_watch_op(c, c->seq, p->algo->name, p->count);
+    return p->algo->run(c, p->state, send, recv);
+}
+
+int allreduce_run(AllreducePlan *p, const float *send, float *recv)
+{
+    TRY(ar_check_buffers(p, send, recv));
+    if (p->comm->engine.started) {
+        AllreduceTicket t;
+        TRY(allreduce_start(p, send, recv, &t));
+        return allreduce_wait(p->comm, t);
+    }
+    return ar_run_now(p, send, recv);
+}

@@ -1,0 +1,128 @@
+/* All-reduce: every rank ends with the element-wise sum of all ranks' float
+ * buffers, with the same bits on every rank.
+ *
+ * Topology. An AllreduceComm holds three communicators:
+ *   world      a duplicate of the communicator it was created on;
+ *   supernode  ranks sharing a host (MPI_Comm_split_type SHARED), or, when
+ *              AllreduceConfig.supernode_size = K > 0, consecutive world ranks
+ *              in groups of K (the last group may be smaller);
+ *   cross      ranks with the same local index in different supernodes.
+ * Supernodes may differ in size (3 + 2 ranks works).
+ *
+ * Algorithms, chosen by name (allreduce_algorithms() lists them):
+ *   rhd   Rabenseifner: reduce-scatter by recursive halving, all-gather by
+ *         recursive doubling; non-power-of-two worlds fold the extra ranks.
+ *   ring  ring reduce-scatter + ring all-gather.
+ *   hier  shared-memory reduce-scatter inside the supernode, rhd across
+ *         supernodes on each local rank's shard in parallel, shared-memory
+ *         all-gather. Zero-copy when the buffer comes from
+ *         allreduce_buffer_alloc.
+ *   mpi   MPI_Allreduce (the baseline).
+ *   auto  picks one of the above by message size and topology (see algos.c).
+ * Every algorithm reduces each element exactly once, on its owner, in a
+ * fixed order, and then copies the result, so all ranks hold the same bits.
+ *
+ * Plan once, run many: allreduce_plan computes every peer, offset and count
+ * and allocates every buffer; allreduce_run only communicates and adds.
+ *
+ * Threads. The caller must initialize MPI with
+ *     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided)
+ * and allreduce_comm_create refuses a lower level (BASIN_ERR_USAGE): the
+ * progress thread (start/test/wait) makes MPI calls while the caller's thread
+ * may make its own, and the watchdog thread calls MPI_Abort. All functions
+ * of one AllreduceComm must be called from one thread (the trainer's).
+ *
+ * Collective calls (every rank of the world, same order, same arguments):
+ * allreduce_comm_create/free, allreduce_buffer_alloc/free, allreduce_plan,
+ * allreduce_plan_free, and every run/start.
+ *
+ * Watchdog. Every collective carries a sequence number. When one wait on a
+ * peer (a message, a shared-memory barrier, MPI_Allreduce) lasts longer than
+ * AllreduceConfig.timeout_s, the rank prints one line
+ *   basin: rank 2: error: all-reduce watchdog: collective #7 (rhd, 1000
+ *   floats) waited 5.0 s on rank 3 in reduce-scatter step 1; aborting
+ * and calls MPI_Abort(world, ALLREDUCE_WATCHDOG_EXIT).
+ */
+#ifndef BASIN_ALLREDUCE_H
+#define BASIN_ALLREDUCE_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Exit code of a job aborted by the watchdog. */
+#define ALLREDUCE_WATCHDOG_EXIT 3
+
+typedef struct AllreduceComm AllreduceComm;
+typedef struct AllreducePlan AllreducePlan;
+
+typedef struct AllreduceConfig {
+    int supernode_size;       /* 0: ranks sharing a host; K > 0: groups of K consecutive world ranks */
+    double timeout_s;         /* watchdog limit on one wait; <= 0 turns the watchdog off */
+    size_t max_message_count; /* most floats per MPI call (0: INT_MAX); larger messages are split */
+    int queue_capacity;       /* requests in flight for allreduce_start (0: 256) */
+} AllreduceConfig;
+
+typedef struct AllreduceTopology {
+    int world_rank, world_size;
+    int node, nodes;           /* this rank's supernode index, number of supernodes */
+    int local_rank, local_size; /* place inside the supernode */
+    int min_local_size;        /* smallest supernode: the number of hier shards */
+} AllreduceTopology;
+
+/* Defaults: host supernodes, 300 s watchdog, INT_MAX messages, 256 requests. */
+void allreduce_config_default(AllreduceConfig *cfg);
+
+/* Collective over world. cfg may be NULL for the defaults. */
+int allreduce_comm_create(MPI_Comm world, const AllreduceConfig *cfg, AllreduceComm **out);
+/* Collective. Waits for outstanding requests and stops the threads; free the
+ * plans and buffers made with it first. NULL is allowed. */
+void allreduce_comm_free(AllreduceComm *c);
+const AllreduceTopology *allreduce_topology(const AllreduceComm *c);
+
+/* Collective: a buffer of count floats inside the supernode's shared-memory
+ * window, 64-byte aligned. hier reduces (slices of) it in place without any
+ * copy; other algorithms treat it as ordinary memory. NULL on failure. */
+float *allreduce_buffer_alloc(AllreduceComm *c, size_t count);
+/* Collective. */
+void allreduce_buffer_free(AllreduceComm *c, float *buf);
+
+/* NULL-terminated list of algorithm names. */
+const char *const *allreduce_algorithms(void);
+
+/* Plan flags. */
+enum {
+    /* The caller promises to pass only in-place buffers (slices) from
+     * allreduce_buffer_alloc: hier then allocates no staging copy, and a run
+     * on other memory fails with BASIN_ERR_USAGE. */
+    ALLREDUCE_WINDOW_ONLY = 1u,
+};
+
+/* Collective: plan a sum of count floats with algorithm algo ("auto" picks).
+ * An unknown name is BASIN_ERR_USAGE. */
+int allreduce_plan(AllreduceComm *c, const char *algo, size_t count, unsigned flags,
+                   AllreducePlan **out);
+/* The algorithm that runs ("auto" resolved). */
+const char *allreduce_plan_algorithm(const AllreducePlan *p);
+size_t allreduce_plan_count(const AllreducePlan *p);
+void allreduce_plan_free(AllreducePlan *p);
+
+/* Blocking sum: recv[i] = sum over ranks of send[i], i < count.
+ * send == recv is in place; otherwise the two must not overlap. Either may be
+ * a slice of an allreduce_buffer_alloc buffer or any other memory. */
+int allreduce_run(AllreducePlan *p, const float *send, float *recv);
+
+/* Non-blocking use, driven by one progress thread per AllreduceComm.
+ * Requests run and complete in submission order; a ticket t is complete when
+ * every ticket before it is. send/recv must stay untouched until complete.
+ * start blocks only while queue_capacity requests are in flight. */
+typedef uint64_t AllreduceTicket;
+int allreduce_start(AllreducePlan *p, const float *send, float *recv, AllreduceTicket *ticket);
+/* *done = 1 when t has completed (never blocks). */
+int allreduce_test(AllreduceComm *c, AllreduceTicket t, int *done);
+/* Block until t completes; its status (a failed request fails every later one). */
+int allreduce_wait(AllreduceComm *c, AllreduceTicket t);
+/* Block until every started request completes. */
+int allreduce_wait_all(AllreduceComm *c);
+
+#endif

@@ -1,0 +1,217 @@
+/* hier: hierarchical all-reduce over supernodes.
+ *
+ *   1. reduce-scatter inside the supernode through shared memory: local
+ *      rank l adds shard l of every local rank's buffer, reading the peers'
+ *      memory directly (MPI-3 shared window), into its own buffer;
+ *   2. rhd across supernodes on shard l, among the ranks with local index l
+ *      (every local rank drives its own share of the inter-host traffic, in
+ *      parallel);
+ *   3. all-gather inside the supernode: each rank copies every other shard
+ *      straight from its owner's buffer.
+ *
+ *   supernode A (2 ranks)            supernode B (2 ranks)
+ *   a0 [s0 s1]  a1 [s0 s1]           b0 [s0 s1]  b1 [s0 s1]
+ *    1: a0 sums s0, a1 sums s1        b0 sums s0, b1 sums s1
+ *    2: a0 <--rhd on s0--> b0         a1 <--rhd on s1--> b1
+ *    3: a0 copies s1 from a1, a1 copies s0 from a0 (same in B)
+ *
+ * Shard ownership with uneven supernodes: the vector is cut into
+ * Lmin = min over supernodes of the supernode size shards, and shard j is
+ * owned by local rank j in every supernode. Every supernode has a local rank
+ * j < Lmin, so the cross communicator of local index j has one member per
+ * supernode and step 2 is well defined. Local ranks >= Lmin (which exist
+ * only in the larger supernodes, where no peer with their index exists in
+ * the smaller ones) own no shard: they contribute their data in step 1 and
+ * copy the result in step 3. One supernode (step 2 skipped) and one rank per
+ * supernode (steps 1 and 3 skipped: plain rhd) are the two ends of this.
+ *
+ * Needs: commutative sum, ranks of a supernode on one host (comm.c checks).
+ * Cost (n floats, L ranks per supernode, S supernodes, intra-host copies at
+ * memory bandwidth, βm per float touched):
+ *   step 1  (L+1) n/L βm + (L-1) n/L γ, no messages
+ *   step 2  rhd on n/L floats over S ranks: 2 log S α + 2 (S-1)/S n/L β + ...
+ *   step 3  2 (L-1)/L n βm
+ *   plus three shared-memory barriers (entry, after 2, exit).
+ * Each host moves 2 (S-1)/S n floats over its link, the minimum.
+ * Memory: zero-copy when the buffer (or slice) is in-place in an
+ * allreduce_buffer_alloc buffer; otherwise the plan holds an n-float staging
+ * segment in a shared window (skipped with ALLREDUCE_WINDOW_ONLY) and the
+ * data is copied in once; the result is written straight to recv in step 3.
+ *
+ * Same bits everywhere: each element is summed once in step 1 by its shard
+ * owner in local-rank order, once per rhd block in step 2, then only copied.
+ */
+#include "allreduce/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Hier {
+    size_t count;
+    int L, l, nshard, S;
+    size_t *off;          /* (nshard + 1) shard j is [off[j], off[j+1]) */
+    ArRhd *cross;         /* rhd across supernodes on this rank's shard */
+    int staging;          /* window index of the copy-in segment, or -1 */
+    const float **src;    /* (L) scratch: the peers' shard pointers */
+} Hier;
+
+static void hier_free_state(AllreduceComm *c, Hier *h)
+{
+    if (!h) return;
+    if (h->staging >= 0) ar_window_release(c, h->staging);
+    ar_rhd_free_on(h->cross);
+    free(h->off);
+    free(h->src);
+    free(h);
+}
+
+/* hier_free has no AllreduceComm argument in the shared signature, so the
+ * state keeps one. */
+typedef struct HierState {
+    AllreduceComm *c;
+    Hier *h;
+} HierState;
+
+static void hier_free(void *state)
+{
+    HierState *s = state;
+    if (!s) return;
+    hier_free_state(s->c, s->h);
+    free(s);
+}
+
+static int hier_plan(AllreduceComm *c, size_t n, unsigned flags, void **state)
+{
+    int st = BASIN_ERR_RUNTIME;
+    HierState *s = basin_calloc(1, sizeof *s);
+    Hier *h = basin_calloc(1, sizeof *h);
+    if (!s || !h) {
+        free(s);
+        free(h);
+        return BASIN_ERR_RUNTIME;
+    }
+    s->c = c;
+    s->h = h;
+    h->count = n;
+    h->L = c->topo.local_size;
+    h->l = c->topo.local_rank;
+    h->nshard = c->topo.min_local_size;
+    h->S = c->topo.nodes;
+    h->staging = -1;
+    h->off = basin_calloc((size_t)h->nshard + 1, sizeof *h->off);
+    h->src = basin_calloc((size_t)h->L, sizeof *h->src);
+    if (!h->off || !h->src) goto fail;
+    for (int j = 0; j <= h->nshard; j++) h->off[j] = ar_part_start(n, (size_t)h->nshard, (size_t)j);
+    if (h->l < h->nshard && h->S > 1) {
+        size_t cnt = h->off[h->l + 1] - h->off[h->l];
+        if ((st = ar_rhd_plan_on(c, c->cross, c->cross_world, cnt, &h->cross))) goto fail;
+    }
+    if (h->L > 1 && !(flags & ALLREDUCE_WINDOW_ONLY))
+        if ((st = ar_window_create(c, n, &h->staging))) goto fail;
+    *state = s;
+    return BASIN_OK;
+fail:
+    hier_free(s);
+    return st;
+}
+
+enum { BLOCK = 1024 };
+
+/* dst = src[0] + src[1] + ... + src[L-1], in that order, element by element.
+ * dst may be one of the sources (the same elements), never partly. */
+static void reduce_sources(float *dst, const float *const *src, int L, size_t n)
+{
+    if (L == 2) {
+        if (dst == src[0])
+            ar_add(dst, src[1], n);
+        else if (dst == src[1])
+            ar_add(dst, src[0], n); /* a + b == b + a, bit for bit */
+        else
+            ar_add3(dst, src[0], src[1], n);
+        return;
+    }
+    float acc[BLOCK];
+    for (size_t b = 0; b < n; b += BLOCK) {
+        size_t m = n - b < BLOCK ? n - b : BLOCK;
+        const float *s0 = src[0] + b, *s1 = src[1] + b;
+        for (size_t i = 0; i < m; i++) acc[i] = s0[i] + s1[i];
+        for (int j = 2; j < L; j++) {
+            const float *sj = src[j] + b;
+            for (size_t i = 0; i < m; i++) acc[i] += sj[i];
+        }
+        memcpy(dst + b, acc, m * sizeof(float));
+    }
+}
+
+static const float *peer_data(AllreduceComm *c, int j)
+{
+    const ArSlot *s = c->slots[j];
+    return c->wins[s->win].base[j] + s->offset;
+}
+
+static int hier_run(AllreduceComm *c, void *state, const float *send, float *recv)
+{
+    Hier *h = ((HierState *)state)->h;
+    size_t n = h->count;
+    if (n == 0) return BASIN_OK;
+    if (h->L == 1) {
+        if (h->S == 1) {
+            if (send != recv) memcpy(recv, send, n * sizeof(float));
+            return BASIN_OK;
+        }
+        return ar_rhd_run_on(c, h->cross, send, recv);
+    }
+
+    /* Where this rank's data lives for the peers to read. */
+    size_t offset = 0;
+    int win = ar_window_of(c, recv, n, &offset);
+    float *data;
+    if (win >= 0) {
+        data = recv;
+        if (send != recv) memcpy(recv, send, n * sizeof(float));
+    } else {
+        if (h->staging < 0)
+            return basin_error(BASIN_ERR_USAGE, "hier planned with ALLREDUCE_WINDOW_ONLY ran on a buffer that is "
+                                                "not in place in an allreduce_buffer_alloc buffer");
+        win = h->staging;
+        offset = 0;
+        data = c->wins[win].base[h->l];
+        memcpy(data, send, n * sizeof(float));
+    }
+    ArSlot *mine = c->slots[h->l];
+    mine->win = win;
+    mine->offset = offset;
+    mine->count = n;
+    mine->seq = c->seq;
+    ar_node_barrier(c, "hier entry barrier");
+    for (int j = 0; j < h->L; j++)
+        if (c->slots[j]->count != n || c->slots[j]->seq != c->seq)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME,
+                              "hier: local rank %d runs collective #%llu on %llu floats, this rank #%llu on %zu",
+                              j, (unsigned long long)c->slots[j]->seq, (unsigned long long)c->slots[j]->count,
+                              (unsigned long long)c->seq, n);
+
+    if (h->l < h->nshard) {
+        size_t lo = h->off[h->l], cnt = h->off[h->l + 1] - lo;
+        if (cnt) {
+            for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? data + lo : peer_data(c, j) + lo;
+            reduce_sources(data + lo, h->src, h->L, cnt);
+            if (h->S > 1) TRY(ar_rhd_run_on(c, h->cross, data + lo, data + lo));
+        }
+    }
+    ar_node_barrier(c, "hier all-gather barrier");
+
+    for (int j = 0; j < h->nshard; j++) {
+        size_t lo = h->off[j], cnt = h->off[j + 1] - lo;
+        if (!cnt) continue;
+        if (j == h->l) {
+            if (data != recv) memcpy(recv + lo, data + lo, cnt * sizeof(float));
+        } else {
+            memcpy(recv + lo, peer_data(c, j) + lo, cnt * sizeof(float));
+        }
+    }
+    ar_node_barrier(c, "hier exit barrier");
+    return BASIN_OK;
+}
+
+const AllreduceAlgo ar_algo_hier = {"hier", hier_plan, hier_run, hier_free};

@@ -1,0 +1,186 @@
+/* Shared by the files of src/allreduce; not part of the public API. */
+#ifndef BASIN_ALLREDUCE_INTERNAL_H
+#define BASIN_ALLREDUCE_INTERNAL_H
+
+#include "allreduce/allreduce.h"
+#include "core/error.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* ---- MPI checks --------------------------------------------------------- */
+
+int ar_mpi_fail(int mpirc, const char *call, const char *file, int line);
+
+/* Return the failure of an MPI call (MPI_ERRORS_RETURN is set on every
+ * communicator and window this module owns). */
+#define AR_MPI(call)                                                        \
+    do {                                                                    \
+        int ar_rc_ = (call);                                                \
+        if (ar_rc_ != MPI_SUCCESS) return ar_mpi_fail(ar_rc_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+/* The same, for functions with one cleanup label. */
+#define AR_MPI_GOTO(status, call, label)                                    \
+    do {                                                                    \
+        int ar_rc_ = (call);                                                \
+        if (ar_rc_ != MPI_SUCCESS) {                                        \
+            (status) = ar_mpi_fail(ar_rc_, #call, __FILE__, __LINE__);      \
+            goto label;                                                     \
+        }                                                                   \
+    } while (0)
+
+/* ---- shared-memory windows ---------------------------------------------- */
+
+/* One MPI_Win_allocate_shared over the supernode: count floats per rank. */
+typedef struct ArWindow {
+    MPI_Win win;
+    float **base; /* (local_size) each local rank's segment, mapped here */
+    size_t count; /* floats per rank */
+    int in_use;
+} ArWindow;
+
+/* Per local rank, in window 0: the barrier counter and where this rank's data
+ * of the running collective lives (so peers can read it). */
+typedef struct ArSlot {
+    _Atomic uint64_t arrived;
+    char pad0[56];
+    int32_t win;     /* index into AllreduceComm.wins */
+    uint32_t pad1;
+    uint64_t offset; /* floats from that window's segment start */
+    uint64_t count;  /* plan count, checked against peers */
+    uint64_t seq;    /* collective sequence number, checked against peers */
+    char pad2[32];
+} ArSlot;
+
+/* ---- watchdog ----------------------------------------------------------- */
+
+typedef struct ArWatch {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    int running, stop;
+    double timeout_s;
+    /* the wait in progress */
+    int armed;
+    uint64_t seq;
+    const char *algo;
+    size_t count;
+    const char *phase;
+    int step;
+    int peer; /* world rank, or -1 when MPI hides it */
+    double since;
+} ArWatch;
+
+/* ---- progress engine ---------------------------------------------------- */
+
+typedef struct ArJob {
+    AllreducePlan *plan;
+    const float *send;
+    float *recv;
+} ArJob;
+
+typedef struct ArEngine {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    ArJob *queue; /* (cap) ring of submitted jobs */
+    int cap;
+    int started, stop;
+    uint64_t submitted;          /* tickets handed out: 1..submitted */
+    _Atomic uint64_t completed;  /* tickets finished: 1..completed */
+    _Atomic int error;           /* first failure, sticky */
+    uint64_t failed_at;          /* its ticket, 0 if none */
+} ArEngine;
+
+/* ---- the communicator context ------------------------------------------- */
+
+struct AllreduceComm {
+    MPI_Comm world, node, cross;
+    AllreduceTopology topo;
+    int *node_world;  /* (local_size) world rank of each local rank */
+    int *cross_world; /* (size of cross) world rank of each cross rank */
+    int cross_size, cross_rank;
+    size_t max_msg;   /* most floats per MPI call */
+    ArWindow *wins;   /* wins[0] holds the ArSlots */
+    int nwins, capwins;
+    ArSlot **slots;   /* (local_size) */
+    uint64_t epoch;   /* shared-memory barriers passed */
+    uint64_t seq;     /* collectives run */
+    ArWatch watch;
+    ArEngine engine;
+};
+
+/* ---- algorithms: one signature, plan once, run many --------------------- */
+
+typedef struct AllreduceAlgo {
+    const char *name;
+    int (*plan)(AllreduceComm *c, size_t count, unsigned flags, void **state);
+    int (*run)(AllreduceComm *c, void *state, const float *send, float *recv);
+    void (*free)(void *state);
+} AllreduceAlgo;
+
+struct AllreducePlan {
+    AllreduceComm *comm;
+    const AllreduceAlgo *algo;
+    size_t count;
+    unsigned flags;
+    void *state;
+};
+
+extern const AllreduceAlgo ar_algo_rhd, ar_algo_ring, ar_algo_hier, ar_algo_mpi;
+
+/* rhd on any communicator (hier runs it on the cross communicator).
+ * world_of maps comm ranks to world ranks for the watchdog (NULL: identity). */
+typedef struct ArRhd ArRhd;
+int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t count, ArRhd **out);
+int ar_rhd_run_on(AllreduceComm *c, ArRhd *r, const float *send, float *recv);
+void ar_rhd_free_on(ArRhd *r);
+
+/* BASIN_ERR_USAGE unless send/recv are non-NULL and equal or disjoint. */
+int ar_check_buffers(const AllreducePlan *p, const float *send, float *recv);
+/* Run one plan now, on the calling thread (the engine's or the caller's). */
+int ar_run_now(AllreducePlan *p, const float *send, float *recv);
+
+/* ---- helpers (comm.c) --------------------------------------------------- */
+
+double ar_now(void);
+void ar_watch_begin(AllreduceComm *c, const char *phase, int step, int peer);
+void ar_watch_end(AllreduceComm *c);
+/* Set the collective the following waits belong to. */
+void ar_watch_op(AllreduceComm *c, uint64_t seq, const char *algo, size_t count);
+
+/* Number of MPI requests one message of count floats needs. */
+size_t ar_chunks(const AllreduceComm *c, size_t count);
+/* Send scount floats to dst and receive rcount floats from src on comm (tag),
+ * splitting into chunks of at most c->max_msg; reqs holds
+ * ar_chunks(scount) + ar_chunks(rcount) requests. Waits for both. */
+int ar_exchange(AllreduceComm *c, MPI_Comm comm, const float *sbuf, size_t scount, int dst,
+                float *rbuf, size_t rcount, int src, int tag, MPI_Request *reqs,
+                int src_world, const char *phase, int step);
+
+/* Shared-memory barrier over the supernode (watched, names the late peer). */
+void ar_node_barrier(AllreduceComm *c, const char *phase);
+/* Index of the window holding [p, p + count) in this rank's segment, or -1. */
+int ar_window_of(const AllreduceComm *c, const float *p, size_t count, size_t *offset);
+/* Collective over the supernode: a new window of count floats per rank. */
+int ar_window_create(AllreduceComm *c, size_t count, int *index);
+void ar_window_release(AllreduceComm *c, int index);
+
+/* dst[i] += src[i] */
+void ar_add(float *restrict dst, const float *restrict src, size_t n);
+/* dst[i] = a[i] + b[i]; dst may be a (same elements), b is separate. */
+void ar_add3(float *dst, const float *a, const float *restrict b, size_t n);
+
+/* progress.c: the engine thread, started on first use. */
+int ar_engine_init(AllreduceComm *c, int capacity);
+void ar_engine_stop(AllreduceComm *c);
+
+/* Balanced split of n into parts: part i starts at ar_part_start(n, parts, i). */
+static inline size_t ar_part_start(size_t n, size_t parts, size_t i)
+{
+    return (n / parts) * i + (i < n % parts ? i : n % parts);
+}
+
+#endif
