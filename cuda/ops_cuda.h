@@ -1,0 +1,46 @@
+/* The CUDA backend of the op table (core/ops.h): cuBLAS for gemm, one small
+ * kernel per other op. Every pointer an op of ops_cuda takes is device
+ * memory (from ops_cuda.alloc), except the two host pointers through which
+ * softmax_xent_fwd returns its loss sum and correct count, and the host side
+ * of to_device/to_host.
+ *
+ * All work is queued on one stream owned by the backend, in call order, so
+ * ops need no synchronisation between them; to_host, softmax_xent_fwd and
+ * sync wait for the stream. A failed CUDA or cuBLAS call inside an op prints
+ * the call, file:line and CUDA's error string and aborts (ops return void,
+ * and a device fault in the middle of a step leaves the replica in an
+ * unknown state that no caller could repair). alloc returns NULL instead.
+ *
+ * Pick the device with ops_cuda_select BEFORE the first op: the stream and
+ * the cuBLAS handle are created on first use, on the device current then.
+ */
+#ifndef BASIN_OPS_CUDA_H
+#define BASIN_OPS_CUDA_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "core/ops.h"
+
+extern const Ops ops_cuda;
+
+/* Number of CUDA devices this process sees; 0 when there are none or the
+ * driver cannot be loaded. Never fails. */
+int ops_cuda_device_count(void);
+
+/* Use GPU local_rank % count for this process (rank -> GPU by local rank on
+ * its host). Returns BASIN_ERR_USAGE after one clear line when no device is
+ * present, BASIN_ERR_RUNTIME when the device cannot be selected or the
+ * backend already runs on another device. */
+int ops_cuda_select(int local_rank);
+
+/* The backend's stream (a cudaStream_t), for code that orders its own work
+ * (copies, NCCL) after the ops with events. Creates it on first use. */
+void *ops_cuda_stream(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
