@@ -35,6 +35,9 @@ void config_defaults(TrainConfig *cfg)
     cfg->overlap = 1;
     cfg->collective_timeout = 300.0;
     cfg->check_every = 100;
+    cfg->checkpoint_seconds = 60.0;
+    cfg->keep_checkpoints = 3;
+    cfg->grace_seconds = 60.0;
 }
 
 void config_usage(const char *prog)
@@ -76,13 +79,24 @@ void config_usage(const char *prog)
            "  --scale-lr              linear scaling rule: lr = lr * batch / 256\n"
            "  --check-every N         compare replica checksums every N steps (default 100)\n"
            "  --trace FILE            Chrome trace per rank in FILE.rank<R>.json\n"
+           "Checkpoints and preemption\n"
+           "  --checkpoint-dir DIR    where checkpoints go (default DIR/checkpoints of --output-dir)\n"
+           "  --checkpoint-steps N    checkpoint every N steps (default 0: off)\n"
+           "  --checkpoint-seconds T  checkpoint every T seconds of training, 0: off (default 60);\n"
+           "                          always at the end and when preempted\n"
+           "  --keep-checkpoints K    keep the newest K, 0: all (default 3)\n"
+           "  --checkpoint-failure continue|stop  after a failed write (default continue)\n"
+           "  --resume auto|PATH      continue from the newest good checkpoint of the\n"
+           "                          checkpoint dir (a fresh start when there is none) or PATH\n"
+           "  --grace-seconds S       on SIGTERM/SIGUSR1: checkpoint and exit %d within S\n"
+           "                          seconds (default 60)\n"
            "Machine\n"
            "  --threads N             BLAS threads per rank (default 1)\n"
            "  --no-prefetch           read batches on the training thread\n"
            "  --check[=RANKS]         validate options, data and model as if on RANKS ranks\n"
            "                          (default: as started); write nothing\n"
            "  --help                  this text\n",
-           prog);
+           prog, BASIN_EXIT_PREEMPTED);
 }
 
 static int bad_value(const char *opt, const char *val, const char *want)
@@ -124,6 +138,7 @@ enum {
     OPT_SEED, OPT_MAX_STEPS, OPT_OUTDIR, OPT_METRICS, OPT_LOG_EVERY, OPT_EVAL_EVERY,
     OPT_EVAL_BATCH, OPT_THREADS, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP, OPT_ALLREDUCE, OPT_BUCKET,
     OPT_NO_OVERLAP, OPT_SUPERNODE, OPT_TIMEOUT, OPT_SCALE_LR, OPT_CHECK_EVERY, OPT_TRACE,
+    OPT_CKPT_DIR, OPT_CKPT_STEPS, OPT_CKPT_SECONDS, OPT_KEEP, OPT_CKPT_FAILURE, OPT_RESUME, OPT_GRACE,
 };
 
 static const struct option long_options[] = {
@@ -160,6 +175,13 @@ static const struct option long_options[] = {
     {"scale-lr", no_argument, NULL, OPT_SCALE_LR},
     {"check-every", required_argument, NULL, OPT_CHECK_EVERY},
     {"trace", required_argument, NULL, OPT_TRACE},
+    {"checkpoint-dir", required_argument, NULL, OPT_CKPT_DIR},
+    {"checkpoint-steps", required_argument, NULL, OPT_CKPT_STEPS},
+    {"checkpoint-seconds", required_argument, NULL, OPT_CKPT_SECONDS},
+    {"keep-checkpoints", required_argument, NULL, OPT_KEEP},
+    {"checkpoint-failure", required_argument, NULL, OPT_CKPT_FAILURE},
+    {"resume", required_argument, NULL, OPT_RESUME},
+    {"grace-seconds", required_argument, NULL, OPT_GRACE},
     {NULL, 0, NULL, 0},
 };
 
@@ -239,6 +261,23 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
             if (!*optarg) return bad_value(name, optarg, "expected a file path");
             cfg->trace = optarg;
             break;
+        case OPT_CKPT_DIR:
+            if (!*optarg) return bad_value(name, optarg, "expected a directory");
+            cfg->checkpoint_dir = optarg;
+            break;
+        case OPT_CKPT_STEPS: TRY(parse_long(name, optarg, 0, 1L << 40, &v)); cfg->checkpoint_steps = v; break;
+        case OPT_CKPT_SECONDS: TRY(parse_double(name, optarg, 0.0, 1e9, 0, &cfg->checkpoint_seconds)); break;
+        case OPT_KEEP: TRY(parse_long(name, optarg, 0, 1000000, &v)); cfg->keep_checkpoints = (int)v; break;
+        case OPT_CKPT_FAILURE:
+            if (strcmp(optarg, "continue") == 0) cfg->checkpoint_fail_stop = 0;
+            else if (strcmp(optarg, "stop") == 0) cfg->checkpoint_fail_stop = 1;
+            else return bad_value(name, optarg, "expected continue or stop");
+            break;
+        case OPT_RESUME:
+            if (!*optarg) return bad_value(name, optarg, "expected auto or a checkpoint file");
+            cfg->resume = optarg;
+            break;
+        case OPT_GRACE: TRY(parse_double(name, optarg, 0.0, 1e7, 1, &cfg->grace_seconds)); break;
         case ':':
             return basin_error(BASIN_ERR_USAGE, "option %s needs a value (see --help)", argv[optind - 1]);
         default:

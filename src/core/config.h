@@ -38,6 +38,13 @@ typedef struct {
     int scale_lr;             /* linear scaling rule: lr = lr * batch / 256 */
     int check_every;          /* replica checksum every N steps (and at the end) */
     const char *trace;        /* Chrome trace per rank: <trace>.rank<R>.json */
+    const char *checkpoint_dir; /* default <output_dir>/checkpoints */
+    long checkpoint_steps;    /* checkpoint every N steps (0: off) */
+    double checkpoint_seconds;/* ... and every T seconds of training (0: off) */
+    int keep_checkpoints;     /* newest K kept (0: all) */
+    int checkpoint_fail_stop; /* 1: a failed checkpoint write stops training */
+    const char *resume;       /* NULL: fresh start; "auto": newest good checkpoint; or a path */
+    double grace_seconds;     /* preemption: most time from signal to exit */
     int prefetch;
     int check_only;           /* validate everything, write nothing, exit */
     int check_ranks;          /* with check_only: validate as if on this many ranks (0: as run) */

@@ -14,6 +14,11 @@
 #include <stddef.h>
 
 enum {
+    BASIN_EXIT_PREEMPTED = 75, /* exit code: stopped by SIGTERM/SIGUSR1 after a
+                                  checkpoint; resume with --resume auto */
+};
+
+enum {
     BASIN_OK = 0,
     BASIN_ERR_RUNTIME = 1, /* a call failed: I/O, MPI, HDF5, out of memory */
     BASIN_ERR_USAGE = 2,   /* the user asked for something wrong */

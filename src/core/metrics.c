@@ -6,9 +6,9 @@
 
 #include "core/error.h"
 
-int metrics_open(Metrics *m, const char *path)
+int metrics_open(Metrics *m, const char *path, int append)
 {
-    m->f = fopen(path, "w");
+    m->f = fopen(path, append ? "a" : "w");
     if (!m->f) return basin_error(BASIN_ERR_RUNTIME, "cannot write metrics file %s: %s", path, strerror(errno));
     return BASIN_OK;
 }

@@ -18,8 +18,8 @@ typedef struct {
     FILE *f;
 } Metrics;
 
-/* Create or truncate path (its directory must exist). */
-int metrics_open(Metrics *m, const char *path);
+/* Create or truncate path, or append to it (its directory must exist). */
+int metrics_open(Metrics *m, const char *path, int append);
 void metrics_close(Metrics *m);
 
 typedef struct {

@@ -2,11 +2,14 @@
 
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "allreduce/allreduce.h"
+#include "checkpoints/checkpoint.h"
 #include "core/error.h"
 #include "core/metrics.h"
 #include "core/net.h"
@@ -49,7 +52,47 @@ typedef struct {
     int n_buckets, next_bucket;
 
     long corrupt_rank, corrupt_step; /* test hook: BASIN_TEST_CORRUPT=RANK:STEP */
+    long signal_rank, signal_step;   /* test hook: BASIN_TEST_SIGNAL=RANK:STEP raises SIGTERM */
+    FILE *samples_log;               /* test hook: BASIN_TEST_SAMPLES=PREFIX */
+
+    char ckpt_dir[4096];
+    Checkpoint resume;               /* rank 0: the checkpoint resumed from */
+    int resuming;                    /* every rank: resume.st is being used */
+    uint64_t start_step;
+    double elapsed_before;           /* training seconds of earlier runs */
+    double last_ckpt;                /* clock of the last checkpoint */
 } Trainer;
+
+/* A signal handler may only set a sig_atomic_t of static storage: this flag
+ * is the one piece of process-wide state. */
+static volatile sig_atomic_t preempt_signal;
+static void on_preempt(int sig) { preempt_signal = sig; }
+
+static void on_grace_expired(int sig)
+{
+    (void)sig;
+    static const char msg[] = "basin: error: the preemption grace period ran out before the checkpoint was "
+                              "written; exiting (the previous checkpoint is intact)\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(BASIN_EXIT_PREEMPTED);
+}
+
+static int install_signal_handlers(void)
+{
+    preempt_signal = 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_preempt;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) || sigaction(SIGUSR1, &sa, NULL))
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "sigaction failed");
+    sa.sa_handler = on_grace_expired;
+    sa.sa_flags = 0;
+    if (sigaction(SIGALRM, &sa, NULL)) return BASIN_FAIL(BASIN_ERR_RUNTIME, "sigaction failed");
+    return BASIN_OK;
+}
 
 #define CHECK_MPI(call)                                                            \
     do {                                                                           \
@@ -78,6 +121,134 @@ static void format_eta(double s, char *buf, size_t len)
     if (t >= 3600) snprintf(buf, len, "%ldh%02ldm", t / 3600, t / 60 % 60);
     else if (t >= 60) snprintf(buf, len, "%ldm%02lds", t / 60, t % 60);
     else snprintf(buf, len, "%lds", t);
+}
+
+/* ---- checkpoints ------------------------------------------------------------ */
+
+/* Rank 0 finds and checks the checkpoint to resume from; every rank learns
+ * the outcome. A checkpoint that does not fit this run is a usage error,
+ * found before anything is written. */
+static int resume_check(Trainer *t, const Checkpoint *ck)
+{
+    const CheckpointState *st = &ck->st;
+    const DatasetInfo *info = reader_info(t->train);
+    const char *spec = model_resolve(t->cfg->model);
+    if (strcmp(st->model_spec, spec) != 0)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint %s is of another model (%s), not %s: resume it "
+                           "with that model, or train this one with another --output-dir", ck->path,
+                           st->model_spec, spec);
+    if (st->n_params != t->net->n_params || st->classes != info->classes || st->in_c != info->c ||
+        st->in_h != info->h || st->in_w != info->w)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint %s does not fit this model and data (%zu parameters, "
+                           "%dx%dx%d inputs, %d classes)", ck->path, st->n_params, st->in_c, st->in_h,
+                           st->in_w, st->classes);
+    if (st->global_batch != t->cfg->batch)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint %s was trained with --batch %llu, not %zu: the global "
+                           "batch must stay the same", ck->path, (unsigned long long)st->global_batch,
+                           t->cfg->batch);
+    if (st->seed != t->cfg->seed)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint %s was trained with --seed %llu, not %llu", ck->path,
+                           (unsigned long long)st->seed, (unsigned long long)t->cfg->seed);
+    if (st->train_samples != info->count)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint %s was trained on %llu samples, this run has %zu",
+                           ck->path, (unsigned long long)st->train_samples, info->count);
+    return BASIN_OK;
+}
+
+static int resume_setup(Trainer *t)
+{
+    const TrainConfig *cfg = t->cfg;
+    if (cfg->checkpoint_dir) snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", cfg->checkpoint_dir);
+    else snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", cfg->output_dir);
+    if (!cfg->resume) return BASIN_OK;
+    int found = 0, rc = BASIN_OK;
+    if (t->rank == 0) {
+        if (strcmp(cfg->resume, "auto") == 0) {
+            rc = checkpoint_latest(t->ckpt_dir, &t->resume, &found);
+            if (!rc && !found) basin_info("basin: no checkpoint in %s: starting from step 0", t->ckpt_dir);
+        } else {
+            rc = checkpoint_read(cfg->resume, &t->resume);
+            found = rc == BASIN_OK;
+        }
+        if (!rc && found) rc = resume_check(t, &t->resume);
+    }
+    int msg[2] = {rc, found};
+    CHECK_MPI(MPI_Bcast(msg, 2, MPI_INT, 0, t->comm));
+    TRY(msg[0]);
+    t->resuming = msg[1];
+    if (!t->resuming) return BASIN_OK;
+    uint64_t pos[2] = {t->resume.st.next_step, 0};
+    double el = t->resume.st.elapsed_s;
+    CHECK_MPI(MPI_Bcast(pos, 2, MPI_UINT64_T, 0, t->comm));
+    CHECK_MPI(MPI_Bcast(&el, 1, MPI_DOUBLE, 0, t->comm));
+    t->start_step = pos[0];
+    t->elapsed_before = el;
+    return BASIN_OK;
+}
+
+/* Broadcast a float buffer from rank 0 in pieces MPI's int count can hold. */
+static int bcast_floats(Trainer *t, float *buf, size_t n)
+{
+    const size_t chunk = (size_t)1 << 28;
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t c = n - off < chunk ? n - off : chunk;
+        CHECK_MPI(MPI_Bcast(buf + off, (int)c, MPI_FLOAT, 0, t->comm));
+    }
+    return BASIN_OK;
+}
+
+/* Load the resumed state into the network on every rank, and place the
+ * reader at the step to run next. */
+static int resume_apply(Trainer *t)
+{
+    Net *net = t->net;
+    if (t->rank == 0) {
+        memcpy(net->params, t->resume.st.params, net->n_params * sizeof(float));
+        memcpy(net->mom, t->resume.st.momentum, net->n_params * sizeof(float));
+    }
+    TRY(bcast_floats(t, net->params, net->n_params));
+    TRY(bcast_floats(t, net->mom, net->n_params));
+    uint64_t spe = t->steps_per_epoch;
+    TRY(reader_seek(t->train, t->start_step / spe, t->start_step % spe));
+    basin_info("basin: resumed from %s at step %llu (epoch %llu)", t->rank == 0 ? t->resume.path : "",
+               (unsigned long long)t->start_step, (unsigned long long)(t->start_step / spe + 1));
+    return BASIN_OK;
+}
+
+/* Rank 0 writes the replicated state; every rank learns whether it worked. */
+static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
+{
+    const TrainConfig *cfg = t->cfg;
+    int rc = BASIN_OK;
+    double t0 = net_clock();
+    char path[4096] = "";
+    if (t->rank == 0) {
+        const DatasetInfo *info = reader_info(t->train);
+        char text[4096];
+        config_describe(cfg, text, sizeof text);
+        CheckpointState st = {
+            .model_spec = model_resolve(cfg->model), .config_text = text, .config_hash = config_hash(cfg),
+            .seed = cfg->seed, .global_batch = cfg->batch, .world_size = (uint32_t)t->world,
+            .train_samples = info->count, .in_c = info->c, .in_h = info->h, .in_w = info->w,
+            .classes = info->classes, .next_step = next_step, .epoch = next_step / t->steps_per_epoch,
+            .step_in_epoch = next_step % t->steps_per_epoch, .samples_seen = next_step * cfg->batch,
+            .elapsed_s = t->elapsed_before + (t0 - t->t_start), .n_params = t->net->n_params,
+            .params = t->net->params, .momentum = t->net->mom,
+        };
+        rc = checkpoint_write(t->ckpt_dir, &st, cfg->keep_checkpoints, path, sizeof path);
+    }
+    CHECK_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, t->comm));
+    t->last_ckpt = net_clock();
+    trace_event(&t->trace, "checkpoint", "checkpoint", 0, t0, t->last_ckpt);
+    if (rc == BASIN_OK) {
+        basin_info("basin: checkpoint (%s) at step %llu: %s in %.2f s", why, (unsigned long long)next_step, path,
+                   t->last_ckpt - t0);
+        return BASIN_OK;
+    }
+    if (cfg->checkpoint_fail_stop) return rc;
+    basin_warn("checkpoint at step %llu failed; training goes on (--checkpoint-failure stop ends it instead)",
+               (unsigned long long)next_step);
+    return BASIN_OK;
 }
 
 /* ---- set-up: everything a user can get wrong, before any file is written -- */
@@ -136,11 +307,17 @@ static int trainer_setup(Trainer *t)
     };
     t->sgd = (SgdConfig){(float)cfg->momentum, (float)cfg->weight_decay, cfg->nesterov};
 
+    /* Test hooks, read from the environment so that they never appear
+     * among the options a user sees. */
     const char *hook = getenv("BASIN_TEST_CORRUPT");
     t->corrupt_rank = t->corrupt_step = -1;
     if (hook && sscanf(hook, "%ld:%ld", &t->corrupt_rank, &t->corrupt_step) != 2)
         return basin_error(BASIN_ERR_USAGE, "BASIN_TEST_CORRUPT='%s': expected RANK:STEP", hook);
-    return BASIN_OK;
+    hook = getenv("BASIN_TEST_SIGNAL");
+    t->signal_rank = t->signal_step = -1;
+    if (hook && sscanf(hook, "%ld:%ld", &t->signal_rank, &t->signal_step) != 2)
+        return basin_error(BASIN_ERR_USAGE, "BASIN_TEST_SIGNAL='%s': expected RANK:STEP", hook);
+    return resume_setup(t);
 }
 
 /* Every rank must run the same configuration: compare a hash of it. */
@@ -326,6 +503,11 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     tm[T_DATA] += reader_take_wait_seconds(t->train);
     size_t first, count;
     order_rank_slice(b.global_n, t->rank, t->world, &first, &count);
+    if (t->samples_log) {
+        fprintf(t->samples_log, "%llu", (unsigned long long)gs);
+        for (size_t i = 0; i < b.n; i++) fprintf(t->samples_log, " %llu", (unsigned long long)b.index[i]);
+        fputc('\n', t->samples_log);
+    }
     ForwardCtx ctx = {.train = 1, .seed = cfg->seed, .sample_offset = gs * cfg->batch + first};
     float lr = (float)schedule_lr(&t->schedule, gs);
 
@@ -397,10 +579,12 @@ static int train_loop(Trainer *t, TrainResult *res)
     res->test_loss = res->test_accuracy = NAN;
     reader_take_wait_seconds(t->train);
 
-    for (uint64_t gs = 0; gs < t->total_steps; gs++) {
+    t->last_ckpt = net_clock();
+    for (uint64_t gs = t->start_step; gs < t->total_steps; gs++) {
         int epoch = (int)(gs / spe) + 1;
         size_t correct = 0, n_rank = 0, n_global = 0;
         TRY(train_step(t, gs, &iv[0], &correct, &n_rank, &n_global, tm));
+        if ((long)gs == t->signal_step && t->rank == t->signal_rank) raise(SIGTERM);
         iv[1] += (double)correct;
         iv[2] += (double)n_rank;
         iv_steps++;
@@ -409,6 +593,25 @@ static int train_loop(Trainer *t, TrainResult *res)
         uint64_t done = gs + 1;
         int end_of_epoch = done % spe == 0 || done == t->total_steps;
         if (done % (uint64_t)cfg->check_every == 0 || done == t->total_steps) TRY(check_replicas(t, done));
+
+        /* Step boundary: ranks agree whether any was told to stop, and follow
+         * rank 0's clock for timed checkpoints (one tiny all-reduce). */
+        int flags = preempt_signal ? 1 : 0;
+        if (t->rank == 0 && cfg->checkpoint_seconds > 0 && net_clock() - t->last_ckpt >= cfg->checkpoint_seconds)
+            flags |= 2;
+        CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &flags, 1, MPI_INT, MPI_BOR, t->comm));
+        if (flags & 1) {
+            double s0 = net_clock();
+            alarm((unsigned)ceil(cfg->grace_seconds));
+            int rc = write_checkpoint(t, done, "preempted");
+            res->steps = done;
+            basin_info("basin: preempted after step %llu; stopped in %.2f s; exit code %d (resumable)",
+                       (unsigned long long)done, net_clock() - s0, BASIN_EXIT_PREEMPTED);
+            return rc ? rc : BASIN_EXIT_PREEMPTED;
+        }
+        if (done < t->total_steps &&
+            ((flags & 2) || (cfg->checkpoint_steps > 0 && done % (uint64_t)cfg->checkpoint_steps == 0)))
+            TRY(write_checkpoint(t, done, (flags & 2) ? "timed" : "periodic"));
         if (done % (uint64_t)cfg->log_every == 0 || end_of_epoch) {
             TRY(sum_doubles(t, iv, 3));
             double tnow = net_clock(), dt = tnow - interval_t0;
@@ -435,6 +638,7 @@ static int train_loop(Trainer *t, TrainResult *res)
             interval_t0 = net_clock();
         }
     }
+    TRY(write_checkpoint(t, t->total_steps, "final"));
     res->steps = t->total_steps;
     res->seconds = net_clock() - run_t0;
     res->images_per_s = train_time > 0 ? (double)images / train_time : 0.0;
@@ -449,7 +653,14 @@ static int open_outputs(Trainer *t, char *metrics_path, size_t len)
     else snprintf(metrics_path, len, "%s/metrics.jsonl", cfg->output_dir);
     if (t->rank == 0) {
         rc = make_dirs(cfg->output_dir);
-        if (!rc) rc = metrics_open(&t->metrics, metrics_path);
+        if (!rc) rc = metrics_open(&t->metrics, metrics_path, t->resuming);
+    }
+    const char *samples = getenv("BASIN_TEST_SAMPLES");
+    if (!rc && samples) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s.rank%d", samples, t->rank);
+        t->samples_log = fopen(path, "a");
+        if (!t->samples_log) rc = basin_error(BASIN_ERR_RUNTIME, "cannot write %s", path);
     }
     if (!rc && cfg->trace) {
         char path[4096];
@@ -509,6 +720,8 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     }
 
     rc = net_init_params(t.net, cfg->seed);
+    if (!rc && t.resuming) rc = resume_apply(&t);
+    if (!rc) rc = install_signal_handlers();
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
     if (t.ar) {
@@ -526,11 +739,11 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     basin_info("basin: %zu parameters, %.1f MFLOP per sample forward\n%s", t.net->n_params,
                2e-6 * net_forward_macs(t.net), desc);
     rc = train_loop(&t, &res);
-    if (!rc)
+    if (rc == BASIN_OK)
         basin_info("basin: trained %llu steps in %.1f s (%.0f images/s); metrics in %s%s%s",
                    (unsigned long long)res.steps, res.seconds, res.images_per_s, metrics_path,
                    cfg->trace ? ", traces in " : "", cfg->trace ? cfg->trace : "");
-    if (!rc && cfg->keep_params) {
+    if ((rc == BASIN_OK || rc == BASIN_EXIT_PREEMPTED) && cfg->keep_params) {
         res.params = malloc(t.net->n_params * sizeof(float));
         if (res.params) {
             memcpy(res.params, t.net->params, t.net->n_params * sizeof(float));
@@ -538,6 +751,8 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
         }
     }
 done:
+    if (t.samples_log) fclose(t.samples_log);
+    if (t.rank == 0) checkpoint_free(&t.resume);
     metrics_close(&t.metrics);
     trace_close(&t.trace);
     buckets_free(&t);
