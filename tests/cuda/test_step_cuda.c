@@ -28,19 +28,8 @@
 #include "core/optim.h"
 #include "models/models.h"
 #include "ops_cuda.h"
+#include "gen.h"
 #include "testing.h"
-
-typedef struct {
-    uint64_t s;
-} Gen;
-
-static uint64_t gen_u64(Gen *g)
-{
-    uint64_t z = (g->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static float *host_floats(size_t n)
 {
