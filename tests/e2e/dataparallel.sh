@@ -27,6 +27,18 @@ checks=$((checks + 1))
 "${mpi[@]}" -np 3 "$train" "${small[@]}" --check-every 5 --output-dir "$work/o2" >"$work/out" 2>"$work/err" \
   || { fail "clean 3-rank job failed"; sed 's/^/    /' "$work/err" >&2; }
 
+# 1b. Sharding: in every step the 3 ranks together read each sample of the
+#     global batch exactly once, the same samples one rank reads alone.
+checks=$((checks + 1))
+pairs() { cat "$1".rank* | awk '{ for (i = 2; i <= NF; i++) print $1, $i }' | sort -n -k1,1 -k2,2; }
+BASIN_TEST_SAMPLES=$work/s1 "$train" "${small[@]}" --output-dir "$work/o6" >"$work/out" 2>"$work/err"
+BASIN_TEST_SAMPLES=$work/s3 "${mpi[@]}" -np 3 "$train" "${small[@]}" --output-dir "$work/o7" >"$work/out" 2>"$work/err"
+pairs "$work/s1" >"$work/p1"
+pairs "$work/s3" >"$work/p3"
+if [ "$(wc -l <"$work/p1")" != 600 ] || ! cmp -s "$work/p1" "$work/p3" || [ -n "$(uniq -d "$work/p3")" ]; then
+  fail "sharding: 3 ranks did not read each sample of each global batch once"
+fi
+
 # 2. Ranks started with different options (MPMD): one line, exit 2.
 checks=$((checks + 1))
 "${mpi[@]}" -np 1 "$train" "${small[@]}" --lr 0.1 --output-dir "$work/o3" : \
