@@ -77,7 +77,8 @@ void config_usage(const char *prog)
            "  --supernode-size K      ranks per supernode (default: ranks sharing a host)\n"
            "  --collective-timeout S  abort the job when a collective waits S seconds (default 300)\n"
            "  --scale-lr              linear scaling rule: lr = lr * batch / 256\n"
-           "  --check-every N         compare replica checksums every N steps (default 100)\n"
+           "  --check-every N         compare replica checksums every N steps, 0: only at the\n"
+           "                          end (default 100)\n"
            "  --trace FILE            Chrome trace per rank in FILE.rank<R>.json\n"
            "Checkpoints and preemption\n"
            "  --checkpoint-dir DIR    where checkpoints go (default DIR/checkpoints of --output-dir)\n"
@@ -256,7 +257,7 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
         case OPT_SUPERNODE: TRY(parse_long(name, optarg, 1, 1 << 20, &v)); cfg->supernode_size = (int)v; break;
         case OPT_TIMEOUT: TRY(parse_double(name, optarg, 0.0, 1e7, 1, &cfg->collective_timeout)); break;
         case OPT_SCALE_LR: cfg->scale_lr = 1; break;
-        case OPT_CHECK_EVERY: TRY(parse_long(name, optarg, 1, 1L << 30, &v)); cfg->check_every = (int)v; break;
+        case OPT_CHECK_EVERY: TRY(parse_long(name, optarg, 0, 1L << 30, &v)); cfg->check_every = (int)v; break;
         case OPT_TRACE:
             if (!*optarg) return bad_value(name, optarg, "expected a file path");
             cfg->trace = optarg;

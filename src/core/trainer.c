@@ -40,6 +40,7 @@ typedef struct {
     int n_specs;
     size_t rank_batch;
     uint64_t steps_per_epoch, total_steps;
+    int epochs;                      /* epochs this run reaches (--max-steps may cut it) */
     Schedule schedule;
     SgdConfig sgd;
     Metrics metrics;
@@ -297,6 +298,7 @@ static int trainer_setup(Trainer *t)
     uint64_t spe = t->steps_per_epoch;
     t->total_steps = (uint64_t)cfg->epochs * spe;
     if (cfg->max_steps > 0 && (uint64_t)cfg->max_steps < t->total_steps) t->total_steps = (uint64_t)cfg->max_steps;
+    t->epochs = (int)((t->total_steps + spe - 1) / spe);
     t->schedule = (Schedule){
         .kind = cfg->schedule,
         .base_lr = cfg->scale_lr ? cfg->lr * (double)cfg->batch / 256.0 : cfg->lr,
@@ -482,7 +484,7 @@ static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
     double loss = acc[0] / acc[2], accuracy = acc[1] / acc[2];
     double secs = net_clock() - t0;
     basin_info("epoch %d/%d  test loss %.4f  test acc %.2f%%  (%.0f images, %.1f s)", epoch,
-               t->cfg->epochs, loss, 100.0 * accuracy, acc[2], secs);
+               t->epochs, loss, 100.0 * accuracy, acc[2], secs);
     metrics_eval(&t->metrics, epoch, step, loss, accuracy, net_clock() - t->t_start);
     trace_event(&t->trace, "evaluation", "eval", 0, t0, net_clock());
     res->test_loss = loss;
@@ -500,7 +502,8 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     Batch b;
     double c0 = net_clock();
     TRY(reader_next(t->train, &b));
-    tm[T_DATA] += reader_take_wait_seconds(t->train);
+    reader_take_wait_seconds(t->train);
+    tm[T_DATA] += net_clock() - c0; /* the wait for the prefetch and the hand-over */
     size_t first, count;
     order_rank_slice(b.global_n, t->rank, t->world, &first, &count);
     if (t->samples_log) {
@@ -592,7 +595,8 @@ static int train_loop(Trainer *t, TrainResult *res)
 
         uint64_t done = gs + 1;
         int end_of_epoch = done % spe == 0 || done == t->total_steps;
-        if (done % (uint64_t)cfg->check_every == 0 || done == t->total_steps) TRY(check_replicas(t, done));
+        if ((cfg->check_every > 0 && done % (uint64_t)cfg->check_every == 0) || done == t->total_steps)
+            TRY(check_replicas(t, done));
 
         /* Step boundary: ranks agree whether any was told to stop, and follow
          * rank 0's clock for timed checkpoints (one tiny all-reduce). */
@@ -627,7 +631,7 @@ static int train_loop(Trainer *t, TrainResult *res)
             TRY(report_interval(t, &r, tm, iv_steps));
             res->train_loss = r.loss;
             basin_info("epoch %d/%d  step %6llu/%llu  loss %.4f  acc %5.1f%%  %7.0f img/s  lr %.4g  ETA %s",
-                       epoch, cfg->epochs, (unsigned long long)done, (unsigned long long)t->total_steps,
+                       epoch, t->epochs, (unsigned long long)done, (unsigned long long)t->total_steps,
                        r.loss, 100.0 * r.accuracy, r.images_per_s, (double)lr, eta);
             metrics_step(&t->metrics, &r);
             memset(iv, 0, sizeof iv);
@@ -667,7 +671,14 @@ static int open_outputs(Trainer *t, char *metrics_path, size_t len)
         size_t n = strlen(cfg->trace);
         int stem = n > 5 && strcmp(cfg->trace + n - 5, ".json") == 0 ? (int)n - 5 : (int)n;
         snprintf(path, sizeof path, "%.*s.rank%d.json", stem, cfg->trace, t->rank);
-        rc = trace_open(&t->trace, path, t->rank, t->t_start);
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            rc = make_dirs(dir); /* every rank: its host may not share rank 0's disk */
+        }
+        if (!rc) rc = trace_open(&t->trace, path, t->rank, t->t_start);
         if (!rc) {
             t->net->on_layer = on_layer;
             t->net->on_layer_arg = t;
