@@ -18,6 +18,14 @@
 # the code rather than how much of the core the scheduler handed out. The
 # wall-time rates are in the second table.
 #
+# Every configuration runs in two OpenBLAS kernel modes, interleaved within
+# each round: "env", with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as this shell
+# has them, and "native", with both removed from that one command (env -u) so
+# OpenBLAS picks the kernels of the CPU it finds. PyTorch loads the same
+# OpenBLAS (its Linear layers call it; its Conv2d goes through oneDNN), so
+# it runs in both modes too. The kernel set of each mode is read from
+# OpenBLAS itself (OPENBLAS_VERBOSE=2 prints "Core: ...").
+#
 # BUILD_DIR defaults to build/ at the repository root, configured (Release)
 # when missing. Targets missed are reported, not failed; errors fail.
 set -euo pipefail
@@ -82,9 +90,26 @@ trap 'rm -rf "$tmp"' EXIT
 results="$tmp/results.jsonl"
 : >"$results"
 
-# run NAME CMD...: run one benchmark, keep its output, append its JSON line.
+# The two kernel modes, and the command prefix of each: plain env for "env",
+# env -u ... for "native" (word-split on purpose where it is used).
+modes=(env native)
+kernel_env() {
+  if [ "$1" = native ]; then echo "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE"; else echo env; fi
+}
+# The kernel set OpenBLAS loads in a mode, as it names it ("Haswell", ...).
+kernel_core() {
+  $(kernel_env "$1") OPENBLAS_VERBOSE=2 "$bench" --model mlp --batch 1 --steps 1 --repeats 1 \
+    --warmup 0 2>&1 | sed -n 's/^Core: *//p' | head -n 1
+}
+core_env=$(kernel_core env)
+core_native=$(kernel_core native)
+[ -n "$core_env" ] && [ -n "$core_native" ] || die "OPENBLAS_VERBOSE=2 did not name the OpenBLAS core"
+echo "kernels: env -> $core_env, native -> $core_native"
+
+# run NAME MODE CMD...: run one benchmark, keep its output, append its JSON
+# line tagged with the kernel mode.
 run() {
-  local name=$1; shift
+  local name=$1 mode=$2; shift 2
   local log="$tmp/$name.log"
   if ! "$@" >"$log" 2>&1; then
     cat "$log" >&2
@@ -92,7 +117,7 @@ run() {
   fi
   local line
   line=$(grep '^{' "$log" | tail -n 1) || die "no JSON result from: $*"
-  echo "$line" >>"$results"
+  echo "{\"kernel\":\"$mode\",${line#\{}" >>"$results"
 }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -101,26 +126,29 @@ for r in $(seq 1 "$rounds"); do
   for c in "${configs[@]}"; do
     read -r model batch steps <<<"$c"
     args=(--model "$model" --batch "$batch" --steps "$steps" "${common[@]}")
-    basin_cmd=("${pin[@]}" "$bench" "${args[@]}")
-    torch_cmd=("${pin[@]}" "$py" "$here/torch_step.py" "${args[@]}")
-    if [ $((r % 2)) -eq 1 ]; then
-      run "basin-$model-$batch-$r" "${basin_cmd[@]}"
-      run "torch-$model-$batch-$r" "${torch_cmd[@]}"
-    else
-      run "torch-$model-$batch-$r" "${torch_cmd[@]}"
-      run "basin-$model-$batch-$r" "${basin_cmd[@]}"
-    fi
+    # The four runs of a configuration, in an order that reverses every round.
+    order=("basin env" "torch env" "basin native" "torch native")
+    [ $((r % 2)) -eq 1 ] || order=("torch native" "basin native" "torch env" "basin env")
+    for j in "${order[@]}"; do
+      read -r impl mode <<<"$j"
+      if [ "$impl" = basin ]; then cmd=("$bench" "${args[@]}")
+      else cmd=("$py" "$here/torch_step.py" "${args[@]}"); fi
+      run "$impl-$mode-$model-$batch-$r" "$mode" $(kernel_env "$mode") "${pin[@]}" "${cmd[@]}"
+    done
     echo "round $r/$rounds: $model batch $batch done ($(( $(date +%s) - start )) s)"
   done
 done
-# Where basin's step spends its time, once per configuration.
-for c in "${configs[@]}"; do
-  read -r model batch steps <<<"$c"
-  "${pin[@]}" "$bench" --model "$model" --batch "$batch" --steps "$steps" "${common[@]}" \
-    --profile >"$tmp/profile-$model-$batch.log" 2>&1 || {
-    cat "$tmp/profile-$model-$batch.log" >&2
-    die "failed: basin-bench-step --profile for $model batch $batch"
-  }
+# Where basin's step spends its time, once per configuration and mode.
+for mode in "${modes[@]}"; do
+  for c in "${configs[@]}"; do
+    read -r model batch steps <<<"$c"
+    log="$tmp/profile-$mode-$model-$batch.log"
+    $(kernel_env "$mode") "${pin[@]}" "$bench" --model "$model" --batch "$batch" --steps "$steps" \
+      "${common[@]}" --profile >"$log" 2>&1 || {
+      cat "$log" >&2
+      die "failed: basin-bench-step --profile for $model batch $batch ($mode kernels)"
+    }
+  done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$(( $(date +%s) - start ))
@@ -129,15 +157,10 @@ elapsed=$(( $(date +%s) - start ))
 # Machine and software, for the header.
 cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 cores=$(lscpu | awk -F: '/^Core\(s\) per socket/ {c=$2} /^Socket\(s\)/ {s=$2} END {print c*s}')
-openblas=$(sed -n 's/.*BLAS threads, //p' "$tmp/basin-mlp-64-1.log" | head -n 1)
-torch_ver=$(sed -n 's/^torch \([^ ]*\) .*/\1/p' "$tmp/torch-mlp-64-1.log" | head -n 1)
+openblas=$(sed -n 's/.*BLAS threads, //p' "$tmp/basin-env-mlp-64-1.log" | head -n 1)
+torch_ver=$(sed -n 's/^torch \([^ ]*\) .*/\1/p' "$tmp/torch-env-mlp-64-1.log" | head -n 1)
 avx512=no
 grep -qw avx512f /proc/cpuinfo && avx512=yes
-# What OpenBLAS picks when OPENBLAS_CORETYPE does not force a kernel set.
-auto_log=$(env -u OPENBLAS_CORETYPE "${pin[@]}" "$bench" --model mlp --batch 1 --steps 1 \
-  --repeats 1 --warmup 0) || die "basin-bench-step failed without OPENBLAS_CORETYPE"
-auto_json=$(grep '^{' <<<"$auto_log")
-auto_core=$(sed -n 's/.*BLAS threads, //p' <<<"$auto_log")
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 mkdir -p "$(dirname "$out")"
@@ -146,6 +169,7 @@ STEP_CONFIGS="${configs[*]}" STEP_COMMON="${common[*]}" STEP_BENCH=$bench \
 STEP_CPU_MODEL=$cpu_model STEP_CORES=$cores STEP_OPENBLAS=$openblas STEP_TORCH=$torch_ver \
 STEP_AVX512=$avx512 STEP_COMMIT=$commit STEP_LOAD="$load_before -> $load_after" \
 STEP_ELAPSED=$elapsed STEP_CMDLINE=$cmdline STEP_CORETYPE=${OPENBLAS_CORETYPE:-} \
-STEP_BUILD_TYPE="${build_type:-?}, sanitizers ${sanitize:-OFF}" STEP_L2=${OPENBLAS_L2_SIZE:-} STEP_AUTO_JSON=$auto_json STEP_AUTO_CORE=$auto_core \
+STEP_BUILD_TYPE="${build_type:-?}, sanitizers ${sanitize:-OFF}" STEP_L2=${OPENBLAS_L2_SIZE:-} \
+STEP_CORE_ENV=$core_env STEP_CORE_NATIVE=$core_native \
   "$py" "$here/report.py"
 echo "wrote $out"
