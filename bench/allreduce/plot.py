@@ -88,6 +88,29 @@ def svg(algos, sizes, busbw, title):
     return "\n".join(e)
 
 
+def png_matplotlib(algos, sizes, busbw, title, path):
+    """Plot with matplotlib (Debian's python3-matplotlib); False when absent."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for a in algos:
+        xs = [s for s in sizes if (a, s) in busbw]
+        ax.plot(xs, [busbw[(a, s)] for s in xs], marker="o", label=a)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("busbw (GB/s)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv")
@@ -98,6 +121,8 @@ def main():
     if not sizes:
         sys.exit("plot.py: no rows in %s" % o.csv)
     print(table(algos, sizes, busbw))
+    if o.png and png_matplotlib(algos, sizes, busbw, o.title, o.png):
+        return
     if o.png:
         base = os.path.splitext(o.png)[0]
         with open(base + ".svg", "w") as f:

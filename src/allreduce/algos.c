@@ -61,23 +61,23 @@ const char *const *allreduce_algorithms(void)
  *    memory beat MPI_Allreduce from 4 KiB to 256 MiB with window buffers
  *    (no copy, no message: 4-10x at >= 16 MiB), and also with private
  *    buffers, where hier copies in once;
- *  - several supernodes (4 simulated hosts x 2 ranks, 1 Gbit/s): hier below
- *    AUTO_RING_BYTES (fewest latency terms: 2 log S across hosts; 5x
- *    MPI_Allreduce at 4 KiB), ring from there on (it was 10-25% faster than
- *    hier at >= 16 MiB there, where 8 ranks on 2 cores make the run CPU-bound
- *    rather than link-bound and ring does the least work per rank);
- *  - one rank per supernode: hier is rhd then.
+ *  - several supernodes (4 simulated hosts x 2 ranks, 1 Gbit/s): hier at
+ *    every size. For shards below 1 MiB (2 MiB buffers with 2 ranks per
+ *    host) it runs rhd across supernodes (fewest latency terms), above
+ *    that the pipelined ring (hier.c), which kept the links at
+ *    ~95% of TCP's rate: 0.073-0.077 GB/s algbw at >= 16 MiB against
+ *    0.064-0.067 GB/s for the world ring and 0.04-0.05 for MPI_Allreduce. The
+ *    world ring moves 2 (P-1)/P of the buffer through every host link
+ *    instead of 2 (S-1)/S, so it never caught up;
+ *  - one rank per supernode: hier is rhd or ring across supernodes then.
  * The choice depends only on the count and the topology, which every rank
  * sees alike, so all ranks choose the same algorithm. */
-enum { AUTO_RING_BYTES = 16 << 20 };
-
 static const AllreduceAlgo *auto_choose(const AllreduceComm *c, size_t count, unsigned flags)
 {
-    size_t bytes = count * sizeof(float);
-    const AllreduceTopology *t = &c->topo;
-    if (t->world_size == 1) return &ar_algo_rhd;
-    if (t->nodes == 1) return &ar_algo_hier;
-    return bytes < AUTO_RING_BYTES ? &ar_algo_hier : &ar_algo_ring;
+    (void)count;
+    (void)flags;
+    if (c->topo.world_size == 1) return &ar_algo_rhd;
+    return &ar_algo_hier;
 }
 
 /* ---- plan / run ---------------------------------------------------------- */

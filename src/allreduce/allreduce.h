@@ -12,11 +12,11 @@
  * Algorithms, chosen by name (allreduce_algorithms() lists them):
  *   rhd   Rabenseifner: reduce-scatter by recursive halving, all-gather by
  *         recursive doubling; non-power-of-two worlds fold the extra ranks.
- *   ring  ring reduce-scatter + ring all-gather.
- *   hier  shared-memory reduce-scatter inside the supernode, rhd across
- *         supernodes on each local rank's shard in parallel, shared-memory
- *         all-gather. Zero-copy when the buffer comes from
- *         allreduce_buffer_alloc.
+ *   ring  ring reduce-scatter + ring all-gather, pipelined in pieces.
+ *   hier  shared-memory reduce-scatter inside the supernode, rhd (small
+ *         shards) or a pipelined ring (large ones) across supernodes on
+ *         each local rank's shard in parallel, shared-memory all-gather.
+ *         Zero-copy when the buffer comes from allreduce_buffer_alloc.
  *   mpi   MPI_Allreduce (the baseline).
  *   auto  picks one of the above by message size and topology (see algos.c).
  * Every algorithm reduces each element exactly once, on its owner, in a

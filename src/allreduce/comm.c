@@ -154,6 +154,71 @@ static void watch_stop(AllreduceComm *c)
 
 /* ---- messages ----------------------------------------------------------- */
 
+/* Waiting ranks must not hold a core: on an oversubscribed or shared host
+ * (8 ranks on 2 cores in the simulated cluster) a spinning rank takes CPU
+ * time from the ranks that move data, and sched_yield gives little of it
+ * back under CFS (spinning waits cost hier 10-20% of its bandwidth on the
+ * simulated cluster). A wait first spins (yielding now and then) for
+ * AllreduceComm.spin_ns, then sleeps, from BACKOFF_FIRST_NS doubling to
+ * BACKOFF_CAP_NS. The cap bounds the delay a sleeper adds after its wait
+ * ends: on the simulated cluster (hier, 4 KiB to 64 KiB) a 100 us cap took
+ * ~2 ms, a 1 ms cap 5-9 ms, and spinning 1 ms before sleeping 10-27 ms, with
+ * the same bandwidth at >= 16 MiB. With several supernodes the long waits
+ * are behind network transfers, so the spin is short (SPIN_NODES_NS); with
+ * one supernode every wait is on a peer's memory, which takes microseconds
+ * unless the peer lost its core, so the spin is long (SPIN_HOST_NS) and
+ * small all-reduces on one host never pay a sleep's wake-up delay. */
+enum {
+    SPIN_NODES_NS = 20000,
+    SPIN_HOST_NS = 1000000,
+    BACKOFF_FIRST_NS = 10000,
+    BACKOFF_CAP_NS = 100000,
+};
+
+long ar_spin_ns(const AllreduceTopology *t)
+{
+    return t->nodes > 1 ? SPIN_NODES_NS : SPIN_HOST_NS;
+}
+
+void ar_backoff_init(ArBackoff *b, long spin_ns)
+{
+    b->start = 0;
+    b->spin_s = 1e-9 * (double)spin_ns;
+    b->sleep_ns = 0;
+    b->polls = 0;
+}
+
+void ar_backoff_pause(ArBackoff *b)
+{
+    if (b->sleep_ns == 0) {
+        /* The clock is read (and the core offered) every 64 polls only, so
+         * the spin reacts as fast as a bare loop. */
+        if ((++b->polls & 63) != 0) return;
+        double now = ar_now();
+        if (b->start == 0) b->start = now;
+        if (now - b->start < b->spin_s) {
+            sched_yield();
+            return;
+        }
+        b->sleep_ns = BACKOFF_FIRST_NS;
+    }
+    struct timespec ts = {0, b->sleep_ns};
+    nanosleep(&ts, NULL);
+    b->sleep_ns = b->sleep_ns * 2 < BACKOFF_CAP_NS ? b->sleep_ns * 2 : BACKOFF_CAP_NS;
+}
+
+int ar_waitall(AllreduceComm *c, int n, MPI_Request *reqs)
+{
+    ArBackoff b;
+    ar_backoff_init(&b, c->spin_ns);
+    for (;;) {
+        int done = 0;
+        int rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS || done) return rc;
+        ar_backoff_pause(&b);
+    }
+}
+
 size_t ar_chunks(const AllreduceComm *c, size_t count)
 {
     return (count + c->max_msg - 1) / c->max_msg;
@@ -175,9 +240,9 @@ int ar_exchange(AllreduceComm *c, MPI_Comm comm, const float *sbuf, size_t scoun
     }
     if (n == 0) return BASIN_OK;
     ar_watch_begin(c, phase, step, rcount ? src_world : -1);
-    int rc = MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE);
+    int rc = ar_waitall(c, n, reqs);
     ar_watch_end(c);
-    if (rc != MPI_SUCCESS) return ar_mpi_fail(rc, "MPI_Waitall", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) return ar_mpi_fail(rc, "MPI_Testall", __FILE__, __LINE__);
     return BASIN_OK;
 }
 
@@ -212,8 +277,9 @@ void ar_node_barrier(AllreduceComm *c, const char *phase)
         _Atomic uint64_t *a = &c->slots[j]->arrived;
         if (atomic_load_explicit(a, memory_order_acquire) >= e) continue;
         ar_watch_begin(c, phase, -1, c->node_world[j]);
-        for (unsigned spins = 1; atomic_load_explicit(a, memory_order_acquire) < e; spins++)
-            if ((spins & 63) == 0) sched_yield(); /* let an oversubscribed peer run */
+        ArBackoff b;
+        ar_backoff_init(&b, c->spin_ns);
+        while (atomic_load_explicit(a, memory_order_acquire) < e) ar_backoff_pause(&b);
         ar_watch_end(c);
     }
 }
@@ -414,6 +480,7 @@ int allreduce_comm_create(MPI_Comm world, const AllreduceConfig *cfg_in, Allredu
     AR_MPI_GOTO(st, MPI_Bcast(id, 2, MPI_INT, 0, c->node), fail);
     t->node = id[0];
     t->nodes = id[1];
+    c->spin_ns = ar_spin_ns(t);
     AR_MPI_GOTO(st, MPI_Allreduce(&t->local_size, &t->min_local_size, 1, MPI_INT, MPI_MIN, c->world), fail);
 
     c->node_world = basin_calloc((size_t)t->local_size, sizeof(int));

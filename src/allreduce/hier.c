@@ -3,16 +3,17 @@
  *   1. reduce-scatter inside the supernode through shared memory: local
  *      rank l adds shard l of every local rank's buffer, reading the peers'
  *      memory directly (MPI-3 shared window), into its own buffer;
- *   2. rhd across supernodes on shard l, among the ranks with local index l
- *      (every local rank drives its own share of the inter-host traffic, in
- *      parallel);
+ *   2. an all-reduce across supernodes on shard l, among the ranks with
+ *      local index l (every local rank drives its own share of the
+ *      inter-host traffic, in parallel): rhd for shards below
+ *      HIER_RING_SHARD_BYTES, the pipelined ring (ring.c) from there on;
  *   3. all-gather inside the supernode: each rank copies every other shard
  *      straight from its owner's buffer.
  *
  *   supernode A (2 ranks)            supernode B (2 ranks)
  *   a0 [s0 s1]  a1 [s0 s1]           b0 [s0 s1]  b1 [s0 s1]
  *    1: a0 sums s0, a1 sums s1        b0 sums s0, b1 sums s1
- *    2: a0 <--rhd on s0--> b0         a1 <--rhd on s1--> b1
+ *    2: a0 <--rhd/ring on s0--> b0    a1 <--rhd/ring on s1--> b1
  *    3: a0 copies s1 from a1, a1 copies s0 from a0 (same in B)
  *
  * Shard ownership with uneven supernodes: the vector is cut into
@@ -23,13 +24,27 @@
  * only in the larger supernodes, where no peer with their index exists in
  * the smaller ones) own no shard: they contribute their data in step 1 and
  * copy the result in step 3. One supernode (step 2 skipped) and one rank per
- * supernode (steps 1 and 3 skipped: plain rhd) are the two ends of this.
+ * supernode (steps 1 and 3 skipped: plain rhd or ring) are the two ends of
+ * this.
+ *
+ * rhd or ring across supernodes. Both send 2 (S-1)/S of the shard; rhd
+ * needs 2 log S latencies, the ring 2 (S-1), so rhd wins on small shards.
+ * On large ones the ring wins by far: each rank sends only to its right
+ * neighbour and receives from its left one (one-way traffic per
+ * connection), and its pieces flow without a barrier between steps. On the
+ * simulated cluster (4 hosts x 2 ranks, 1 Gbit/s, bench/results/allreduce.md)
+ * hier with rhd across reached 0.045-0.053 GB/s at >= 16 MiB and with the
+ * ring 0.073-0.077 GB/s (the link allows ~0.079 at TCP's 118 MB/s); rhd was
+ * faster up to 512 KiB messages (256 KiB shards), the two were even at
+ * 1-2 MiB, and the ring led from 4 MiB. Hence 1 MiB shards.
  *
  * Needs: commutative sum, ranks of a supernode on one host (comm.c checks).
  * Cost (n floats, L ranks per supernode, S supernodes, intra-host copies at
  * memory bandwidth, βm per float touched):
  *   step 1  (L+1) n/L βm + (L-1) n/L γ, no messages
- *   step 2  rhd on n/L floats over S ranks: 2 log S α + 2 (S-1)/S n/L β + ...
+ *   step 2  on n/L floats over S ranks, 2 (S-1)/S n/L β + (S-1)/S n/L γ and
+ *           rhd: 2 log S α (+ folding when S is not a power of two), or
+ *           ring: 2 (S-1) α, the pieces' extra messages overlapped
  *   step 3  2 (L-1)/L n βm
  *   plus three shared-memory barriers (entry, after 2, exit).
  * Each host moves 2 (S-1)/S n floats over its link, the minimum.
@@ -46,11 +61,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Shards of at least this many bytes go around the ring across supernodes. */
+enum { HIER_RING_SHARD_BYTES = 1 << 20 };
+
 typedef struct Hier {
     size_t count;
     int L, l, nshard, S;
     size_t *off;          /* (nshard + 1) shard j is [off[j], off[j+1]) */
-    ArRhd *cross;         /* rhd across supernodes on this rank's shard */
+    ArRhd *cross;         /* across supernodes on this rank's shard: rhd, */
+    ArRing *cross_ring;   /* or the ring (one of the two, or neither) */
     int staging;          /* window index of the copy-in segment, or -1 */
     const float **src;    /* (L) scratch: the peers' shard pointers */
 } Hier;
@@ -60,6 +79,7 @@ static void hier_free_state(AllreduceComm *c, Hier *h)
     if (!h) return;
     if (h->staging >= 0) ar_window_release(c, h->staging);
     ar_rhd_free_on(h->cross);
+    ar_ring_free_on(h->cross_ring);
     free(h->off);
     free(h->src);
     free(h);
@@ -103,8 +123,14 @@ static int hier_plan(AllreduceComm *c, size_t n, unsigned flags, void **state)
     if (!h->off || !h->src) goto fail;
     for (int j = 0; j <= h->nshard; j++) h->off[j] = ar_part_start(n, (size_t)h->nshard, (size_t)j);
     if (h->l < h->nshard && h->S > 1) {
+        /* Every member of this cross communicator has the same shard count,
+         * so all choose alike. */
         size_t cnt = h->off[h->l + 1] - h->off[h->l];
-        if ((st = ar_rhd_plan_on(c, c->cross, c->cross_world, cnt, &h->cross))) goto fail;
+        if (cnt * sizeof(float) >= HIER_RING_SHARD_BYTES)
+            st = ar_ring_plan_on(c, c->cross, c->cross_world, cnt, &h->cross_ring);
+        else
+            st = ar_rhd_plan_on(c, c->cross, c->cross_world, cnt, &h->cross);
+        if (st) goto fail;
     }
     if (h->L > 1 && !(flags & ALLREDUCE_WINDOW_ONLY))
         if ((st = ar_window_create(c, n, &h->staging))) goto fail;
@@ -143,6 +169,13 @@ static void reduce_sources(float *dst, const float *const *src, int L, size_t n)
     }
 }
 
+/* Step 2 on this rank's shard. */
+static int cross_run(AllreduceComm *c, Hier *h, const float *send, float *recv)
+{
+    if (h->cross_ring) return ar_ring_run_on(c, h->cross_ring, send, recv);
+    return ar_rhd_run_on(c, h->cross, send, recv);
+}
+
 static const float *peer_data(AllreduceComm *c, int j)
 {
     const ArSlot *s = c->slots[j];
@@ -159,7 +192,7 @@ static int hier_run(AllreduceComm *c, void *state, const float *send, float *rec
             if (send != recv) memcpy(recv, send, n * sizeof(float));
             return BASIN_OK;
         }
-        return ar_rhd_run_on(c, h->cross, send, recv);
+        return cross_run(c, h, send, recv);
     }
 
     /* Where this rank's data lives for the peers to read. */
@@ -196,7 +229,7 @@ static int hier_run(AllreduceComm *c, void *state, const float *send, float *rec
         if (cnt) {
             for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? data + lo : peer_data(c, j) + lo;
             reduce_sources(data + lo, h->src, h->L, cnt);
-            if (h->S > 1) TRY(ar_rhd_run_on(c, h->cross, data + lo, data + lo));
+            if (h->S > 1) TRY(cross_run(c, h, data + lo, data + lo));
         }
     }
     ar_node_barrier(c, "hier all-gather barrier");

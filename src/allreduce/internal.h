@@ -108,6 +108,7 @@ struct AllreduceComm {
     ArSlot **slots;   /* (local_size) */
     uint64_t epoch;   /* shared-memory barriers passed */
     uint64_t seq;     /* collectives run */
+    long spin_ns;     /* a wait spins this long before it sleeps (ar_spin_ns) */
     ArWatch watch;
     ArEngine engine;
 };
@@ -138,6 +139,12 @@ int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t 
 int ar_rhd_run_on(AllreduceComm *c, ArRhd *r, const float *send, float *recv);
 void ar_rhd_free_on(ArRhd *r);
 
+/* ring on any communicator (hier runs it across supernodes for large shards). */
+typedef struct ArRing ArRing;
+int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t count, ArRing **out);
+int ar_ring_run_on(AllreduceComm *c, ArRing *r, const float *send, float *recv);
+void ar_ring_free_on(ArRing *r);
+
 /* BASIN_ERR_USAGE unless send/recv are non-NULL and equal or disjoint. */
 int ar_check_buffers(const AllreducePlan *p, const float *send, float *recv);
 /* Run one plan now, on the calling thread (the engine's or the caller's). */
@@ -150,6 +157,20 @@ void ar_watch_begin(AllreduceComm *c, const char *phase, int step, int peer);
 void ar_watch_end(AllreduceComm *c);
 /* Set the collective the following waits belong to. */
 void ar_watch_op(AllreduceComm *c, uint64_t seq, const char *algo, size_t count);
+
+/* Waiting without holding a core: spin briefly (fast peers answer within
+ * microseconds), then sleep with exponential backoff (comm.c says why). */
+typedef struct ArBackoff {
+    double start, spin_s;
+    long sleep_ns;
+    unsigned polls;
+} ArBackoff;
+/* How long a wait spins before sleeping, for this topology. */
+long ar_spin_ns(const AllreduceTopology *t);
+void ar_backoff_init(ArBackoff *b, long spin_ns);
+void ar_backoff_pause(ArBackoff *b);
+/* MPI_Waitall through MPI_Testall and ar_backoff_pause. */
+int ar_waitall(AllreduceComm *c, int n, MPI_Request *reqs);
 
 /* Number of MPI requests one message of count floats needs. */
 size_t ar_chunks(const AllreduceComm *c, size_t count);
