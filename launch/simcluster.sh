@@ -11,6 +11,10 @@
 #   --rate RATE          per-host link rate in each direction, a tc rate such
 #                        as 1gbit or 100mbit; "none" for no limit (default 1gbit)
 #   --mpirun-args ARGS   extra mpirun arguments, split on spaces
+#   --exec               run PROGRAM itself inside the first host instead of
+#                        under mpirun: it starts its own mpirun (a launcher),
+#                        with the cluster's settings in OMPI_MCA_* variables
+#                        and a hostfile of the hosts in $BASIN_SIM_HOSTFILE
 #
 # Layout (all of it inside namespaces this script creates and deletes):
 #
@@ -39,12 +43,14 @@ hosts=2
 per_host=2
 rate=1gbit
 extra=""
+exec_mode=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --hosts) [ $# -ge 2 ] || die_usage "--hosts needs a value"; hosts=$2; shift 2 ;;
     --ranks-per-host) [ $# -ge 2 ] || die_usage "--ranks-per-host needs a value"; per_host=$2; shift 2 ;;
     --rate) [ $# -ge 2 ] || die_usage "--rate needs a value"; rate=$2; shift 2 ;;
     --mpirun-args) [ $# -ge 2 ] || die_usage "--mpirun-args needs a value"; extra=$2; shift 2 ;;
+    --exec) exec_mode=1; shift ;;
     --help|-h) sed -n '2,/^set -u/p' "$0" | sed 's/^# \{0,1\}//;/^set -u/d'; exit 0 ;;
     --) shift; break ;;
     *) die_usage "unknown option '$1' (see --help)" ;;
@@ -69,8 +75,10 @@ prefix="bsim$$-"
 subnet=10.77.0
 created=()
 
+simhosts=$(mktemp)
 cleanup() {
     trap - EXIT INT TERM HUP
+    rm -f "$simhosts"
     for ns in "${created[@]}"; do
         pids=$(ip netns pids "$ns" 2>/dev/null)
         [ -n "$pids" ] && kill $pids 2>/dev/null
@@ -119,6 +127,15 @@ export BASIN_SIM_PREFIX=$prefix BASIN_SIM_SUBNET=$subnet
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 np=$((hosts * per_host))
 echo "simcluster: $hosts hosts x $per_host ranks, links $rate, namespaces ${prefix}*" >&2
+if [ "$exec_mode" = 1 ]; then
+    for i in $(seq 1 "$hosts"); do echo "$subnet.$i slots=$per_host"; done >"$simhosts"
+    export BASIN_SIM_HOSTFILE=$simhosts
+    export OMPI_MCA_plm_rsh_agent=$agent OMPI_MCA_plm_rsh_no_tree_spawn=1
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_links=2
+    export OMPI_MCA_btl_tcp_if_include=$subnet.0/24 OMPI_MCA_oob_tcp_if_include=$subnet.0/24
+    ip netns exec "${prefix}h1" unshare --uts sh -c 'hostname basin-sim-h1 && exec "$@"' sh "$@"
+    exit $?
+fi
 # shellcheck disable=SC2086
 ip netns exec "${prefix}h1" unshare --uts sh -c 'hostname basin-sim-h1 && exec "$@"' sh \
     mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" --host "$hostlist" \
