@@ -583,6 +583,13 @@ static int train_loop(Trainer *t, TrainResult *res)
     reader_take_wait_seconds(t->train);
 
     t->last_ckpt = net_clock();
+    if (t->start_step >= t->total_steps) {
+        basin_info("basin: the checkpoint is at step %llu of %llu: nothing left to train (raise --epochs "
+                   "to go on, or use another --output-dir for a new run)",
+                   (unsigned long long)t->start_step, (unsigned long long)t->total_steps);
+        res->steps = t->start_step;
+        return BASIN_OK;
+    }
     for (uint64_t gs = t->start_step; gs < t->total_steps; gs++) {
         int epoch = (int)(gs / spe) + 1;
         size_t correct = 0, n_rank = 0, n_global = 0;
@@ -750,7 +757,7 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     basin_info("basin: %zu parameters, %.1f MFLOP per sample forward\n%s", t.net->n_params,
                2e-6 * net_forward_macs(t.net), desc);
     rc = train_loop(&t, &res);
-    if (rc == BASIN_OK)
+    if (rc == BASIN_OK && t.start_step < t.total_steps)
         basin_info("basin: trained %llu steps in %.1f s (%.0f images/s); metrics in %s%s%s",
                    (unsigned long long)res.steps, res.seconds, res.images_per_s, metrics_path,
                    cfg->trace ? ", traces in " : "", cfg->trace ? cfg->trace : "");
