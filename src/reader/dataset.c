@@ -15,6 +15,7 @@
 #include "core/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <limits.h>
 #include <math.h>
@@ -41,7 +42,14 @@ struct Dataset {
     IdxPos *sorted;             /* (cap) */
     size_t *slot;               /* (cap) request position -> row of raw */
     uint8_t *raw;               /* (cap, c, h, w) */
+    /* Contiguous, unfiltered images are read with pread at their offset in
+     * the file, several times faster than hyperslab reads of single samples;
+     * fd < 0 reads through HDF5 (chunked or compressed files). */
+    int fd;
+    uint64_t images_offset;
 };
+
+static int enable_direct_reads(Dataset *d);
 
 static void quiet_hdf5(void)
 {
@@ -227,6 +235,7 @@ int dataset_open(const char *path, const char *split, size_t limit, Dataset **ou
     Dataset *d = basin_calloc(1, sizeof *d);
     if (!d) return BASIN_ERR_RUNTIME;
     d->file = d->images = d->fspace = H5I_INVALID_HID;
+    d->fd = -1;
 
     if (!path || !*path || !split || !*split || strchr(split, '/') || strlen(split) > 64) {
         rc = basin_error(BASIN_ERR_USAGE, "dataset: need a file path and a split name such as 'train' "
@@ -328,6 +337,7 @@ int dataset_open(const char *path, const char *split, size_t limit, Dataset **ou
         rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_space(%s, /%s/images) failed", path, split);
         goto cleanup;
     }
+    if ((rc = enable_direct_reads(d))) goto cleanup;
 
 cleanup:
     if (labels_ds >= 0) H5Dclose(labels_ds);
@@ -391,6 +401,54 @@ static int read_rows(Dataset *d, uint8_t *raw, size_t rows)
     return rc;
 }
 
+static int pread_full(const Dataset *d, uint8_t *buf, size_t bytes, uint64_t offset)
+{
+    while (bytes > 0) {
+        ssize_t got = pread(d->fd, buf, bytes, (off_t)offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "pread(%s, /%s/images at byte %llu) failed: %s", d->path,
+                              d->split, (unsigned long long)offset, got < 0 ? strerror(errno) : "end of file");
+        buf += got, bytes -= (size_t)got, offset += (uint64_t)got;
+    }
+    return BASIN_OK;
+}
+
+/* Use pread when the images are stored contiguously and unfiltered, which
+ * HDF5 tells by giving their address (chunked or compressed data has none).
+ * The address is trusted only after it reads the same first and last sample
+ * as HDF5 does; otherwise reads stay with HDF5. */
+static int enable_direct_reads(Dataset *d)
+{
+    haddr_t off = H5Dget_offset(d->images);
+    if (off == HADDR_UNDEF || d->info.count == 0) return BASIN_OK;
+    int fd = open(d->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return BASIN_OK;
+    TRY(grow_scratch(d, 4));
+    size_t sb = d->sample_bytes;
+    uint64_t last = d->info.count - 1;
+    hsize_t count[4] = {1, (hsize_t)d->info.c, (hsize_t)d->info.h, (hsize_t)d->info.w};
+    hsize_t start0[4] = {0, 0, 0, 0}, start1[4] = {last, 0, 0, 0};
+    int rc = BASIN_OK;
+    if (H5Sselect_hyperslab(d->fspace, H5S_SELECT_SET, start0, NULL, count, NULL) < 0 ||
+        H5Sselect_hyperslab(d->fspace, H5S_SELECT_OR, start1, NULL, count, NULL) < 0)
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sselect_hyperslab(%s, /%s/images) failed", d->path, d->split);
+    if (!rc) rc = read_rows(d, d->raw, last == 0 ? 1 : 2);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    d->fd = fd;
+    d->images_offset = (uint64_t)off;
+    if (pread_full(d, d->raw + 2 * sb, sb, d->images_offset) ||
+        pread_full(d, d->raw + 3 * sb, sb, d->images_offset + last * sb) ||
+        memcmp(d->raw, d->raw + 2 * sb, sb) != 0 || memcmp(d->raw + (last == 0 ? 0 : sb), d->raw + 3 * sb, sb) != 0) {
+        close(fd);
+        d->fd = -1;
+    }
+    return BASIN_OK;
+}
+
 /* Read the unique samples of sorted[0..n) into raw, one row each, in index
  * order, and note in d->slot which row serves each request position. Each run
  * of consecutive indices is one hyperslab block: adjacent samples are adjacent
@@ -412,6 +470,13 @@ static int read_sorted(Dataset *d, const IdxPos *sorted, size_t n)
             } else {
                 break;
             }
+        }
+        if (d->fd >= 0) {
+            size_t rows = (size_t)(next - first);
+            TRY(pread_full(d, d->raw + (row - rows) * d->sample_bytes, rows * d->sample_bytes,
+                           d->images_offset + first * d->sample_bytes));
+            i = j;
+            continue;
         }
         hsize_t start[4] = {first, 0, 0, 0};
         hsize_t count[4] = {next - first, (hsize_t)d->info.c, (hsize_t)d->info.h, (hsize_t)d->info.w};
@@ -460,6 +525,7 @@ void dataset_close(Dataset *d)
 {
     if (!d) return;
     quiet_hdf5();
+    if (d->fd >= 0) close(d->fd);
     if (d->fspace >= 0) H5Sclose(d->fspace);
     if (d->images >= 0) H5Dclose(d->images);
     if (d->file >= 0 && H5Fclose(d->file) < 0) basin_warn("H5Fclose(%s) failed", d->path ? d->path : "");

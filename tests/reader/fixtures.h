@@ -153,11 +153,12 @@ typedef struct {
     int no_mean;          /* leave out the mean attribute */
     long bad_label_at;    /* >= 0: this sample's label is `classes` */
     const char *split;
+    int images_chunked;   /* chunked, deflate-compressed images (read through HDF5) */
 } FxSpec;
 
 static inline FxSpec fx_spec(size_t n, int c, int h, int w)
 {
-    FxSpec s = {n, n, c, h, w, 10, 0.25f, 0.5f, 0, 4, 0, 0, -1, "train"};
+    FxSpec s = {n, n, c, h, w, 10, 0.25f, 0.5f, 0, 4, 0, 0, -1, "train", 0};
     return s;
 }
 
@@ -207,7 +208,14 @@ static inline void fx_write_dataset_file(const char *path, const FxSpec *s)
         fx_check(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, fimg), "H5Dwrite(images)");
         free(fimg);
     } else {
-        d = H5Dcreate2(f, name, H5T_STD_U8LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        if (s->images_chunked) {
+            hsize_t chunk[4] = {s->n_images < 64 ? s->n_images : 64, (hsize_t)s->c, (hsize_t)s->h, (hsize_t)s->w};
+            fx_check(H5Pset_chunk(dcpl, 4, chunk), "H5Pset_chunk");
+            fx_check(H5Pset_deflate(dcpl, 1), "H5Pset_deflate");
+        }
+        d = H5Dcreate2(f, name, H5T_STD_U8LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        H5Pclose(dcpl);
         fx_check(d, "H5Dcreate2(images)");
         fx_check(H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, img), "H5Dwrite(images)");
     }

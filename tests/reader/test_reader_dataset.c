@@ -67,11 +67,14 @@ static void check_read(Dataset *d, const Whole *w, const uint64_t *idx, size_t n
     free(lab);
 }
 
-static void test_reads(void)
+/* chunked = 0: contiguous images, read straight from the file at the
+ * dataset's offset; 1: chunked and compressed, read through HDF5. */
+static void test_reads(int chunked)
 {
     char path[600];
-    snprintf(path, sizeof path, "%s/good.h5", dir);
+    snprintf(path, sizeof path, "%s/good%d.h5", dir, chunked);
     FxSpec s = fx_spec(3000, 3, 4, 5);
+    s.images_chunked = chunked;
     s.mean = 0.3f;
     s.std = 0.7f;
     fx_write_dataset_file(path, &s);
@@ -229,7 +232,8 @@ static void test_bad_files(void)
 int main(void)
 {
     fx_make_tmpdir(dir, sizeof dir, "dataset");
-    test_reads();
+    test_reads(0);
+    test_reads(1);
     test_bad_files();
     fx_remove_tree(dir);
     return test_finish("test_reader_dataset");
