@@ -19,17 +19,8 @@ import statistics
 import sys
 import time
 
-
-def positive(lo):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"wants an integer >= {lo}, not '{s}'")
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"wants an integer >= {lo}, not '{s}'")
-        return v
-    return parse
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_models import build, positive  # noqa: E402
 
 
 def parse_args():
@@ -51,21 +42,6 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import torch  # noqa: E402  (after the thread environment is set)
 from torch import nn  # noqa: E402
-
-
-def build(model):
-    if model == "mlp":
-        return nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(784, 1024), nn.ReLU(),
-            nn.Linear(1024, 1024), nn.ReLU(),
-            nn.Linear(1024, 10))
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(3136, 1024), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(1024, 10))
 
 
 def flop_per_sample(net):
