@@ -60,7 +60,8 @@ rc=$?
 
 # 4. The launcher restarts a job whose rank was killed, and it completes.
 export BASIN_BUILD=$build
-long=(--data "$data" --model mlp --limit-train 3600 --batch 36 --epochs 3 --eval-every 0 --log-every 20
+# Long enough (1000 steps) that the kill lands well before the end on a fast machine.
+long=(--data "$data" --model mlp --limit-train 3600 --batch 36 --epochs 10 --eval-every 0 --log-every 100
       --checkpoint-steps 10 --output-dir "$work/killed")
 checks=$((checks + 1))
 "$repo/launch/train.sh" --np 3 -- "${long[@]}" >"$work/out" 2>"$work/err" &
@@ -72,7 +73,7 @@ wait "$launcher"
 rc=$?
 [ "$rc" = 0 ] || fail "launcher after a killed rank exited $rc"
 grep -q "restart 1/" "$work/err" || fail "launcher did not restart"
-[ -f "$work/killed/checkpoints/ckpt-0000000300.h5" ] || fail "the restarted run did not reach step 300"
+[ -f "$work/killed/checkpoints/ckpt-0000001000.h5" ] || fail "the restarted run did not reach step 1000"
 
 # 5. SIGTERM to the launcher: the ranks checkpoint, it exits 75; run again, it finishes.
 checks=$((checks + 1))
@@ -86,7 +87,7 @@ rc=$?
 [ "$rc" = 75 ] || fail "launcher told to stop exited $rc, not 75"
 grep -q "preempted after step" "$work/out" || fail "no preemption checkpoint"
 "$repo/launch/train.sh" --np 2 -- "${long[@]}" >"$work/out" 2>"$work/err" || fail "second launch"
-grep -q "resumed from" "$work/out" && [ -f "$work/stopped/checkpoints/ckpt-0000000300.h5" ] \
+grep -q "resumed from" "$work/out" && [ -f "$work/stopped/checkpoints/ckpt-0000001000.h5" ] \
   || fail "second launch did not resume and finish"
 
 echo "resume: $((checks - failures)) passed, $failures failed"

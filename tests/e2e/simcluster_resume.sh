@@ -19,7 +19,7 @@ trap 'rm -rf "$work"' EXIT
 cp "$BASIN_SIM_HOSTFILE" "$work/hosts"
 out=$work/run
 BASIN_BUILD=$build "$repo/launch/train.sh" --hostfile "$work/hosts" -- --data "$data" --model mlp \
-  --limit-train 4800 --batch 48 --epochs 3 --eval-every 0 --log-every 20 --checkpoint-steps 20 \
+  --limit-train 4800 --batch 48 --epochs 10 --eval-every 0 --log-every 100 --checkpoint-steps 20 \
   --collective-timeout 20 --output-dir "$out" >"$work/out" 2>"$work/err" &
 launcher=$!
 for _ in $(seq 600); do ls "$out/checkpoints"/ckpt-*.h5 >/dev/null 2>&1 && break; sleep 0.1; done
@@ -36,6 +36,6 @@ fail() { echo "FAILED: $*" >&2; sed 's/^/    /' "$work/err" "$work/out" | tail -
 grep -q "restart 1/" "$work/err" || fail "the launcher did not restart"
 grep -q "resumed from .*ckpt-" "$work/out" || fail "the restart did not resume from a checkpoint"
 grep -q "^basin: 2 rank(s)" "$work/out" || fail "the restart did not run on the 2 ranks of the remaining host"
-[ -f "$out/checkpoints/ckpt-0000000300.h5" ] || fail "the run did not reach its last step (300)"
+[ -f "$out/checkpoints/ckpt-0000001000.h5" ] || fail "the run did not reach its last step (1000)"
 echo "simcluster_resume: $((5 - failures)) passed, $failures failed"
 [ "$failures" = 0 ]
