@@ -21,6 +21,7 @@
 #include "checkpoints/xxh64.h"
 
 #include "core/error.h"
+#include "core/files.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -528,40 +529,6 @@ done:
     return rc;
 }
 
-/* mkdir -p dir. */
-static int make_dirs(const char *dir)
-{
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return basin_error(BASIN_ERR_USAGE, "%s: path too long", dir);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return basin_error(BASIN_ERR_RUNTIME, "cannot create checkpoint directory %s: %s", buf,
-                                   strerror(errno));
-            *p = c;
-            if (c == '\0') break;
-        }
-    }
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return basin_error(BASIN_ERR_USAGE, "%s: not a directory", dir);
-    return BASIN_OK;
-}
-
-static int fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return BASIN_FAIL(BASIN_ERR_RUNTIME, "open(%s) for fsync failed: %s", path, strerror(errno));
-    int rc = BASIN_OK;
-    if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "fsync(%s) failed: %s", path, strerror(errno));
-    close(fd);
-    return rc;
-}
-
 /* ---- the checkpoints of a folder ------------------------------------------ */
 
 typedef struct {
@@ -666,7 +633,7 @@ int checkpoint_write(const char *dir, const CheckpointState *st, int keep, char 
         return basin_error(BASIN_ERR_USAGE, "%s: checkpoint path too long", dir);
     if (path_out && strlen(path) >= path_len)
         return basin_error(BASIN_ERR_USAGE, "checkpoint: path buffer of %zu bytes too small for %s", path_len, path);
-    TRY(make_dirs(dir));
+    if (basin_make_dirs(dir)) return BASIN_ERR_RUNTIME;
 
     TRY(write_file(tmp, st));
     if (rename(tmp, path) != 0) {
@@ -675,7 +642,7 @@ int checkpoint_write(const char *dir, const CheckpointState *st, int keep, char 
         unlink(tmp);
         return rc;
     }
-    TRY(fsync_dir(dir));
+    TRY(basin_fsync_dir(dir));
     rotate(dir, keep, name);
     if (path_out) snprintf(path_out, path_len, "%s", path);
     return BASIN_OK;

@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "core/error.h"
 
@@ -46,23 +45,3 @@ void metrics_eval(Metrics *m, int epoch, uint64_t step, double loss, double accu
     fflush(m->f);
 }
 
-int make_dirs(const char *path)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return basin_error(BASIN_ERR_USAGE, "path too long: %s", path);
-    for (char *p = buf + 1; ; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return basin_error(BASIN_ERR_USAGE, "cannot create directory %s: %s", buf, strerror(errno));
-            *p = c;
-            if (!c) break;
-        }
-    }
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-        return basin_error(BASIN_ERR_USAGE, "%s is not a directory", path);
-    return BASIN_OK;
-}

@@ -36,7 +36,5 @@ typedef struct {
 void metrics_step(Metrics *m, const StepRecord *r);
 void metrics_eval(Metrics *m, int epoch, uint64_t step, double loss, double accuracy, double time_s);
 
-/* Create directory path and its parents (mkdir -p). */
-int make_dirs(const char *path);
 
 #endif

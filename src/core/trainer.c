@@ -11,6 +11,7 @@
 #include "allreduce/allreduce.h"
 #include "checkpoints/checkpoint.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "core/metrics.h"
 #include "core/net.h"
 #include "core/optim.h"
@@ -663,7 +664,7 @@ static int open_outputs(Trainer *t, char *metrics_path, size_t len)
     if (cfg->metrics) snprintf(metrics_path, len, "%s", cfg->metrics);
     else snprintf(metrics_path, len, "%s/metrics.jsonl", cfg->output_dir);
     if (t->rank == 0) {
-        rc = make_dirs(cfg->output_dir);
+        rc = basin_make_dirs(cfg->output_dir);
         if (!rc) rc = metrics_open(&t->metrics, metrics_path, t->resuming);
     }
     const char *samples = getenv("BASIN_TEST_SAMPLES");
@@ -683,7 +684,7 @@ static int open_outputs(Trainer *t, char *metrics_path, size_t len)
         char *slash = strrchr(dir, '/');
         if (slash && slash != dir) {
             *slash = '\0';
-            rc = make_dirs(dir); /* every rank: its host may not share rank 0's disk */
+            rc = basin_make_dirs(dir); /* every rank: its host may not share rank 0's disk */
         }
         if (!rc) rc = trace_open(&t->trace, path, t->rank, t->t_start);
         if (!rc) {

@@ -13,6 +13,7 @@
 #include "reader/reader.h"
 
 #include "core/error.h"
+#include "core/files.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -161,31 +162,6 @@ static int read_split(const char *src_dir, const char *prefix, Split *s)
     return BASIN_OK;
 }
 
-/* mkdir -p of the directory that holds path. */
-static int make_parent_dirs(const char *path)
-{
-    char dir[PATH_MAX];
-    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
-        return basin_error(BASIN_ERR_USAGE, "%s: path too long", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir) return BASIN_OK;
-    *slash = '\0';
-    for (char *p = dir + 1; ; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-                return basin_error(BASIN_ERR_USAGE, "cannot create directory %s: %s", dir, strerror(errno));
-            *p = c;
-            if (c == '\0') break;
-        }
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return basin_error(BASIN_ERR_USAGE, "%s: not a directory", dir);
-    return BASIN_OK;
-}
-
 static int write_u8_dataset(hid_t file, const char *name, int rank, const hsize_t *dims, const uint8_t *data,
                             const char *path)
 {
@@ -315,18 +291,6 @@ static void pixel_stats(const Split *s, float *mean, float *std)
     *std = (float)(sqrt(var > 0.0 ? var : 0.0) / 255.0);
 }
 
-/* fsync of a folder, so that a rename in it is durable. */
-static int fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return BASIN_FAIL(BASIN_ERR_RUNTIME, "open(%s) for fsync failed: %s", path, strerror(errno));
-    int rc = BASIN_OK;
-    if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "fsync(%s) failed: %s", path, strerror(errno));
-    close(fd);
-    return rc;
-}
-
 /* Build the whole HDF5 file in memory (core driver, no backing store) and
  * hand back its bytes. HDF5 then never writes to disk itself: a full disk
  * shows up as a failed write() of ours, not as a half-closed HDF5 file. */
@@ -441,7 +405,7 @@ int import_fashion_mnist(const char *src_dir, const char *out_path)
     /* Every input is read and checked before anything is written. */
     if ((rc = read_split(src_dir, "train", &train))) goto cleanup;
     if ((rc = read_split(src_dir, "t10k", &test))) goto cleanup;
-    if ((rc = make_parent_dirs(out_path))) goto cleanup;
+    if ((rc = basin_make_parent_dirs(out_path))) goto cleanup;
 
     if ((rc = build_file_image(out_path, &train, &test, &image, &image_bytes))) goto cleanup;
     split_free(&train);
@@ -459,7 +423,7 @@ int import_fashion_mnist(const char *src_dir, const char *out_path)
     if (!slash) snprintf(dir, sizeof dir, ".");
     else if (slash == dir) dir[1] = '\0';
     else *slash = '\0';
-    rc = fsync_dir(dir);
+    rc = basin_fsync_dir(dir);
 
 cleanup:
     if (tmp_made) unlink(tmp);
