@@ -15,6 +15,7 @@
  */
 #include "allreduce/allreduce.h"
 #include "core/error.h"
+#include "allreduce/exact.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,18 +79,6 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
-}
-
-static float exact_value(int rank, size_t i)
-{
-    return (float)((int)((i * 7 + (size_t)rank * 13) % 19) - 9);
-}
-
-static float exact_sum(int size, size_t i)
-{
-    int s = 0;
-    for (int r = 0; r < size; r++) s += (int)((i * 7 + (size_t)r * 13) % 19) - 9;
-    return (float)s;
 }
 
 /* Slowest rank's time per iteration for iters iterations. */

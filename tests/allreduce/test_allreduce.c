@@ -18,6 +18,7 @@
  */
 #include "allreduce/allreduce.h"
 #include "core/error.h"
+#include "exact.h"
 #include "testing.h"
 
 #include <float.h>
@@ -35,18 +36,6 @@ typedef struct Ctx {
 
 static const char *const ALGOS[] = {"rhd", "ring", "hier", "mpi", "auto"};
 enum { NALGO = sizeof ALGOS / sizeof ALGOS[0] };
-
-static float exact_value(int rank, size_t i)
-{
-    return (float)((int)((i * 7 + (size_t)rank * 13) % 19) - 9);
-}
-
-static float exact_sum(int size, size_t i)
-{
-    int s = 0;
-    for (int r = 0; r < size; r++) s += (int)((i * 7 + (size_t)r * 13) % 19) - 9;
-    return (float)s;
-}
 
 static uint64_t mix64(uint64_t x)
 {
