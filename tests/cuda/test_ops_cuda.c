@@ -23,6 +23,7 @@
 #include "core/rng.h"
 #include "ops_cuda.h"
 #include "gen.h"
+#include "cuda_device.h"
 #include "testing.h"
 
 static const Ops *const CPU = &ops_cpu;
@@ -788,13 +789,7 @@ static void test_scale(void)
 
 int main(void)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess)
-        TEST_SKIP("no CUDA device: cudaGetDeviceCount failed: %s", cudaGetErrorString(e));
-    if (count == 0) TEST_SKIP("no CUDA device: cudaGetDeviceCount reports 0 devices");
-    if (ops_cuda_select(0)) return 1;
-    ops_cpu_set_threads(1);
+    require_cuda_device();
     test_memory();
     test_gemm();
     test_bias();

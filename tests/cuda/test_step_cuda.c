@@ -29,6 +29,7 @@
 #include "models/models.h"
 #include "ops_cuda.h"
 #include "gen.h"
+#include "cuda_device.h"
 #include "testing.h"
 
 static float *host_floats(size_t n)
@@ -188,13 +189,7 @@ static void check_model(const char *name, size_t batch)
 
 int main(void)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess)
-        TEST_SKIP("no CUDA device: cudaGetDeviceCount failed: %s", cudaGetErrorString(e));
-    if (count == 0) TEST_SKIP("no CUDA device: cudaGetDeviceCount reports 0 devices");
-    if (ops_cuda_select(0)) return 1;
-    ops_cpu_set_threads(1);
+    require_cuda_device();
     /* A small net with every layer kind, a stride/padding conv and an
      * overlapping pool; then the two presets at their real geometry. */
     check_model("conv:8:5,relu,pool:2,conv:16:3:2:1,relu,pool:3:2,flatten,fc:32,relu,"
