@@ -127,11 +127,18 @@ export BASIN_SIM_PREFIX=$prefix BASIN_SIM_SUBNET=$subnet
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 np=$((hosts * per_host))
 echo "simcluster: $hosts hosts x $per_host ranks, links $rate, namespaces ${prefix}*" >&2
+# Every simulated host believes its ranks have cores of their own, so Open
+# MPI would spin without yielding. When the ranks outnumber this machine's
+# cores, a spinning rank starves the one it waits for (all-reduces stalled
+# for minutes that way): make idle ranks yield. OMPI_MCA_mpi_yield_when_idle,
+# when set, decides instead (the tests set it: other tests share the cores).
+yield=${OMPI_MCA_mpi_yield_when_idle:-0}
+[ -z "${OMPI_MCA_mpi_yield_when_idle:-}" ] && [ "$np" -gt "$(nproc)" ] && yield=1
 if [ "$exec_mode" = 1 ]; then
     for i in $(seq 1 "$hosts"); do echo "$subnet.$i slots=$per_host"; done >"$simhosts"
     export BASIN_SIM_HOSTFILE=$simhosts
     export OMPI_MCA_plm_rsh_agent=$agent OMPI_MCA_plm_rsh_no_tree_spawn=1
-    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_links=2
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_links=2 OMPI_MCA_mpi_yield_when_idle=$yield
     export OMPI_MCA_btl_tcp_if_include=$subnet.0/24 OMPI_MCA_oob_tcp_if_include=$subnet.0/24
     ip netns exec "${prefix}h1" unshare --uts sh -c 'hostname basin-sim-h1 && exec "$@"' sh "$@"
     exit $?
@@ -140,7 +147,7 @@ fi
 ip netns exec "${prefix}h1" unshare --uts sh -c 'hostname basin-sim-h1 && exec "$@"' sh \
     mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" --host "$hostlist" \
     --mca plm_rsh_agent "$agent" --mca plm_rsh_no_tree_spawn 1 \
-    --mca btl self,vader,tcp --mca btl_tcp_links 2 \
+    --mca btl self,vader,tcp --mca btl_tcp_links 2 --mca mpi_yield_when_idle "$yield" \
     --mca btl_tcp_if_include "$subnet.0/24" --mca oob_tcp_if_include "$subnet.0/24" \
     -x BASIN_SIM_PREFIX -x BASIN_SIM_SUBNET $extra "$@"
 rc=$?
