@@ -42,7 +42,7 @@ static void mpi_free(void *state)
     free(state);
 }
 
-const AllreduceAlgo ar_algo_mpi = {"mpi", mpi_plan, mpi_run, mpi_free};
+const AllreduceAlgo ar_algo_mpi = {.name = "mpi", .plan = mpi_plan, .run = mpi_run, .free = mpi_free};
 
 /* ---- the table ----------------------------------------------------------- */
 
@@ -81,6 +81,8 @@ static const AllreduceAlgo *auto_choose(const AllreduceComm *c, size_t count, un
 }
 
 /* ---- plan / run ---------------------------------------------------------- */
+
+static int run_blocking(const ArJob *job);
 
 int allreduce_plan(AllreduceComm *c, const char *algo, size_t count, unsigned flags, AllreducePlan **out)
 {
@@ -143,19 +145,85 @@ int ar_check_buffers(const AllreducePlan *p, const float *send, float *recv)
 
 int ar_run_now(AllreducePlan *p, const float *send, float *recv)
 {
+    ArJob job = {.plan = p, .kind = AR_JOB_SUM, .send = send, .recv = recv};
+    return ar_run_job(&job);
+}
+
+int ar_run_job(const ArJob *job)
+{
+    AllreducePlan *p = job->plan;
     AllreduceComm *c = p->comm;
+    const AllreduceAlgo *a = p->algo;
+    switch (job->kind) {
+    case AR_JOB_SUM:
+        break;
+    case AR_JOB_UPDATE:
+        if (!a->run_update) {
+            c->seq++;
+            ar_watch_op(c, c->seq, a->name, p->count);
+            TRY(a->run(c, p->state, job->recv, job->recv));
+            if (p->count) job->fn(job->arg, 0, p->count);
+            return BASIN_OK;
+        }
+        c->seq++;
+        ar_watch_op(c, c->seq, a->name, p->count);
+        return a->run_update(c, p->state, job->recv, job->params, job->fn, job->arg);
+    case AR_JOB_GATHER:
+        if (!a->gather) return BASIN_OK;
+        c->seq++;
+        ar_watch_op(c, c->seq, a->name, p->count);
+        return a->gather(c, p->state, job->recv);
+    }
     c->seq++;
-    ar_watch_op(c, c->seq, p->algo->name, p->count);
-    return p->algo->run(c, p->state, send, recv);
+    ar_watch_op(c, c->seq, a->name, p->count);
+    return a->run(c, p->state, job->send, job->recv);
+}
+
+/* Blocking: through the queue while the engine runs, so requests stay in order. */
+static int run_blocking(const ArJob *job)
+{
+    if (job->plan->comm->engine.started) {
+        AllreduceTicket t;
+        TRY(ar_engine_submit(job, &t));
+        return allreduce_wait(job->plan->comm, t);
+    }
+    return ar_run_job(job);
+}
+
+static int check_update(const AllreducePlan *p, const float *grads, const float *params, AllreduceUpdateFn fn)
+{
+    TRY(ar_check_buffers(p, grads, (float *)params));
+    if (p->count && grads == params)
+        return basin_error(BASIN_ERR_USAGE, "all-reduce update: grads and params are the same buffer");
+    if (p->count && !fn) return basin_error(BASIN_ERR_USAGE, "all-reduce update: no update function");
+    return BASIN_OK;
+}
+
+int allreduce_run_update(AllreducePlan *p, float *grads, float *params, AllreduceUpdateFn fn, void *arg)
+{
+    TRY(check_update(p, grads, params, fn));
+    ArJob job = {.plan = p, .kind = AR_JOB_UPDATE, .recv = grads, .params = params, .fn = fn, .arg = arg};
+    return run_blocking(&job);
+}
+
+int allreduce_start_update(AllreducePlan *p, float *grads, float *params, AllreduceUpdateFn fn, void *arg,
+                           AllreduceTicket *ticket)
+{
+    TRY(check_update(p, grads, params, fn));
+    ArJob job = {.plan = p, .kind = AR_JOB_UPDATE, .recv = grads, .params = params, .fn = fn, .arg = arg};
+    return ar_engine_submit(&job, ticket);
+}
+
+int allreduce_gather_owned(AllreducePlan *p, float *buf)
+{
+    TRY(ar_check_buffers(p, buf, buf));
+    ArJob job = {.plan = p, .kind = AR_JOB_GATHER, .send = buf, .recv = buf};
+    return run_blocking(&job);
 }
 
 int allreduce_run(AllreducePlan *p, const float *send, float *recv)
 {
     TRY(ar_check_buffers(p, send, recv));
-    if (p->comm->engine.started) {
-        AllreduceTicket t;
-        TRY(allreduce_start(p, send, recv, &t));
-        return allreduce_wait(p->comm, t);
-    }
-    return ar_run_now(p, send, recv);
+    ArJob job = {.plan = p, .kind = AR_JOB_SUM, .send = send, .recv = recv};
+    return run_blocking(&job);
 }

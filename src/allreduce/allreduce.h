@@ -112,12 +112,48 @@ void allreduce_plan_free(AllreducePlan *p);
  * a slice of an allreduce_buffer_alloc buffer or any other memory. */
 int allreduce_run(AllreducePlan *p, const float *send, float *recv);
 
+/* Sharded update: reduce-scatter, update, all-gather.
+ *
+ * An optimizer that updates each element from its summed gradient alone
+ * (SGD with momentum) need not run on every rank over every element: the
+ * owner of a part, which has just summed it, can update it and hand out the
+ * new parameters instead of the sums. allreduce_run_update sums grads,
+ * calls fn(arg, lo, hi) for each part [lo, hi) (offsets into the plan's
+ * count) that this rank owns, once grads[lo, hi) holds the sum, and then
+ * copies every other part of params from its owner. fn must write
+ * params[lo, hi) (and any state it keeps for those elements) from
+ * grads[lo, hi) and params[lo, hi) only.
+ *
+ * Afterwards params holds the owners' results, the same bits on every rank;
+ * grads holds the sum on the owned parts only. hier shards the work inside
+ * the supernode: each of its L local ranks updates 1/L of the buffer
+ * (the shard it reduced), and the all-gather moves parameters instead of
+ * sums, so each rank touches 1/L of the optimizer state. The other
+ * algorithms, and hier with one rank per supernode, sum everything and call
+ * fn once on [0, count) on every rank.
+ *
+ * grads and params must not overlap; with hier and more than one rank per
+ * supernode both must lie in allreduce_buffer_alloc buffers
+ * (BASIN_ERR_USAGE otherwise). fn runs on the thread that runs the request
+ * (the progress thread for allreduce_start_update). */
+typedef void (*AllreduceUpdateFn)(void *arg, size_t lo, size_t hi);
+int allreduce_run_update(AllreducePlan *p, float *grads, float *params, AllreduceUpdateFn fn, void *arg);
+
+/* Collective: copy every part of buf this rank does not own (in the sense of
+ * allreduce_run_update) from its owner, so per-element optimizer state kept
+ * by fn (momentum) is whole on every rank, e.g. before a checkpoint. A no-op
+ * where the plan does not shard. Same buffer rules as grads above. */
+int allreduce_gather_owned(AllreducePlan *p, float *buf);
+
 /* Non-blocking use, driven by one progress thread per AllreduceComm.
  * Requests run and complete in submission order; a ticket t is complete when
  * every ticket before it is. send/recv must stay untouched until complete.
  * start blocks only while queue_capacity requests are in flight. */
 typedef uint64_t AllreduceTicket;
 int allreduce_start(AllreducePlan *p, const float *send, float *recv, AllreduceTicket *ticket);
+/* allreduce_run_update as a request; the same ordering rules. */
+int allreduce_start_update(AllreducePlan *p, float *grads, float *params, AllreduceUpdateFn fn, void *arg,
+                           AllreduceTicket *ticket);
 /* *done = 1 when t has completed (never blocks). */
 int allreduce_test(AllreduceComm *c, AllreduceTicket t, int *done);
 /* Block until t completes; its status (a failed request fails every later one). */

@@ -182,6 +182,56 @@ static const float *peer_data(AllreduceComm *c, int j)
     return c->wins[s->win].base[j] + s->offset;
 }
 
+/* Publish where this rank's data (and params) live, wait for the supernode,
+ * and check that every local rank runs the same collective. */
+static int hier_enter(AllreduceComm *c, Hier *h, int win, size_t offset, int pwin, size_t poffset)
+{
+    ArSlot *mine = c->slots[h->l];
+    mine->win = win;
+    mine->offset = offset;
+    mine->pwin = pwin;
+    mine->poffset = poffset;
+    mine->count = h->count;
+    mine->seq = c->seq;
+    ar_node_barrier(c, "hier entry barrier");
+    for (int j = 0; j < h->L; j++)
+        if (c->slots[j]->count != h->count || c->slots[j]->seq != c->seq)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME,
+                              "hier: local rank %d runs collective #%llu on %llu floats, this rank #%llu on %zu",
+                              j, (unsigned long long)c->slots[j]->seq, (unsigned long long)c->slots[j]->count,
+                              (unsigned long long)c->seq, h->count);
+    return BASIN_OK;
+}
+
+/* Step 1 and 2 on this rank's shard of data; its [lo, hi) through *lo, *hi
+ * (empty when it owns none). */
+static int reduce_own_shard(AllreduceComm *c, Hier *h, float *data, size_t *lo_out, size_t *hi_out)
+{
+    *lo_out = *hi_out = 0;
+    if (h->l >= h->nshard) return BASIN_OK;
+    size_t lo = h->off[h->l], cnt = h->off[h->l + 1] - lo;
+    if (!cnt) return BASIN_OK;
+    for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? data + lo : peer_data(c, j) + lo;
+    reduce_sources(data + lo, h->src, h->L, cnt);
+    if (h->S > 1) TRY(cross_run(c, h, data + lo, data + lo));
+    *lo_out = lo;
+    *hi_out = lo + cnt;
+    return BASIN_OK;
+}
+
+/* Step 3: copy every shard this rank does not own from its owner's buffer
+ * (window slot fields win/offset, or pwin/poffset when params is set). */
+static void gather_shards(AllreduceComm *c, Hier *h, float *dst, int params)
+{
+    for (int j = 0; j < h->nshard; j++) {
+        size_t lo = h->off[j], cnt = h->off[j + 1] - lo;
+        if (!cnt || j == h->l) continue;
+        const ArSlot *s = c->slots[j];
+        const float *src = params ? c->wins[s->pwin].base[j] + s->poffset : peer_data(c, j);
+        memcpy(dst + lo, src + lo, cnt * sizeof(float));
+    }
+}
+
 static int hier_run(AllreduceComm *c, void *state, const float *send, float *recv)
 {
     Hier *h = ((HierState *)state)->h;
@@ -211,40 +261,82 @@ static int hier_run(AllreduceComm *c, void *state, const float *send, float *rec
         data = c->wins[win].base[h->l];
         memcpy(data, send, n * sizeof(float));
     }
-    ArSlot *mine = c->slots[h->l];
-    mine->win = win;
-    mine->offset = offset;
-    mine->count = n;
-    mine->seq = c->seq;
-    ar_node_barrier(c, "hier entry barrier");
-    for (int j = 0; j < h->L; j++)
-        if (c->slots[j]->count != n || c->slots[j]->seq != c->seq)
-            return BASIN_FAIL(BASIN_ERR_RUNTIME,
-                              "hier: local rank %d runs collective #%llu on %llu floats, this rank #%llu on %zu",
-                              j, (unsigned long long)c->slots[j]->seq, (unsigned long long)c->slots[j]->count,
-                              (unsigned long long)c->seq, n);
-
-    if (h->l < h->nshard) {
-        size_t lo = h->off[h->l], cnt = h->off[h->l + 1] - lo;
-        if (cnt) {
-            for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? data + lo : peer_data(c, j) + lo;
-            reduce_sources(data + lo, h->src, h->L, cnt);
-            if (h->S > 1) TRY(cross_run(c, h, data + lo, data + lo));
-        }
-    }
+    TRY(hier_enter(c, h, win, offset, -1, 0));
+    size_t lo, hi;
+    TRY(reduce_own_shard(c, h, data, &lo, &hi));
     ar_node_barrier(c, "hier all-gather barrier");
-
-    for (int j = 0; j < h->nshard; j++) {
-        size_t lo = h->off[j], cnt = h->off[j + 1] - lo;
-        if (!cnt) continue;
-        if (j == h->l) {
-            if (data != recv) memcpy(recv + lo, data + lo, cnt * sizeof(float));
-        } else {
-            memcpy(recv + lo, peer_data(c, j) + lo, cnt * sizeof(float));
-        }
-    }
+    if (data != recv && hi > lo) memcpy(recv + lo, data + lo, (hi - lo) * sizeof(float));
+    gather_shards(c, h, recv, 0);
     ar_node_barrier(c, "hier exit barrier");
     return BASIN_OK;
 }
 
-const AllreduceAlgo ar_algo_hier = {"hier", hier_plan, hier_run, hier_free};
+static int window_of_both(AllreduceComm *c, Hier *h, const float *grads, const float *params, int *win,
+                          size_t *offset, int *pwin, size_t *poffset)
+{
+    *win = ar_window_of(c, grads, h->count, offset);
+    *pwin = params ? ar_window_of(c, params, h->count, poffset) : -1;
+    if (*win < 0 || (params && *pwin < 0))
+        return basin_error(BASIN_ERR_USAGE, "hier: a sharded update needs its buffers in place in "
+                                            "allreduce_buffer_alloc buffers");
+    return BASIN_OK;
+}
+
+/* Floats summed per call of the update function inside one supernode. */
+enum { UPDATE_BLOCK = 8192 };
+
+static int hier_run_update(AllreduceComm *c, void *state, float *grads, float *params, AllreduceUpdateFn fn,
+                           void *arg)
+{
+    Hier *h = ((HierState *)state)->h;
+    size_t n = h->count;
+    if (n == 0) return BASIN_OK;
+    if (h->L == 1) {
+        if (h->S > 1) TRY(cross_run(c, h, grads, grads));
+        fn(arg, 0, n);
+        return BASIN_OK;
+    }
+    int win, pwin;
+    size_t offset, poffset;
+    TRY(window_of_both(c, h, grads, params, &win, &offset, &pwin, &poffset));
+    TRY(hier_enter(c, h, win, offset, pwin, poffset));
+    if (h->S == 1 && h->l < h->nshard) {
+        /* One supernode: sum and update block by block, so the update reads
+         * each sum while it is still in cache. */
+        size_t lo = h->off[h->l], hi = h->off[h->l + 1];
+        for (size_t b = lo; b < hi; b += UPDATE_BLOCK) {
+            size_t e = hi - b < UPDATE_BLOCK ? hi : b + UPDATE_BLOCK;
+            for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? grads + b : peer_data(c, j) + b;
+            reduce_sources(grads + b, h->src, h->L, e - b);
+            fn(arg, b, e);
+        }
+    } else {
+        size_t lo, hi;
+        TRY(reduce_own_shard(c, h, grads, &lo, &hi));
+        if (hi > lo) fn(arg, lo, hi);
+    }
+    ar_node_barrier(c, "hier all-gather barrier");
+    gather_shards(c, h, params, 1);
+    ar_node_barrier(c, "hier exit barrier");
+    return BASIN_OK;
+}
+
+static int hier_gather(AllreduceComm *c, void *state, float *buf)
+{
+    Hier *h = ((HierState *)state)->h;
+    if (h->count == 0 || h->L == 1) return BASIN_OK;
+    int win, pwin;
+    size_t offset, poffset;
+    TRY(window_of_both(c, h, buf, NULL, &win, &offset, &pwin, &poffset));
+    TRY(hier_enter(c, h, win, offset, -1, 0));
+    gather_shards(c, h, buf, 0);
+    ar_node_barrier(c, "hier exit barrier");
+    return BASIN_OK;
+}
+
+const AllreduceAlgo ar_algo_hier = {.name = "hier",
+                                    .plan = hier_plan,
+                                    .run = hier_run,
+                                    .free = hier_free,
+                                    .run_update = hier_run_update,
+                                    .gather = hier_gather};

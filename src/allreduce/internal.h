@@ -51,7 +51,10 @@ typedef struct ArSlot {
     uint64_t offset; /* floats from that window's segment start */
     uint64_t count;  /* plan count, checked against peers */
     uint64_t seq;    /* collective sequence number, checked against peers */
-    char pad2[32];
+    int32_t pwin;    /* allreduce_run_update: where params live (win, offset) */
+    uint32_t pad2;
+    uint64_t poffset;
+    char pad3[16];
 } ArSlot;
 
 /* ---- watchdog ----------------------------------------------------------- */
@@ -75,10 +78,18 @@ typedef struct ArWatch {
 
 /* ---- progress engine ---------------------------------------------------- */
 
+/* One request: a sum (send -> recv), a sharded update (recv = grads, params,
+ * fn, arg) or a gather of owned parts (recv = buf). */
+typedef enum { AR_JOB_SUM, AR_JOB_UPDATE, AR_JOB_GATHER } ArJobKind;
+
 typedef struct ArJob {
     AllreducePlan *plan;
+    ArJobKind kind;
     const float *send;
     float *recv;
+    float *params;
+    AllreduceUpdateFn fn;
+    void *arg;
 } ArJob;
 
 typedef struct ArEngine {
@@ -120,6 +131,10 @@ typedef struct AllreduceAlgo {
     int (*plan)(AllreduceComm *c, size_t count, unsigned flags, void **state);
     int (*run)(AllreduceComm *c, void *state, const float *send, float *recv);
     void (*free)(void *state);
+    /* Sharded update and gather (allreduce.h); NULL: the algorithm does not
+     * shard (run, then fn on everything; gather is a no-op). */
+    int (*run_update)(AllreduceComm *c, void *state, float *grads, float *params, AllreduceUpdateFn fn, void *arg);
+    int (*gather)(AllreduceComm *c, void *state, float *buf);
 } AllreduceAlgo;
 
 struct AllreducePlan {
@@ -149,6 +164,10 @@ void ar_ring_free_on(ArRing *r);
 int ar_check_buffers(const AllreducePlan *p, const float *send, float *recv);
 /* Run one plan now, on the calling thread (the engine's or the caller's). */
 int ar_run_now(AllreducePlan *p, const float *send, float *recv);
+/* Run one request of any kind now, on the calling thread. */
+int ar_run_job(const ArJob *job);
+/* Queue one request (allreduce_start and friends). */
+int ar_engine_submit(const ArJob *job, AllreduceTicket *ticket);
 
 /* ---- helpers (comm.c) --------------------------------------------------- */
 

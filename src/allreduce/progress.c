@@ -44,7 +44,7 @@ static void *engine_main(void *arg)
         ArJob job = e->queue[done % (uint64_t)e->cap];
         pthread_mutex_unlock(&e->mu);
         int st = atomic_load(&e->error);
-        if (!st) st = ar_run_now(job.plan, job.send, job.recv);
+        if (!st) st = ar_run_job(&job);
         pthread_mutex_lock(&e->mu);
         if (st && !e->failed_at) {
             e->failed_at = done + 1;
@@ -79,7 +79,13 @@ void ar_engine_stop(AllreduceComm *c)
 int allreduce_start(AllreducePlan *p, const float *send, float *recv, AllreduceTicket *ticket)
 {
     TRY(ar_check_buffers(p, send, recv));
-    AllreduceComm *c = p->comm;
+    ArJob job = {.plan = p, .kind = AR_JOB_SUM, .send = send, .recv = recv};
+    return ar_engine_submit(&job, ticket);
+}
+
+int ar_engine_submit(const ArJob *job, AllreduceTicket *ticket)
+{
+    AllreduceComm *c = job->plan->comm;
     ArEngine *e = &c->engine;
     pthread_mutex_lock(&e->mu);
     if (!e->started) {
@@ -91,7 +97,7 @@ int allreduce_start(AllreducePlan *p, const float *send, float *recv, AllreduceT
         e->started = 1;
     }
     while (e->submitted - atomic_load(&e->completed) >= (uint64_t)e->cap) pthread_cond_wait(&e->cv_done, &e->mu);
-    e->queue[e->submitted % (uint64_t)e->cap] = (ArJob){p, send, recv};
+    e->queue[e->submitted % (uint64_t)e->cap] = *job;
     *ticket = ++e->submitted;
     pthread_cond_signal(&e->cv_work);
     pthread_mutex_unlock(&e->mu);

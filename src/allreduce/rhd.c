@@ -185,4 +185,4 @@ static void rhd_free(void *state)
     ar_rhd_free_on(state);
 }
 
-const AllreduceAlgo ar_algo_rhd = {"rhd", rhd_plan, rhd_run, rhd_free};
+const AllreduceAlgo ar_algo_rhd = {.name = "rhd", .plan = rhd_plan, .run = rhd_run, .free = rhd_free};

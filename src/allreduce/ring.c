@@ -235,4 +235,4 @@ static void ring_free(void *state)
     ar_ring_free_on(state);
 }
 
-const AllreduceAlgo ar_algo_ring = {"ring", ring_plan, ring_run, ring_free};
+const AllreduceAlgo ar_algo_ring = {.name = "ring", .plan = ring_plan, .run = ring_run, .free = ring_free};

@@ -33,6 +33,7 @@ void config_defaults(TrainConfig *cfg)
     cfg->allreduce = "auto";
     cfg->bucket_mb = 4.0;
     cfg->overlap = 1;
+    cfg->sharded_update = 1;
     cfg->collective_timeout = 300.0;
     cfg->check_every = 100;
     cfg->checkpoint_seconds = 60.0;
@@ -74,6 +75,8 @@ void config_usage(const char *prog)
            "  --allreduce ALGO        gradient all-reduce: auto, hier, rhd, ring, mpi (default auto)\n"
            "  --bucket-mb X           gradient bucket size in MiB (default 4)\n"
            "  --no-overlap            reduce gradients after backward, not during it\n"
+           "  --no-sharded-update     every rank runs the optimizer on every parameter, instead\n"
+           "                          of each rank of a supernode on the part it reduced\n"
            "  --supernode-size K      ranks per supernode (default: ranks sharing a host)\n"
            "  --collective-timeout S  abort the job when a collective waits S seconds (default 300)\n"
            "  --scale-lr              linear scaling rule: lr = lr * batch / 256\n"
@@ -138,7 +141,7 @@ enum {
     OPT_SCHEDULE, OPT_WARMUP, OPT_STEP_EPOCHS, OPT_GAMMA, OPT_MOMENTUM, OPT_NESTEROV, OPT_WD,
     OPT_SEED, OPT_MAX_STEPS, OPT_OUTDIR, OPT_METRICS, OPT_LOG_EVERY, OPT_EVAL_EVERY,
     OPT_EVAL_BATCH, OPT_THREADS, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP, OPT_ALLREDUCE, OPT_BUCKET,
-    OPT_NO_OVERLAP, OPT_SUPERNODE, OPT_TIMEOUT, OPT_SCALE_LR, OPT_CHECK_EVERY, OPT_TRACE,
+    OPT_NO_OVERLAP, OPT_NO_SHARDED, OPT_SUPERNODE, OPT_TIMEOUT, OPT_SCALE_LR, OPT_CHECK_EVERY, OPT_TRACE,
     OPT_CKPT_DIR, OPT_CKPT_STEPS, OPT_CKPT_SECONDS, OPT_KEEP, OPT_CKPT_FAILURE, OPT_RESUME, OPT_GRACE,
 };
 
@@ -171,6 +174,7 @@ static const struct option long_options[] = {
     {"allreduce", required_argument, NULL, OPT_ALLREDUCE},
     {"bucket-mb", required_argument, NULL, OPT_BUCKET},
     {"no-overlap", no_argument, NULL, OPT_NO_OVERLAP},
+    {"no-sharded-update", no_argument, NULL, OPT_NO_SHARDED},
     {"supernode-size", required_argument, NULL, OPT_SUPERNODE},
     {"collective-timeout", required_argument, NULL, OPT_TIMEOUT},
     {"scale-lr", no_argument, NULL, OPT_SCALE_LR},
@@ -254,6 +258,7 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
         }
         case OPT_BUCKET: TRY(parse_double(name, optarg, 0.0, 65536.0, 1, &cfg->bucket_mb)); break;
         case OPT_NO_OVERLAP: cfg->overlap = 0; break;
+        case OPT_NO_SHARDED: cfg->sharded_update = 0; break;
         case OPT_SUPERNODE: TRY(parse_long(name, optarg, 1, 1 << 20, &v)); cfg->supernode_size = (int)v; break;
         case OPT_TIMEOUT: TRY(parse_double(name, optarg, 0.0, 1e7, 1, &cfg->collective_timeout)); break;
         case OPT_SCALE_LR: cfg->scale_lr = 1; break;
@@ -308,12 +313,12 @@ uint64_t config_hash(const TrainConfig *cfg)
     char buf[8192];
     int n = snprintf(buf, sizeof buf,
                      "%s|%s|%d|%zu|%zu|%.17g|%d|%.17g|%.17g|%.17g|%.17g|%d|%.17g|%llu|%d|%zu|%zu|%ld|%s|"
-                     "%.17g|%d|%d|%d|%d",
+                     "%.17g|%d|%d|%d|%d|%d",
                      cfg->model, cfg->data, cfg->epochs, cfg->batch, cfg->eval_batch, cfg->lr,
                      (int)cfg->schedule, cfg->warmup_epochs, cfg->lr_step_epochs, cfg->lr_gamma,
                      cfg->momentum, cfg->nesterov, cfg->weight_decay, (unsigned long long)cfg->seed,
                      cfg->eval_every, cfg->limit_train, cfg->limit_test, cfg->max_steps, cfg->allreduce,
-                     cfg->bucket_mb, cfg->overlap, cfg->supernode_size, cfg->scale_lr, cfg->check_every);
+                     cfg->bucket_mb, cfg->overlap, cfg->supernode_size, cfg->scale_lr, cfg->check_every, cfg->sharded_update);
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
     for (int i = 0; i < n && i < (int)sizeof buf; i++) {
         h ^= (unsigned char)buf[i];

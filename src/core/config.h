@@ -33,6 +33,7 @@ typedef struct {
     const char *allreduce;    /* gradient all-reduce algorithm (allreduce.h), "auto" */
     double bucket_mb;         /* gradient bucket size in MiB */
     int overlap;              /* 1: reduce buckets while backward runs */
+    int sharded_update;       /* 1: each bucket's owner updates its shard (allreduce_run_update) */
     int supernode_size;       /* 0: ranks sharing a host; K: groups of K ranks */
     double collective_timeout;/* seconds a collective may wait before the job aborts */
     int scale_lr;             /* linear scaling rule: lr = lr * batch / 256 */

@@ -88,8 +88,8 @@ int net_create(const LayerSpec *specs, int n, Shape in, int classes, const Ops *
 
     rc = BASIN_ERR_RUNTIME;
     size_t pbytes = net->n_params * sizeof(float);
-    net->params = ops->alloc(pbytes);
-    net->mom = ops->alloc(pbytes);
+    net->params = net->own_params = ops->alloc(pbytes);
+    net->mom = net->own_mom = ops->alloc(pbytes);
     if (!net->params || !net->mom) goto fail;
     size_t max_act = shape_size(in);
     for (int i = 0; i < n; i++) {
@@ -134,6 +134,18 @@ int net_bind_grads(Net *net, float *grads)
     return BASIN_OK;
 }
 
+void net_bind_state(Net *net, float *params, float *mom)
+{
+    if (!params) params = net->own_params;
+    if (!mom) mom = net->own_mom;
+    size_t bytes = net->n_params * sizeof(float);
+    if (params != net->params) net->ops->copy(params, net->params, bytes);
+    if (mom != net->mom) net->ops->copy(mom, net->mom, bytes);
+    net->params = params;
+    net->mom = mom;
+    set_views(net);
+}
+
 void net_destroy(Net *net)
 {
     if (!net) return;
@@ -145,8 +157,8 @@ void net_destroy(Net *net)
     ops->free(net->dbuf[0]);
     ops->free(net->dbuf[1]);
     ops->free(net->probs);
-    ops->free(net->params);
-    ops->free(net->mom);
+    ops->free(net->own_params);
+    ops->free(net->own_mom);
     if (net->owns_grads) ops->free(net->grads);
     free(net->act);
     free(net->layers);

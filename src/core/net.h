@@ -40,6 +40,7 @@ typedef struct Net {
     float *grads;        /* (n_params) backend memory, maybe not ours */
     float *mom;          /* (n_params) backend memory */
     int owns_grads;
+    float *own_params, *own_mom; /* the buffers net_create allocated */
 
     float **act;         /* act[i]: output of layer i, (max_batch, out_i) */
     float *dbuf[2];      /* gradients w.r.t. activations, ping-pong */
@@ -60,6 +61,11 @@ int net_param_count(const LayerSpec *specs, int n, Shape in, size_t *count);
 /* Use grads, an external buffer of n_params floats (e.g. inside the shared
  * memory window of the all-reduce), or allocate one when grads is NULL. */
 int net_bind_grads(Net *net, float *grads);
+/* Move the parameters and the momentum into external buffers of n_params
+ * floats each (e.g. shared-memory windows, for a sharded update), contents
+ * copied; NULL, NULL moves them back into the network's own buffers. The
+ * caller keeps the external buffers alive until then. */
+void net_bind_state(Net *net, float *params, float *mom);
 void net_destroy(Net *net);
 
 /* Fill parameters from the seed (weights depend only on the seed), zero the

@@ -19,8 +19,11 @@
 #include "models/models.h"
 #include "reader/reader.h"
 
+struct Trainer;
+
 /* A contiguous slice of the flat gradient buffer, reduced as one request. */
 typedef struct {
+    struct Trainer *t;
     size_t lo, hi;
     AllreducePlan *plan;
     AllreduceTicket ticket;
@@ -31,7 +34,7 @@ typedef struct {
 /* Per-step time split, seconds (in the order of StepRecord.timing_*). */
 enum { T_DATA, T_FORWARD, T_BACKWARD, T_COMM, T_OPTIM, T_COUNT };
 
-typedef struct {
+typedef struct Trainer {
     const TrainConfig *cfg;
     MPI_Comm comm;
     int rank, world;
@@ -50,6 +53,9 @@ typedef struct {
 
     AllreduceComm *ar;
     float *window;        /* gradient buffer inside the shared window */
+    float *state_window;  /* sharded update: params and momentum, 2 n_params floats */
+    int sharded;          /* buckets run allreduce_start_update */
+    float lr;             /* this step's learning rate, for the update in the progress thread */
     Bucket *buckets;
     int n_buckets, next_bucket;
 
@@ -64,6 +70,8 @@ typedef struct {
     double elapsed_before;           /* training seconds of earlier runs */
     double last_ckpt;                /* clock of the last checkpoint */
 } Trainer;
+
+static int gather_momentum(Trainer *t);
 
 /* A signal handler may only set a sig_atomic_t of static storage: this flag
  * is the one piece of process-wide state. */
@@ -224,6 +232,7 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
     int rc = BASIN_OK;
     double t0 = net_clock();
     char path[4096] = "";
+    TRY(gather_momentum(t));
     if (t->rank == 0) {
         const DatasetInfo *info = reader_info(t->train);
         char text[4096];
@@ -361,6 +370,14 @@ static int buckets_setup(Trainer *t)
     t->window = allreduce_buffer_alloc(t->ar, n);
     if (!t->window) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared gradient buffer");
     TRY(net_bind_grads(t->net, t->window));
+    if (cfg->sharded_update) {
+        /* The owners hand out parameters: peers read them from the window,
+         * and the momentum of each part lives with its owner. */
+        t->state_window = allreduce_buffer_alloc(t->ar, 2 * n);
+        if (!t->state_window) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared parameter buffer");
+        net_bind_state(t->net, t->state_window, t->state_window + n);
+        t->sharded = 1;
+    }
 
     size_t per = (size_t)(cfg->bucket_mb * 1048576.0 / sizeof(float));
     if (per == 0) per = 1;
@@ -369,6 +386,7 @@ static int buckets_setup(Trainer *t)
     if (!t->buckets) return BASIN_ERR_RUNTIME;
     for (int k = 0; k < t->n_buckets; k++) {
         Bucket *b = &t->buckets[k];
+        b->t = t;
         b->lo = (size_t)k * per;
         b->hi = b->lo + per < n ? b->lo + per : n;
         TRY(allreduce_plan(t->ar, cfg->allreduce, b->hi - b->lo, ALLREDUCE_WINDOW_ONLY, &b->plan));
@@ -383,9 +401,20 @@ static void buckets_free(Trainer *t)
     for (int k = 0; k < t->n_buckets; k++) allreduce_plan_free(t->buckets[k].plan);
     free(t->buckets);
     if (t->net) net_bind_grads(t->net, NULL);
+    if (t->net) net_bind_state(t->net, NULL, NULL);
     if (t->window) allreduce_buffer_free(t->ar, t->window);
+    if (t->state_window) allreduce_buffer_free(t->ar, t->state_window);
     allreduce_comm_free(t->ar);
     t->ar = NULL;
+}
+
+/* The optimizer on the part [lo, hi) of bucket b this rank owns, in the
+ * progress thread once that part is summed. Backward is done with every
+ * layer the bucket covers, so nothing else touches these elements now. */
+static void bucket_update(void *arg, size_t lo, size_t hi)
+{
+    Bucket *b = arg;
+    sgd_step_range(b->t->net, &b->t->sgd, b->t->lr, b->lo + lo, b->lo + hi);
 }
 
 static int bucket_start(Trainer *t, Bucket *b)
@@ -394,7 +423,18 @@ static int bucket_start(Trainer *t, Bucket *b)
     b->started = 1;
     b->done = 0;
     float *g = t->net->grads + b->lo;
+    if (t->sharded) return allreduce_start_update(b->plan, g, t->net->params + b->lo, bucket_update, b, &b->ticket);
     return allreduce_start(b->plan, g, g, &b->ticket);
+}
+
+/* Sharded update: make the momentum whole on every rank (before rank 0
+ * writes it to a checkpoint). */
+static int gather_momentum(Trainer *t)
+{
+    if (!t->sharded) return BASIN_OK;
+    for (int k = 0; k < t->n_buckets; k++)
+        TRY(allreduce_gather_owned(t->buckets[k].plan, t->net->mom + t->buckets[k].lo));
+    return BASIN_OK;
 }
 
 /* Backward tells us the final prefix of the gradients grew: start every
@@ -514,6 +554,7 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     }
     ForwardCtx ctx = {.train = 1, .seed = cfg->seed, .sample_offset = gs * cfg->batch + first};
     float lr = (float)schedule_lr(&t->schedule, gs);
+    t->lr = lr;
 
     double c1 = net_clock();
     net_forward(net, b.images, b.labels, b.n, &ctx, loss_sum, correct);
@@ -541,6 +582,7 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
             char name[48];
             snprintf(name, sizeof name, "all-reduce bucket %d", k);
             trace_event(&t->trace, name, "allreduce", 1, bk->t_start, bk->t_done);
+            if (t->sharded) continue; /* updated inside the request */
             sgd_step_range(net, &t->sgd, lr, bk->lo, bk->hi);
             tm[T_OPTIM] += net_clock() - w1;
         }
@@ -745,9 +787,10 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     basin_info("basin: %d rank(s); %s", t.world, desc);
     if (t.ar) {
         const AllreduceTopology *topo = allreduce_topology(t.ar);
-        basin_info("basin: %d supernode(s); all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s",
+        basin_info("basin: %d supernode(s); all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s, "
+                   "sharded update %s",
                    topo->nodes, allreduce_plan_algorithm(t.buckets[0].plan), t.n_buckets, cfg->bucket_mb,
-                   cfg->overlap ? "on" : "off");
+                   cfg->overlap ? "on" : "off", t.sharded ? "on" : "off");
     }
     basin_info("basin: %zu training and %zu test samples of %dx%dx%d, %d classes; %llu steps of %zu "
                "(%zu per rank), %llu per epoch",

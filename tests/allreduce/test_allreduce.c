@@ -2,7 +2,7 @@
  * supernode layout, count and buffer placement in-process.
  *
  *   mpirun -np P test_allreduce [--big-count N] [--layouts K,K,...]
- *                               [--expect-nodes S] [--only exact,bits,chunks,async]
+ *                               [--expect-nodes S] [--only exact,bits,chunks,async,update]
  *
  * --layouts lists the supernode sizes to test (default 0,1,2,3; 0 = ranks
  * sharing a host). The first layout runs every algorithm, the others hier
@@ -15,6 +15,8 @@
  * chunks  max_message_count lowered so every message is split into many
  *         MPI calls.
  * async   many overlapping slices started at once complete in order.
+ * update  the sharded update (reduce-scatter, update on the owner,
+ *         all-gather of the parameters) and the gather of owned state.
  */
 #include "allreduce/allreduce.h"
 #include "core/error.h"
@@ -342,6 +344,114 @@ static void test_async(const Ctx *x)
     }
 }
 
+/* ---- update: reduce-scatter, update on the owner, all-gather ------------ */
+
+typedef struct UpdateArg {
+    float *grads, *params, *mom;
+    size_t n, touched, bad_ranges;
+    unsigned char *seen; /* (n) elements this rank's fn updated */
+} UpdateArg;
+
+/* A stand-in optimizer: p -= 0.5 g, mom = g. Exact on exact inputs. */
+static void update_fn(void *arg, size_t lo, size_t hi)
+{
+    UpdateArg *u = arg;
+    if (lo >= hi || hi > u->n) {
+        u->bad_ranges++;
+        return;
+    }
+    for (size_t i = lo; i < hi; i++) {
+        if (u->seen[i]++) u->bad_ranges++; /* updated twice */
+        u->params[i] -= 0.5f * u->grads[i];
+        u->mom[i] = u->grads[i];
+    }
+    u->touched += hi - lo;
+}
+
+static void test_update(const Ctx *x)
+{
+    size_t counts[8];
+    int ncounts;
+    counts_for(x, counts, &ncounts);
+    size_t cap = 0;
+    for (int i = 0; i < ncounts; i++)
+        if (counts[i] > cap) cap = counts[i];
+    size_t cases = 0, wrong_p = 0, wrong_m = 0, bad = 0, cover = 0, sharded = 0;
+    unsigned char *seen = calloc(cap ? cap : 1, 1);
+    for (int li = 0; li < x->nlayouts; li++) {
+        AllreduceComm *c = make_comm(x->layouts[li], 0);
+        const AllreduceTopology *t = allreduce_topology(c);
+        float *win = allreduce_buffer_alloc(c, 3 * cap + 32);
+        if (!win || !seen) MPI_Abort(MPI_COMM_WORLD, 1);
+        /* Three disjoint slices at odd offsets. */
+        float *grads = win + 3, *params = win + cap + 11, *mom = win + 2 * cap + 21;
+        for (int a = 0; a < NALGO; a++) {
+            for (int ci = 0; ci < ncounts; ci++) {
+                size_t n = counts[ci];
+                AllreducePlan *p = NULL;
+                if (allreduce_plan(c, ALGOS[a], n, ALLREDUCE_WINDOW_ONLY, &p)) MPI_Abort(MPI_COMM_WORLD, 1);
+                for (int async = 0; async < 2; async++) {
+                    for (size_t i = 0; i < n; i++) {
+                        grads[i] = exact_value(x->rank, i);
+                        params[i] = (float)(i % 17);                /* replicated */
+                        mom[i] = (float)(1000 + x->rank);           /* stale everywhere */
+                        seen[i] = 0;
+                    }
+                    UpdateArg u = {grads, params, mom, n, 0, 0, seen};
+                    if (async) {
+                        AllreduceTicket tk;
+                        EXPECT(allreduce_start_update(p, grads, params, update_fn, &u, &tk) == BASIN_OK, "start");
+                        EXPECT(allreduce_wait(c, tk) == BASIN_OK, "wait");
+                    } else {
+                        EXPECT(allreduce_run_update(p, grads, params, update_fn, &u) == BASIN_OK, "run_update");
+                    }
+                    EXPECT(allreduce_gather_owned(p, mom) == BASIN_OK, "gather");
+                    for (size_t i = 0; i < n; i++) {
+                        float s = exact_sum(x->size, i);
+                        wrong_p += params[i] != (float)(i % 17) - 0.5f * s;
+                        wrong_m += mom[i] != s;
+                    }
+                    bad += u.bad_ranges;
+                    /* Every element updated once per supernode when hier
+                     * shards, once per rank otherwise. */
+                    unsigned long long total = u.touched;
+                    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+                    int shards = !strcmp(allreduce_plan_algorithm(p), "hier");
+                    unsigned long long want = (unsigned long long)n * (unsigned long long)(shards ? t->nodes : x->size);
+                    if (total != want) cover++;
+                    if (shards && t->local_size > 1 && n >= (size_t)t->local_size && u.touched < n) sharded++;
+                    cases++;
+                }
+                allreduce_plan_free(p);
+            }
+        }
+        /* A sharded update needs window buffers. */
+        if (t->local_size > 1 && cap) {
+            AllreducePlan *p = NULL;
+            float *priv = basin_aligned_alloc(cap * sizeof(float));
+            if (allreduce_plan(c, "hier", cap, 0, &p) || !priv) MPI_Abort(MPI_COMM_WORLD, 1);
+            UpdateArg u = {priv, params, mom, cap, 0, 0, seen};
+            EXPECT(allreduce_run_update(p, priv, params, update_fn, &u) == BASIN_ERR_USAGE,
+                   "hier update on private memory must be refused");
+            allreduce_plan_free(p);
+            free(priv);
+        }
+        allreduce_buffer_free(c, win);
+        allreduce_comm_free(c);
+    }
+    free(seen);
+    unsigned long long any_sharded = sharded;
+    MPI_Allreduce(MPI_IN_PLACE, &any_sharded, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT(wrong_p == 0, "update: %zu wrong parameters", wrong_p);
+    EXPECT(wrong_m == 0, "update: %zu wrong gathered momenta", wrong_m);
+    EXPECT(bad == 0, "update: %zu bad or repeated ranges", bad);
+    EXPECT(cover == 0, "update: %zu runs did not update each element once per supernode (hier) or rank", cover);
+    if (x->size > 1) EXPECT(any_sharded > 0, "update: hier never split the work between local ranks");
+    if (x->rank == 0)
+        printf("update: P=%d: %zu runs, wrong params %zu, wrong momenta %zu, sharded runs (all ranks) %llu\n",
+               x->size, cases, wrong_p, wrong_m, any_sharded);
+}
+
 /* Is name one of the comma-separated words of list? */
 static int list_has(const char *list, const char *name)
 {
@@ -381,7 +491,7 @@ int main(int argc, char **argv)
             only = argv[++i];
         else {
             if (x.rank == 0) fprintf(stderr, "usage: test_allreduce [--big-count N] [--layouts K,K,...] [--expect-nodes S]\n"
-                                "                      [--only exact,bits,chunks,async]\n");
+                                "                      [--only exact,bits,chunks,async,update]\n");
             MPI_Finalize();
             return 2;
         }
@@ -390,7 +500,7 @@ int main(int argc, char **argv)
     struct {
         const char *name;
         void (*fn)(const Ctx *);
-    } parts[] = {{"exact", test_exact}, {"bits", test_bits}, {"chunks", test_chunks}, {"async", test_async}};
+    } parts[] = {{"exact", test_exact}, {"bits", test_bits}, {"chunks", test_chunks}, {"async", test_async}, {"update", test_update}};
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         if (only && !list_has(only, parts[i].name)) continue;
         double t = MPI_Wtime();

@@ -13,10 +13,12 @@ fail() { echo "FAILED: $*" >&2; failures=$((failures + 1)); }
 mpi=(mpirun --oversubscribe --bind-to none --allow-run-as-root)
 small=(--data "$data" --model mlp --limit-train 600 --batch 60 --epochs 1 --eval-every 0 --log-every 5)
 
-# 1. Replica consistency: rank 2 corrupts one parameter after step 3; the
-#    check every 5 steps must stop the job and name rank 2.
+# 1. Replica consistency: rank 2 corrupts one parameter at the end of step 5
+#    (index 4), the step the check every 5 steps runs after; it must stop the
+#    job and name rank 2. (An earlier corruption would not last: with the
+#    sharded update the next step copies that parameter from its owner.)
 checks=$((checks + 1))
-BASIN_TEST_CORRUPT=2:3 "${mpi[@]}" -np 3 "$train" "${small[@]}" --check-every 5 \
+BASIN_TEST_CORRUPT=2:4 "${mpi[@]}" -np 3 "$train" "${small[@]}" --check-every 5 \
   --output-dir "$work/o1" >"$work/out" 2>"$work/err"
 rc=$?
 if [ "$rc" = 0 ] || ! grep -q "replicas diverged at step 5: the parameters of rank(s) 2 differ" "$work/err"; then

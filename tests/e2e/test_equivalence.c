@@ -10,7 +10,9 @@
  * float sum by ~1e-7 relative per step; over 12 steps of SGD with momentum
  * the parameters stay within 2e-5 + 1e-3 |p| of each other, which is the
  * bound checked (a wrong scale, a missing or doubled bucket, or a wrong
- * sample slice moves them by 1e-3 and more). */
+ * sample slice moves them by 1e-3 and more). The sharded update (each rank
+ * of a supernode updates the part it reduced) runs with hier and auto, and
+ * is turned off once to check the plain path. */
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -21,7 +23,7 @@
 #include "testing.h"
 
 static void run_case(const char *data, const char *out, const char *model, int overlap, double bucket_mb,
-                     const char *algo)
+                     const char *algo, int sharded)
 {
     int rank, world;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -41,6 +43,7 @@ static void run_case(const char *data, const char *out, const char *model, int o
     cfg.overlap = overlap;
     cfg.bucket_mb = bucket_mb;
     cfg.allreduce = algo;
+    cfg.sharded_update = sharded;
     cfg.keep_params = 1;
     cfg.check_every = 5;
 
@@ -67,10 +70,11 @@ static void run_case(const char *data, const char *out, const char *model, int o
             if (d > worst) worst = d;
             if (d > 2e-5 + 1e-3 * fabs((double)one.params[i])) bad++;
         }
-        EXPECT(bad == 0, "%s (overlap %d, bucket %.2f MiB, %s): %zu of %zu parameters differ from the "
-               "1-rank run (max |diff| %.3g)", model, overlap, bucket_mb, algo, bad, n, worst);
-        printf("%s on %d ranks, overlap %d, bucket %.2f MiB, %s: max |p1 - pW| = %.3g\n", model, world,
-               overlap, bucket_mb, algo, worst);
+        EXPECT(bad == 0, "%s (overlap %d, bucket %.2f MiB, %s, sharded update %d): %zu of %zu parameters "
+               "differ from the 1-rank run (max |diff| %.3g)", model, overlap, bucket_mb, algo, sharded, bad, n,
+               worst);
+        printf("%s on %d ranks, overlap %d, bucket %.2f MiB, %s, sharded update %d: max |p1 - pW| = %.3g\n",
+               model, world, overlap, bucket_mb, algo, sharded, worst);
     }
     free(p0);
     free(one.params);
@@ -85,11 +89,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s DATA.h5 OUTPUT_DIR\n", argv[0]);
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
-    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto");
-    run_case(argv[1], argv[2], "mlp", 0, 1.0, "rhd");
-    run_case(argv[1], argv[2], "mlp", 1, 0.25, "hier");
-    run_case(argv[1], argv[2], "conv:8:5,relu,pool:2,flatten,fc:32,relu,dropout:0.3,fc:10", 1, 0.01, "ring");
-    run_case(argv[1], argv[2], "conv:8:5,relu,pool:2,flatten,fc:32,relu,dropout:0.3,fc:10", 0, 0.01, "mpi");
+    const char *conv = "conv:8:5,relu,pool:2,flatten,fc:32,relu,dropout:0.3,fc:10";
+    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 1);
+    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0);
+    run_case(argv[1], argv[2], "mlp", 0, 1.0, "rhd", 1);
+    run_case(argv[1], argv[2], "mlp", 1, 0.25, "hier", 1);
+    run_case(argv[1], argv[2], conv, 1, 0.01, "hier", 1);
+    run_case(argv[1], argv[2], conv, 1, 0.01, "ring", 0);
+    run_case(argv[1], argv[2], conv, 0, 0.01, "mpi", 1);
     int rc = test_finish("test_equivalence");
     MPI_Finalize();
     return rc;
