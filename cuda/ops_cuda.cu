@@ -749,4 +749,5 @@ extern "C" const Ops ops_cuda = {
     /* softmax_xent_bwd */ cuda_softmax_xent_bwd,
     /* sgd_step */ cuda_sgd_step,
     /* scale */ cuda_scale,
+    /* host_memory */ 0,
 };

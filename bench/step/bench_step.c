@@ -39,6 +39,7 @@
 #include "core/ops.h"
 #include "core/optim.h"
 #include "core/rng.h"
+#include "core/winograd.h"
 #include "models/models.h"
 
 #define INPUT_SHAPE ((Shape){1, 28, 28})
@@ -374,6 +375,43 @@ static void profiled_step(Net *net, const Data *d, size_t n, uint64_t step, cons
     p->sgd += cpu_s() - t;
 }
 
+/* The parts of a conv layer that runs as Winograd F(2x2, rxr): the CPU time
+ * of each of its stages (core/winograd.h), measured inside layer_forward /
+ * layer_backward; dy and dx as in conv_detail. Overwrites the layer's
+ * gradients: run it after the measurements. */
+static void winograd_detail(Net *net, int li, const float *x, size_t n, int reps)
+{
+    const Ops *ops = net->ops;
+    Layer *l = &net->layers[li];
+    Winograd *wg = l->wino;
+    const float *dy = net->act[li];
+    WinogradProfile prof = {0};
+    ForwardCtx ctx = {.train = 1, .seed = 1, .sample_offset = 0};
+    wg->profile = &prof;
+    for (int r = 0; r < reps; r++) {
+        layer_forward(l, ops, x, net->dbuf[1], n, &ctx);
+        layer_backward(l, ops, x, net->dbuf[1], dy, net->dbuf[0], n);
+    }
+    wg->profile = NULL;
+    const double ms = 1e3 / reps;
+    const double gf = 2e-6 * wg->tt * (double)wg->k * wg->win.c * (double)(n * wg->tiles);
+    printf("  conv %d (winograd F(2x2,%dx%d): %d gemms %dx%zux%d per step, in chunks of %zu "
+           "columns), CPU ms per step:\n",
+           li + 1, wg->r, wg->r, wg->tt, wg->k, n * wg->tiles, wg->win.c,
+           wg->chunk_rows * (size_t)wg->tw * wg->group);
+    for (int part = 0; part < 2; part++) {
+        int lo = part ? WINOGRAD_PACK_DY : 0, hi = part ? WINOGRAD_STAGES : WINOGRAD_PACK_DY;
+        printf("    %s:", part ? "backward" : "forward ");
+        for (int s = lo; s < hi; s++) {
+            if (s == WINOGRAD_GEMM_DV && !l->need_dx) continue;
+            printf("%s %s %.3f", s == lo ? "" : ",", winograd_stage_names[s], prof.s[s] * ms);
+            if (s == WINOGRAD_GEMM || s == WINOGRAD_GEMM_DU || s == WINOGRAD_GEMM_DV)
+                printf(" (%.1f GF/s)", gf / (prof.s[s] * ms));
+        }
+        printf("\n");
+    }
+}
+
 /* The parts of one conv layer's forward and backward, timed one op at a
  * time. The calls are those of layer_forward / layer_backward (layers.c) for
  * a conv layer; the values do not matter for the timing, so the layer's last
@@ -383,6 +421,10 @@ static void conv_detail(Net *net, int li, const float *x, size_t n, int reps)
 {
     const Ops *ops = net->ops;
     Layer *l = &net->layers[li];
+    if (l->wino) {
+        winograd_detail(net, li, x, n, reps);
+        return;
+    }
     const Window *g = &l->win;
     const size_t in = shape_size(l->in), out = shape_size(l->out);
     const size_t co = (size_t)l->spec.units, k = (size_t)g->c * g->kh * g->kw;

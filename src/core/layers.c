@@ -1,10 +1,12 @@
 #include "core/layers.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/winograd.h"
 
 const char *layer_kind_name(LayerKind kind)
 {
@@ -70,6 +72,19 @@ int layer_setup(Layer *l, int index, const LayerSpec *spec, Shape in)
     return BASIN_OK;
 }
 
+/* Winograd for this conv layer? See LAYER_CONV_ENV in layers.h. */
+static int conv_uses_winograd(const Layer *l, const Ops *ops)
+{
+    if (!ops->host_memory || !winograd_supported(&l->win)) return 0;
+    const char *env = getenv(LAYER_CONV_ENV);
+    if (env && strcmp(env, "im2col") == 0) return 0;
+    if (env && strcmp(env, "winograd") == 0) return 1;
+    if (env && *env)
+        basin_warn("%s=%s is neither im2col nor winograd: ignored (layer %d)", LAYER_CONV_ENV, env,
+                   l->index + 1);
+    return winograd_pays(&l->win);
+}
+
 int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
 {
     size_t out = shape_size(l->out);
@@ -79,6 +94,10 @@ int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
     } else if (l->kind == LAYER_MAXPOOL) {
         l->arg = ops->alloc(max_batch * out * sizeof(int32_t));
         if (!l->arg) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate pooling indices");
+    } else if (l->kind == LAYER_CONV && conv_uses_winograd(l, ops)) {
+        l->wino = basin_calloc(1, sizeof *l->wino);
+        if (!l->wino) return BASIN_ERR_RUNTIME;
+        TRY(winograd_plan(l->wino, ops, &l->win, l->spec.units, max_batch));
     } else if (l->kind == LAYER_CONV) {
         size_t rows = (size_t)l->win.c * (size_t)l->win.kh * (size_t)l->win.kw;
         size_t bytes = rows * (size_t)l->win.oh * (size_t)l->win.ow * sizeof(float);
@@ -99,7 +118,9 @@ void layer_free(Layer *l, const Ops *ops)
     ops->free(l->arg);
     ops->free(l->col);
     ops->free(l->cols);
-    l->mask = NULL, l->arg = NULL, l->col = NULL, l->cols = NULL;
+    if (l->wino) winograd_free(l->wino, ops);
+    free(l->wino);
+    l->mask = NULL, l->arg = NULL, l->col = NULL, l->cols = NULL, l->wino = NULL;
 }
 
 void layer_init_params(const Layer *l, uint64_t seed, int relu_follows, float *w, float *b)
@@ -132,6 +153,10 @@ void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
         ops->add_bias_rows(y, l->b, n, out);
         break;
     case LAYER_CONV: {
+        if (l->wino) {
+            winograd_forward(l->wino, ops, l->w, l->b, x, y, n);
+            break;
+        }
         const Window *g = &l->win;
         size_t k = in / ((size_t)g->h * g->w) * (size_t)g->kh * g->kw; /* C_in K K */
         size_t p = (size_t)g->oh * g->ow;
@@ -185,6 +210,10 @@ void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
         size_t p = (size_t)g->oh * g->ow;
         ops->zero(l->db, co);
         ops->bias_grad_channels(l->db, dy, n, co, p);
+        if (l->wino) { /* uses the transforms its forward kept */
+            winograd_backward(l->wino, ops, dy, l->dw, l->need_dx ? dx : NULL, n);
+            break;
+        }
         if (n == 0) ops->zero(l->dw, l->w_count);
         for (size_t i = 0; i < n; i++) {
             const float *dyi = dy + i * out;

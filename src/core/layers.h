@@ -45,6 +45,22 @@ typedef struct {
                                the run's sample sequence (dropout draws) */
 } ForwardCtx;
 
+/* Conv algorithm. On a backend whose memory is the host's (Ops.host_memory:
+ * the CPU), a stride-1 conv with a 3x3 or 5x5 kernel and enough input
+ * channels for it to pay (winograd_pays: C_in >= 16 for 3x3, >= 8 for 5x5)
+ * runs as Winograd F(2x2, rxr) (core/winograd.h): 2.25x (3x3) or 2.78x
+ * (5x5) fewer multiplications than im2col + gemm, for a workspace of
+ * t*t C_in floats per output tile kept from forward to backward (t = r + 1;
+ * a tile is 2x2 outputs), 14.5 MB for the cnn model's second conv at batch
+ * 64. Every other conv, and every conv on other backends, is im2col + gemm
+ * per sample. The environment variable BASIN_CONV, read when a layer is
+ * allocated (layer_alloc), overrides the choice:
+ *   BASIN_CONV=im2col    always im2col + gemm (the reference path)
+ *   BASIN_CONV=winograd  Winograd wherever it applies, paying or not
+ *   unset or empty       the choice above
+ * Another value is warned about and ignored. */
+#define LAYER_CONV_ENV "BASIN_CONV"
+
 /* Largest im2col cache a conv layer keeps between forward and backward. */
 #define LAYER_COL_CACHE_BYTES ((size_t)256 << 20)
 
@@ -69,6 +85,8 @@ typedef struct Layer {
     float *cols;            /* conv: im2col of every sample of the batch, kept
                                from forward for backward (NULL when that would
                                exceed LAYER_COL_CACHE_BYTES: then recomputed) */
+    struct Winograd *wino;  /* conv by Winograd (then col and cols are NULL);
+                               NULL for im2col */
 } Layer;
 
 /* Fill in shapes, geometry and parameter counts from spec and the input

@@ -108,6 +108,12 @@ typedef struct Ops {
     void (*sgd_step)(float *params, const float *grads, float *mom, size_t n, const SgdStep *s);
     /* x *= a */
     void (*scale)(float *x, size_t n, float a);
+
+    /* ---- properties (last: tables that do not name them leave them 0) ---- */
+    /* 1: every pointer of this backend is host memory, so code outside the
+     * table may loop over it directly (the Winograd convolution,
+     * core/winograd.h, does its transforms so and only its gemms here). */
+    int host_memory;
 } Ops;
 
 extern const Ops ops_cpu;

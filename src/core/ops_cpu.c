@@ -455,4 +455,5 @@ const Ops ops_cpu = {
     .softmax_xent_bwd = cpu_softmax_xent_bwd,
     .sgd_step = cpu_sgd_step,
     .scale = cpu_scale,
+    .host_memory = 1,
 };
