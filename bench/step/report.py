@@ -149,7 +149,11 @@ and the all-reduce. GFLOP/s counts the useful arithmetic,
 2 x (forward MACs + backward MACs), where backward does dW for every fc/conv
 layer and dx for all but the first. SGEMM is cblas_sgemm 1024x1024x1024
 through basin's op table, measured in the same process, so "fraction of SGEMM"
-compares basin's step with the best gemm of the same kernel set.
+compares basin's step with the best gemm of the same kernel set. The MACs are
+those of direct convolution: the cnn's second conv runs as Winograd
+F(2x2, 5x5) (src/core/winograd.h), which needs 2.8x fewer multiplications,
+so its "GFLOP/s" is an effective rate and its fraction can exceed 1
+(`BASIN_CONV=im2col` gives the direct rate).
 
 Rates are by CPU time (see "Method"); each cell is the median over {env("ROUNDS")} rounds
 of each program's median over 5 repeats. Two tables, one per OpenBLAS kernel
