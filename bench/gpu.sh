@@ -8,11 +8,20 @@
 # What it does
 #   (a) configures and builds a CUDA build (sm_90 only, to halve the compile)
 #       into build-gpu/ (BASIN_GPU_BUILD overrides the folder);
-#   (b) runs the GPU tests: ctest -R cuda (test_ops_cuda: every op against
-#       the CPU; test_step_cuda: one training step against the CPU);
+#   (b) runs the GPU tests: ctest -R 'cuda|gpu' (test_ops_cuda: every op
+#       against the CPU; test_step_cuda: one training step against the CPU;
+#       test_train_cuda: training runs and checkpoints moving between the
+#       devices; allreduce_gpu_*: the GPU all-reduce under mpirun). The
+#       training test reads data/fashion-mnist.h5 when it is there (carry
+#       it along: the GPU machine has no dataset package to import from);
 #   (c) prints GEMM TFLOP/s of the mlp and cnn layer shapes through
 #       ops_cuda.gemm against a large square cuBLAS sgemm
-#       (build-gpu/cuda/basin-bench-gemm).
+#       (build-gpu/cuda/basin-bench-gemm);
+#   (d) times training steps of mlp and cnn at batch 256 and 1024 on GPU 0,
+#       basin (basin-bench-step --device cuda) against PyTorch with CUDA
+#       (bench/step/torch_step.py --device cuda, python3 or $BASIN_PYTHON),
+#       the batch copied from host memory every step in both, and prints
+#       images/s, the ratio and the per-step copy and compute times.
 #   It exits non-zero when the build fails, a test fails or is skipped (a
 #   skip here means no GPU was seen), or the benchmark fails.
 #
@@ -116,12 +125,20 @@ say "(a) configure and build for sm_90 into $BUILD"
 cmake -S "$ROOT" -B "$BUILD" "${CMAKE_ARGS[@]}"
 [ -f "$BUILD/tests/cuda/CTestTestfile.cmake" ] ||
     die "the configure step did not enable the CUDA backend (nvcc, cuBLAS or NCCL not found): see its 'basin: CUDA' line"
-cmake --build "$BUILD" -j "$JOBS" --target basin_cuda basin-bench-gemm test_ops_cuda test_step_cuda
+cmake --build "$BUILD" -j "$JOBS" --target basin_cuda basin-bench-gemm basin-bench-step test_ops_cuda \
+    test_step_cuda test_train_cuda test_allreduce_gpu basin-train basin-data
 
 say "(b) CUDA tests (ctest -R cuda)"
 # --no-tests=error: zero matching tests is a failure, not a pass.
+CTEST_ARGS=(-R 'cuda|gpu' --output-on-failure --no-tests=error --timeout 600)
+if [ -f "$ROOT/data/fashion-mnist.h5" ]; then
+    # The dataset comes along: skip the import that would need the package.
+    mkdir -p "$BUILD/test-data"
+    cp "$ROOT/data/fashion-mnist.h5" "$BUILD/test-data/fashion-mnist.h5"
+    CTEST_ARGS+=(-FS fmnist)
+fi
 set +e
-(cd "$BUILD" && ctest -R cuda --output-on-failure --no-tests=error --timeout 600) | tee "$BUILD/gpu-ctest.log"
+(cd "$BUILD" && ctest "${CTEST_ARGS[@]}") | tee "$BUILD/gpu-ctest.log"
 ctest_rc=${PIPESTATUS[0]}
 set -e
 if grep -q 'Skipped' "$BUILD/gpu-ctest.log"; then
@@ -135,12 +152,35 @@ set +e
 bench_rc=$?
 set -e
 
-say "not measured yet"
-echo "TODO: training throughput (images/s) of mlp and cnn at batch 256 and 1024 on one GPU against"
-echo "      PyTorch 2.x with CUDA, and time per step split into compute and copy: NOT MEASURED YET."
-echo "      It needs the training loop's GPU path (--device cuda), which is not wired in yet."
+say "(d) training steps on GPU 0: basin against PyTorch (wall time, medians of 5 repeats)"
+PY=${BASIN_PYTHON:-python3}
+json() { grep '^{' | tail -n 1; }
+field() { "$PY" -c 'import json,sys; print(json.loads(sys.stdin.read())[sys.argv[1]])' "$1"; }
+step_rc=0
+printf '| model | batch | basin img/s | PyTorch img/s | basin/PyTorch | basin copy / compute ms | PyTorch copy / compute ms |\n'
+printf '|---|---:|---:|---:|---:|---|---|\n'
+for model in mlp cnn; do
+    for batch in 256 1024; do
+        steps=$([ "$model" = mlp ] && echo 100 || echo 30)
+        common=(--model "$model" --batch "$batch" --steps "$steps" --repeats 5 --warmup 10 --device cuda)
+        b=$("$BUILD/bench/step/basin-bench-step" "${common[@]}" 2>"$BUILD/step-basin.err" | json) || true
+        t=$("$PY" "$ROOT/bench/step/torch_step.py" "${common[@]}" 2>"$BUILD/step-torch.err" | json) || true
+        if [ -z "$b" ] || [ -z "$t" ]; then
+            printf '| %s | %s | %s | %s | | | |\n' "$model" "$batch" "${b:+ok}${b:-FAILED}" "${t:+ok}${t:-FAILED}"
+            tail -n 3 "$BUILD/step-basin.err" "$BUILD/step-torch.err" >&2
+            step_rc=1
+            continue
+        fi
+        bi=$(field img_s_wall <<<"$b") ti=$(field img_s_wall <<<"$t")
+        printf '| %s | %s | %.0f | %.0f | %.3f | %.3f / %.3f | %.3f / %.3f |\n' "$model" "$batch" "$bi" "$ti" \
+            "$("$PY" -c "print($bi / $ti)")" "$(field copy_ms <<<"$b")" "$(field compute_ms <<<"$b")" \
+            "$(field copy_ms <<<"$t")" "$(field compute_ms <<<"$t")"
+    done
+done
+echo "target: basin/PyTorch >= 1.0 (issue 6)"
 
 say "summary"
-echo "ctest -R cuda: $([ "$ctest_rc" = 0 ] && echo passed || echo FAILED)"
+echo "ctest -R 'cuda|gpu': $([ "$ctest_rc" = 0 ] && echo passed || echo FAILED)"
 echo "basin-bench-gemm: $([ "$bench_rc" = 0 ] && echo ok || echo "FAILED (rc $bench_rc)")"
-[ "$ctest_rc" = 0 ] && [ "$bench_rc" = 0 ]
+echo "training steps: $([ "$step_rc" = 0 ] && echo ok || echo FAILED)"
+[ "$ctest_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$step_rc" = 0 ]

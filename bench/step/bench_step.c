@@ -23,6 +23,12 @@
  *
  * --profile adds a per-layer breakdown: the same step, layer by layer as
  * net_forward / net_backward run them, each layer timed on its own.
+ *
+ * --device cuda runs the step through the CUDA backend (GPU 0) instead:
+ * then every timed step also copies its batch from host memory to the
+ * device first, as the trainer does, and the copy and the compute (forward,
+ * backward, SGD, up to a stream synchronisation) are timed apart. Wall-time
+ * rates are the ones that count there.
  */
 #include <cblas.h>
 #include <errno.h>
@@ -42,6 +48,10 @@
 #include "core/winograd.h"
 #include "models/models.h"
 
+#ifdef BASIN_HAVE_CUDA
+#include "ops_cuda.h"
+#endif
+
 #define INPUT_SHAPE ((Shape){1, 28, 28})
 #define CLASSES 10
 #define DATA_SEED 1234u
@@ -55,6 +65,7 @@
 
 typedef struct {
     const char *model;
+    const char *device;
     int batch, steps, repeats, warmup, threads;
     int profile;
 } Options;
@@ -62,6 +73,8 @@ typedef struct {
 typedef struct {
     float *x;        /* (batch, 1, 28, 28) */
     int32_t *labels; /* (batch) */
+    float *host_x;   /* the same in host memory */
+    int32_t *host_labels;
 } Data;
 
 /* A rate measured by the wall clock and by the process's CPU time; the two
@@ -92,7 +105,9 @@ static void usage(FILE *f)
             "  --warmup N         untimed steps first (default 3)\n"
             "  --threads N        BLAS threads (default 1; with more, the CPU-time rates\n"
             "                     divide by the CPU seconds of all threads)\n"
-            "  --profile          also print a per-layer forward/backward breakdown\n"
+            "  --profile          also print a per-layer forward/backward breakdown (cpu)\n"
+            "  --device cpu|cuda  backend: OpenBLAS, or the CUDA backend on GPU 0 with the\n"
+            "                     batch copied from host memory every step (default cpu)\n"
             "  --help             this text\n"
             "\n"
             "The last line of output is one JSON object with the results.\n");
@@ -115,7 +130,7 @@ static int parse_count(const char *opt, const char *s, long lo, long hi, int *ou
 
 static int parse_args(int argc, char **argv, Options *o)
 {
-    *o = (Options){.model = "mlp", .batch = 64, .steps = 20, .repeats = 5, .warmup = 3,
+    *o = (Options){.model = "mlp", .device = "cpu", .batch = 64, .steps = 20, .repeats = 5, .warmup = 3,
                    .threads = 1};
     enum { OPT_PROFILE = 256 };
     static const struct option longopts[] = {
@@ -123,6 +138,7 @@ static int parse_args(int argc, char **argv, Options *o)
         {"steps", required_argument, NULL, 's'},   {"repeats", required_argument, NULL, 'r'},
         {"warmup", required_argument, NULL, 'w'},  {"threads", required_argument, NULL, 't'},
         {"profile", no_argument, NULL, OPT_PROFILE}, {"help", no_argument, NULL, 'h'},
+        {"device", required_argument, NULL, 'd'},
         {NULL, 0, NULL, 0},
     };
     opterr = 0;
@@ -137,6 +153,13 @@ static int parse_args(int argc, char **argv, Options *o)
         case 'w': if (parse_count("warmup", optarg, 0, 1 << 20, &o->warmup)) return -1; break;
         case 't': if (parse_count("threads", optarg, 1, 1024, &o->threads)) return -1; break;
         case OPT_PROFILE: o->profile = 1; break;
+        case 'd':
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                basin_error(BASIN_ERR_USAGE, "--device wants cpu or cuda, not '%s'", optarg);
+                return -1;
+            }
+            o->device = optarg;
+            break;
         case 'h': usage(stdout); exit(0);
         case ':':
             basin_error(BASIN_ERR_USAGE, "option %s needs a value (see --help)", name);
@@ -276,8 +299,8 @@ done:
 static int data_create(const Ops *ops, size_t batch, Data *d)
 {
     size_t in = shape_size(INPUT_SHAPE);
-    float *x = basin_malloc(batch * in * sizeof(float));
-    int32_t *y = basin_malloc(batch * sizeof(int32_t));
+    float *x = d->host_x = basin_malloc(batch * in * sizeof(float));
+    int32_t *y = d->host_labels = basin_malloc(batch * sizeof(int32_t));
     d->x = ops->alloc(batch * in * sizeof(float));
     d->labels = ops->alloc(batch * sizeof(int32_t));
     int rc = BASIN_ERR_RUNTIME;
@@ -289,8 +312,6 @@ static int data_create(const Ops *ops, size_t batch, Data *d)
     ops->to_device(d->labels, y, batch * sizeof(int32_t));
     rc = BASIN_OK;
 done:
-    free(x);
-    free(y);
     return rc;
 }
 
@@ -298,6 +319,16 @@ static void data_destroy(const Ops *ops, Data *d)
 {
     ops->free(d->x);
     ops->free(d->labels);
+    free(d->host_x);
+    free(d->host_labels);
+}
+
+/* --device cuda: the batch's copy from host memory, as the trainer makes it. */
+static void data_upload(const Ops *ops, const Data *d, size_t batch)
+{
+    ops->to_device(d->x, d->host_x, batch * shape_size(INPUT_SHAPE) * sizeof(float));
+    ops->to_device(d->labels, d->host_labels, batch * sizeof(int32_t));
+    ops->sync();
 }
 
 /* One training step, as the trainer runs it for a batch. */
@@ -543,6 +574,16 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &o)) return 2;
     ops_cpu_set_threads(o.threads);
     const Ops *ops = &ops_cpu;
+    const int gpu = !strcmp(o.device, "cuda");
+    if (gpu) {
+#ifdef BASIN_HAVE_CUDA
+        if (o.profile) return basin_error(BASIN_ERR_USAGE, "--profile times host code: not with --device cuda"), 2;
+        if (ops_cuda_select(0)) return 2;
+        ops = &ops_cuda;
+#else
+        return basin_error(BASIN_ERR_USAGE, "--device cuda: this build has no CUDA backend"), 2;
+#endif
+    }
 
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_layers = 0;
@@ -563,9 +604,17 @@ int main(int argc, char **argv)
     uint64_t step = 0;
     double loss = 0.0;
     for (int w = 0; w < o.warmup; w++) loss = train_step(net, &d, batch, step++, &sgd);
+    double copy_s = 0.0, compute_s = 0.0;
     for (int r = 0; r < o.repeats; r++) {
         double w0 = now_s(), c0 = cpu_s();
-        for (int s = 0; s < o.steps; s++) loss = train_step(net, &d, batch, step++, &sgd);
+        for (int s = 0; s < o.steps; s++) {
+            double t0 = now_s();
+            if (gpu) data_upload(ops, &d, batch);
+            double t1 = now_s();
+            loss = train_step(net, &d, batch, step++, &sgd);
+            copy_s += t1 - t0;
+            compute_s += now_s() - t1;
+        }
         double images = (double)o.steps * (double)batch;
         cpu[r] = images / (cpu_s() - c0);
         wall[r] = images / (now_s() - w0);
@@ -606,19 +655,24 @@ int main(int argc, char **argv)
                lg.layer + 1, layer_kind_name(net->layers[lg.layer].kind), lg.trans_a ? 'T' : 'N',
                lg.trans_b ? 'T' : 'N', lg.m, lg.n, lg.k, lg_rate.cpu);
     printf("last loss %.4f\n", loss / (double)batch);
+    const double per_step = 1e3 / ((double)o.repeats * (double)o.steps);
+    printf("device %s: per step (wall) copy %.3f ms, compute %.3f ms\n", o.device, copy_s * per_step,
+           compute_s * per_step);
 
     if (o.profile) {
         rc = run_profile(net, &d, batch, o.steps, step, &sgd, (double)batch / img.cpu);
         if (rc) goto done;
     }
 
-    printf("{\"bench\":\"step\",\"impl\":\"basin\",\"model\":\"%s\",\"batch\":%d,\"threads\":%d,"
+    printf("{\"bench\":\"step\",\"impl\":\"basin\",\"device\":\"%s\",\"copy_ms\":%.4f,\"compute_ms\":%.4f,"
+           "\"model\":\"%s\",\"batch\":%d,\"threads\":%d,"
            "\"warmup\":%d,\"steps\":%d,\"repeats\":%d,\"flop_per_sample\":%.0f,"
            "\"img_s_cpu\":%.3f,\"img_s_wall\":%.3f,\"gflops_cpu\":%.4f,\"gflops_wall\":%.4f,"
            "\"sgemm_gflops_cpu\":%.4f,\"sgemm_gflops_wall\":%.4f,\"sgemm_fraction_cpu\":%.4f,"
            "\"sgemm_fraction_wall\":%.4f,\"layer_gemm\":[%zu,%zu,%zu],"
            "\"layer_gemm_gflops_cpu\":%.4f}\n",
-           o.model, o.batch, o.threads, o.warmup, o.steps, o.repeats, flops, img.cpu, img.wall,
+           o.device, copy_s * per_step, compute_s * per_step, o.model, o.batch, o.threads, o.warmup,
+           o.steps, o.repeats, flops, img.cpu, img.wall,
            gf.cpu, gf.wall, sq.cpu, sq.wall, gf.cpu / sq.cpu, gf.wall / sq.wall, lg.m, lg.n, lg.k,
            lg_rate.cpu);
     rc = 0;

@@ -33,6 +33,8 @@ def parse_args():
     p.add_argument("--warmup", type=positive(0), default=3, help="untimed steps first")
     p.add_argument("--threads", type=positive(1), default=1, help="intra-op threads")
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the model on GPU 0, the batch copied from host memory every step")
     return p.parse_args()
 
 
@@ -67,23 +69,38 @@ def flop_per_sample(net):
 def main():
     torch.set_num_threads(ARGS.threads)
     torch.manual_seed(42)
-    net = build(ARGS.model)
+    dev = torch.device(ARGS.device)
+    gpu = ARGS.device == "cuda"
+    net = build(ARGS.model).to(dev)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=ARGS.lr, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(1234)
-    x = torch.rand(ARGS.batch, 1, 28, 28, generator=g)
-    y = torch.randint(0, 10, (ARGS.batch,), generator=g)
+    x_host = torch.rand(ARGS.batch, 1, 28, 28, generator=g)
+    y_host = torch.randint(0, 10, (ARGS.batch,), generator=g)
+    x, y = x_host.to(dev), y_host.to(dev)
+    times = {"copy": 0.0, "compute": 0.0}
 
     def step():
+        nonlocal x, y
+        t0 = time.perf_counter()
+        if gpu:
+            x, y = x_host.to(dev), y_host.to(dev)
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
+        if gpu:
+            torch.cuda.synchronize()
+        times["copy"] += t1 - t0
+        times["compute"] += time.perf_counter() - t1
         return loss
 
     for _ in range(ARGS.warmup):
         loss = step()
+    times["copy"] = times["compute"] = 0.0
     wall, cpu = [], []
     for _ in range(ARGS.repeats):
         w0, c0 = time.perf_counter(), time.process_time()
@@ -104,8 +121,13 @@ def main():
     print(f"  by wall time {img_wall:9.1f} img/s ({min(wall):.1f}..{max(wall):.1f}), "
           f"{1e3 * ARGS.batch / img_wall:.3f} ms/step, {img_wall * flops * 1e-9:.2f} GFLOP/s")
     print(f"last loss {loss.item():.4f}")
+    per_step = 1e3 / (ARGS.repeats * ARGS.steps)
+    print(f"device {ARGS.device}: per step (wall) copy {times['copy'] * per_step:.3f} ms, "
+          f"compute {times['compute'] * per_step:.3f} ms")
     print(json.dumps({
-        "bench": "step", "impl": "torch", "model": ARGS.model, "batch": ARGS.batch,
+        "bench": "step", "impl": "torch", "device": ARGS.device,
+        "copy_ms": round(times["copy"] * per_step, 4), "compute_ms": round(times["compute"] * per_step, 4),
+        "model": ARGS.model, "batch": ARGS.batch,
         "threads": torch.get_num_threads(), "warmup": ARGS.warmup, "steps": ARGS.steps,
         "repeats": ARGS.repeats, "flop_per_sample": flops,
         "img_s_cpu": round(img_cpu, 3), "img_s_wall": round(img_wall, 3),

@@ -29,6 +29,7 @@ void config_defaults(TrainConfig *cfg)
     cfg->eval_every = 1;
     cfg->log_every = 100;
     cfg->threads = 1;
+    cfg->device = "cpu";
     cfg->prefetch = 1;
     cfg->allreduce = "auto";
     cfg->bucket_mb = 4.0;
@@ -72,7 +73,8 @@ void config_usage(const char *prog)
            "  --eval-every N          test-set evaluation every N epochs, 0: never (default 1)\n"
            "  --eval-batch N          global batch of evaluation (default: --batch)\n"
            "Data parallelism\n"
-           "  --allreduce ALGO        gradient all-reduce: auto, hier, rhd, ring, mpi (default auto)\n"
+           "  --allreduce ALGO        gradient all-reduce: auto, hier, rhd, ring, mpi; with --device\n"
+           "                          cuda: auto, hier (NCCL in the supernode) or nccl (default auto)\n"
            "  --bucket-mb X           gradient bucket size in MiB (default 4)\n"
            "  --no-overlap            reduce gradients after backward, not during it\n"
            "  --no-sharded-update     every rank runs the optimizer on every parameter, instead\n"
@@ -96,6 +98,8 @@ void config_usage(const char *prog)
            "                          seconds (default 60)\n"
            "Machine\n"
            "  --threads N             BLAS threads per rank (default 1)\n"
+           "  --device cpu|cuda       where the network runs: OpenBLAS, or the GPU of this rank's\n"
+           "                          index on its host (default cpu)\n"
            "  --no-prefetch           read batches on the training thread\n"
            "  --check[=RANKS]         validate options, data and model as if on RANKS ranks\n"
            "                          (default: as started); write nothing\n"
@@ -140,7 +144,7 @@ enum {
     OPT_MODEL = 256, OPT_DATA, OPT_LIMIT_TRAIN, OPT_LIMIT_TEST, OPT_EPOCHS, OPT_BATCH, OPT_LR,
     OPT_SCHEDULE, OPT_WARMUP, OPT_STEP_EPOCHS, OPT_GAMMA, OPT_MOMENTUM, OPT_NESTEROV, OPT_WD,
     OPT_SEED, OPT_MAX_STEPS, OPT_OUTDIR, OPT_METRICS, OPT_LOG_EVERY, OPT_EVAL_EVERY,
-    OPT_EVAL_BATCH, OPT_THREADS, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP, OPT_ALLREDUCE, OPT_BUCKET,
+    OPT_EVAL_BATCH, OPT_THREADS, OPT_DEVICE, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP, OPT_ALLREDUCE, OPT_BUCKET,
     OPT_NO_OVERLAP, OPT_NO_SHARDED, OPT_SUPERNODE, OPT_TIMEOUT, OPT_SCALE_LR, OPT_CHECK_EVERY, OPT_TRACE,
     OPT_CKPT_DIR, OPT_CKPT_STEPS, OPT_CKPT_SECONDS, OPT_KEEP, OPT_CKPT_FAILURE, OPT_RESUME, OPT_GRACE,
 };
@@ -168,6 +172,7 @@ static const struct option long_options[] = {
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"eval-batch", required_argument, NULL, OPT_EVAL_BATCH},
     {"threads", required_argument, NULL, OPT_THREADS},
+    {"device", required_argument, NULL, OPT_DEVICE},
     {"no-prefetch", no_argument, NULL, OPT_NO_PREFETCH},
     {"check", optional_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, OPT_HELP},
@@ -239,6 +244,10 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
         case OPT_LOG_EVERY: TRY(parse_long(name, optarg, 1, 1L << 30, &v)); cfg->log_every = (int)v; break;
         case OPT_EVAL_EVERY: TRY(parse_long(name, optarg, 0, 1L << 30, &v)); cfg->eval_every = (int)v; break;
         case OPT_THREADS: TRY(parse_long(name, optarg, 1, 1024, &v)); cfg->threads = (int)v; break;
+        case OPT_DEVICE:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) return bad_value(name, optarg, "expected cpu or cuda");
+            cfg->device = optarg;
+            break;
         case OPT_NO_PREFETCH: cfg->prefetch = 0; break;
         case OPT_CHECK:
             cfg->check_only = 1;
@@ -252,7 +261,8 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
             const char *const *names = allreduce_algorithms();
             int known = 0;
             for (int i = 0; names[i]; i++) known |= strcmp(names[i], optarg) == 0;
-            if (!known) return bad_value(name, optarg, "expected auto, hier, rhd, ring or mpi");
+            known |= strcmp(optarg, "nccl") == 0; /* GPU only: checked with --device */
+            if (!known) return bad_value(name, optarg, "expected auto, hier, rhd, ring, mpi or nccl");
             cfg->allreduce = optarg;
             break;
         }
@@ -313,12 +323,12 @@ uint64_t config_hash(const TrainConfig *cfg)
     char buf[8192];
     int n = snprintf(buf, sizeof buf,
                      "%s|%s|%d|%zu|%zu|%.17g|%d|%.17g|%.17g|%.17g|%.17g|%d|%.17g|%llu|%d|%zu|%zu|%ld|%s|"
-                     "%.17g|%d|%d|%d|%d|%d",
+                     "%.17g|%d|%d|%d|%d|%d|%s",
                      cfg->model, cfg->data, cfg->epochs, cfg->batch, cfg->eval_batch, cfg->lr,
                      (int)cfg->schedule, cfg->warmup_epochs, cfg->lr_step_epochs, cfg->lr_gamma,
                      cfg->momentum, cfg->nesterov, cfg->weight_decay, (unsigned long long)cfg->seed,
                      cfg->eval_every, cfg->limit_train, cfg->limit_test, cfg->max_steps, cfg->allreduce,
-                     cfg->bucket_mb, cfg->overlap, cfg->supernode_size, cfg->scale_lr, cfg->check_every, cfg->sharded_update);
+                     cfg->bucket_mb, cfg->overlap, cfg->supernode_size, cfg->scale_lr, cfg->check_every, cfg->sharded_update, cfg->device);
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
     for (int i = 0; i < n && i < (int)sizeof buf; i++) {
         h ^= (unsigned char)buf[i];

@@ -30,6 +30,7 @@ typedef struct {
     size_t limit_test;
     long max_steps;           /* stop after this many steps in all (<= 0: no limit) */
     int threads;              /* BLAS threads per rank */
+    const char *device;       /* "cpu" or "cuda" */
     const char *allreduce;    /* gradient all-reduce algorithm (allreduce.h), "auto" */
     double bucket_mb;         /* gradient bucket size in MiB */
     int overlap;              /* 1: reduce buckets while backward runs */

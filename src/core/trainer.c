@@ -19,6 +19,11 @@
 #include "models/models.h"
 #include "reader/reader.h"
 
+#ifdef BASIN_HAVE_CUDA
+#include "allreduce_gpu.h"
+#include "ops_cuda.h"
+#endif
+
 struct Trainer;
 
 /* A contiguous slice of the flat gradient buffer, reduced as one request. */
@@ -55,6 +60,12 @@ typedef struct Trainer {
     float *window;        /* gradient buffer inside the shared window */
     float *state_window;  /* sharded update: params and momentum, 2 n_params floats */
     int sharded;          /* buckets run allreduce_start_update */
+    const Ops *ops;       /* the network's backend: ops_cpu, or ops_cuda with --device cuda */
+    int on_gpu;           /* the network's buffers are device memory */
+    float *d_images;      /* --device cuda: the batch on the device */
+    int32_t *d_labels;
+    float *host;          /* --device cuda: 2 n_params floats of host staging */
+    void *gar;            /* --device cuda, several ranks: the GPU all-reduce (GpuAllreduce) */
     float lr;             /* this step's learning rate, for the update in the progress thread */
     Bucket *buckets;
     int n_buckets, next_bucket;
@@ -207,17 +218,34 @@ static int bcast_floats(Trainer *t, float *buf, size_t n)
     return BASIN_OK;
 }
 
+/* The parameters (which = 0) or the momentum (1) in host memory: the buffer
+ * itself on the CPU, a copy in t->host on the GPU. */
+static const float *host_state(Trainer *t, const float *buf, int which)
+{
+    if (!t->on_gpu) return buf;
+    float *h = t->host + (size_t)which * t->net->n_params;
+    t->ops->to_host(h, buf, t->net->n_params * sizeof(float));
+    return h;
+}
+
 /* Load the resumed state into the network on every rank, and place the
  * reader at the step to run next. */
 static int resume_apply(Trainer *t)
 {
     Net *net = t->net;
+    size_t n = net->n_params;
+    /* MPI moves host memory: on the GPU the state goes through t->host. */
+    float *p = t->on_gpu ? t->host : net->params, *m = t->on_gpu ? t->host + n : net->mom;
     if (t->rank == 0) {
-        memcpy(net->params, t->resume.st.params, net->n_params * sizeof(float));
-        memcpy(net->mom, t->resume.st.momentum, net->n_params * sizeof(float));
+        memcpy(p, t->resume.st.params, n * sizeof(float));
+        memcpy(m, t->resume.st.momentum, n * sizeof(float));
     }
-    TRY(bcast_floats(t, net->params, net->n_params));
-    TRY(bcast_floats(t, net->mom, net->n_params));
+    TRY(bcast_floats(t, p, n));
+    TRY(bcast_floats(t, m, n));
+    if (t->on_gpu) {
+        t->ops->to_device(net->params, p, n * sizeof(float));
+        t->ops->to_device(net->mom, m, n * sizeof(float));
+    }
     uint64_t spe = t->steps_per_epoch;
     TRY(reader_seek(t->train, t->start_step / spe, t->start_step % spe));
     basin_info("basin: resumed from %s at step %llu (epoch %llu)", t->rank == 0 ? t->resume.path : "",
@@ -244,7 +272,7 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
             .classes = info->classes, .next_step = next_step, .epoch = next_step / t->steps_per_epoch,
             .step_in_epoch = next_step % t->steps_per_epoch, .samples_seen = next_step * cfg->batch,
             .elapsed_s = t->elapsed_before + (t0 - t->t_start), .n_params = t->net->n_params,
-            .params = t->net->params, .momentum = t->net->mom,
+            .params = host_state(t, t->net->params, 0), .momentum = host_state(t, t->net->mom, 1),
         };
         rc = checkpoint_write(t->ckpt_dir, &st, cfg->keep_checkpoints, path, sizeof path);
     }
@@ -263,6 +291,38 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
 }
 
 /* ---- set-up: everything a user can get wrong, before any file is written -- */
+
+/* --device: the backend of the network, and the GPU of this rank (by its
+ * index among the ranks of its host). */
+static int select_device(Trainer *t)
+{
+    const TrainConfig *cfg = t->cfg;
+    int gpu = !strcmp(cfg->device, "cuda");
+    int nccl = !strcmp(cfg->allreduce, "nccl");
+    if (!gpu) {
+        if (nccl) return basin_error(BASIN_ERR_USAGE, "--allreduce nccl needs --device cuda");
+        t->ops = &ops_cpu;
+        return BASIN_OK;
+    }
+#ifdef BASIN_HAVE_CUDA
+    if (strcmp(cfg->allreduce, "auto") && strcmp(cfg->allreduce, "hier") && !nccl)
+        return basin_error(BASIN_ERR_USAGE, "--allreduce %s runs on host memory: with --device cuda use auto, "
+                                            "hier or nccl", cfg->allreduce);
+    MPI_Comm host;
+    int local = 0;
+    CHECK_MPI(MPI_Comm_split_type(t->comm, MPI_COMM_TYPE_SHARED, t->rank, MPI_INFO_NULL, &host));
+    int mrc = MPI_Comm_rank(host, &local);
+    MPI_Comm_free(&host);
+    CHECK_MPI(mrc);
+    TRY(ops_cuda_select(local));
+    t->ops = &ops_cuda;
+    t->on_gpu = 1;
+    return BASIN_OK;
+#else
+    return basin_error(BASIN_ERR_USAGE, "--device cuda: this build has no CUDA backend (nvcc, cuBLAS or NCCL were "
+                                        "not found when it was configured)");
+#endif
+}
 
 static int trainer_setup(Trainer *t)
 {
@@ -303,7 +363,16 @@ static int trainer_setup(Trainer *t)
         if (eval_rank > max_batch) max_batch = eval_rank;
     }
     Shape in = {info->c, info->h, info->w};
-    TRY(net_create(t->specs, t->n_specs, in, info->classes, &ops_cpu, max_batch, &t->net));
+    TRY(select_device(t));
+    TRY(net_create(t->specs, t->n_specs, in, info->classes, t->ops, max_batch, &t->net));
+    if (t->on_gpu) {
+        size_t per = shape_size(in);
+        t->d_images = t->ops->alloc(max_batch * per * sizeof(float));
+        t->d_labels = t->ops->alloc(max_batch * sizeof(int32_t));
+        t->host = basin_malloc(2 * t->net->n_params * sizeof(float));
+        if (!t->d_images || !t->d_labels || !t->host)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the batch on the device");
+    }
 
     uint64_t spe = t->steps_per_epoch;
     t->total_steps = (uint64_t)cfg->epochs * spe;
@@ -367,6 +436,14 @@ static int buckets_setup(Trainer *t)
     ac.timeout_s = cfg->collective_timeout;
     TRY(allreduce_comm_create(t->comm, &ac, &t->ar));
     size_t n = t->net->n_params;
+    if (t->on_gpu) {
+#ifdef BASIN_HAVE_CUDA
+        GpuAllreduce *g = NULL;
+        TRY(gpu_allreduce_create(t->comm, allreduce_topology(t->ar), cfg->allreduce, n, cfg->collective_timeout, &g));
+        t->gar = g;
+#endif
+        return BASIN_OK;
+    }
     t->window = allreduce_buffer_alloc(t->ar, n);
     if (!t->window) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared gradient buffer");
     TRY(net_bind_grads(t->net, t->window));
@@ -396,6 +473,10 @@ static int buckets_setup(Trainer *t)
 
 static void buckets_free(Trainer *t)
 {
+#ifdef BASIN_HAVE_CUDA
+    gpu_allreduce_free(t->gar);
+    t->gar = NULL;
+#endif
     if (!t->ar) return;
     allreduce_wait_all(t->ar);
     for (int k = 0; k < t->n_buckets; k++) allreduce_plan_free(t->buckets[k].plan);
@@ -482,7 +563,7 @@ static uint64_t checksum(const float *x, size_t n)
 static int check_replicas(Trainer *t, uint64_t step)
 {
     if (t->world == 1) return BASIN_OK;
-    unsigned long long h = checksum(t->net->params, t->net->n_params), lo = h, hi = h;
+    unsigned long long h = checksum(host_state(t, t->net->params, 0), t->net->n_params), lo = h, hi = h;
     CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, t->comm));
     CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, t->comm));
     if (lo == hi) return BASIN_OK;
@@ -503,6 +584,17 @@ static int check_replicas(Trainer *t, uint64_t step)
 
 /* ---- the loop ---------------------------------------------------------------- */
 
+/* On the GPU, copy the batch into the device buffers and point b at them. */
+static void batch_to_device(Trainer *t, Batch *b)
+{
+    if (!t->on_gpu) return;
+    size_t per = (size_t)t->net->in.c * (size_t)t->net->in.h * (size_t)t->net->in.w;
+    t->ops->to_device(t->d_images, b->images, b->n * per * sizeof(float));
+    t->ops->to_device(t->d_labels, b->labels, b->n * sizeof(int32_t));
+    b->images = t->d_images;
+    b->labels = t->d_labels;
+}
+
 static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
 {
     double t0 = net_clock();
@@ -516,6 +608,7 @@ static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
         Batch b;
         TRY(reader_next(t->test, &b));
         size_t correct = 0;
+        batch_to_device(t, &b);
         net_forward(t->net, b.images, b.labels, b.n, &ctx, &acc[0], &correct);
         acc[1] += (double)correct;
         acc[2] += (double)b.n;
@@ -555,12 +648,13 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     ForwardCtx ctx = {.train = 1, .seed = cfg->seed, .sample_offset = gs * cfg->batch + first};
     float lr = (float)schedule_lr(&t->schedule, gs);
     t->lr = lr;
+    batch_to_device(t, &b);
 
     double c1 = net_clock();
     net_forward(net, b.images, b.labels, b.n, &ctx, loss_sum, correct);
     double c2 = net_clock();
     t->next_bucket = 0;
-    int overlap = t->ar && cfg->overlap;
+    int overlap = t->ar && !t->gar && cfg->overlap;
     net_backward(net, b.images, b.labels, b.n, 1.0f / (float)b.global_n, overlap ? on_grads_ready : NULL, t);
     double c3 = net_clock();
     tm[T_FORWARD] += c2 - c1;
@@ -570,6 +664,17 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     if (!t->ar) {
         sgd_step_range(net, &t->sgd, lr, 0, net->n_params);
         tm[T_OPTIM] += net_clock() - c3;
+    } else if (t->gar) {
+#ifdef BASIN_HAVE_CUDA
+        /* GPU: one all-reduce of the whole gradient buffer after backward,
+         * ordered after it on the backend's stream. */
+        TRY(gpu_allreduce_run(t->gar, net->grads, net->n_params, ops_cuda_stream()));
+        double w1 = net_clock();
+        tm[T_COMM] += w1 - c3;
+        trace_event(&t->trace, "all-reduce", "allreduce", 1, c3, w1);
+        sgd_step_range(net, &t->sgd, lr, 0, net->n_params);
+        tm[T_OPTIM] += net_clock() - w1;
+#endif
     } else {
         if (!overlap) on_grads_ready(t, net->n_params);
         for (int k = 0; k < t->n_buckets; k++) {
@@ -588,7 +693,12 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
         }
     }
     trace_event(&t->trace, "step", "step", 2, c0, net_clock());
-    if ((long)gs == t->corrupt_step && t->rank == t->corrupt_rank) net->params[0] += 1.0f;
+    if ((long)gs == t->corrupt_step && t->rank == t->corrupt_rank) {
+        float p0;
+        t->ops->to_host(&p0, net->params, sizeof p0);
+        p0 += 1.0f;
+        t->ops->to_device(net->params, &p0, sizeof p0);
+    }
     *n_rank = b.n;
     *n_global = b.global_n;
     return BASIN_OK;
@@ -785,7 +895,12 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     if (!rc) rc = install_signal_handlers();
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
-    if (t.ar) {
+#ifdef BASIN_HAVE_CUDA
+    if (t.gar)
+        basin_info("basin: %d supernode(s); GPU all-reduce %s of all %zu gradients after backward",
+                   allreduce_topology(t.ar)->nodes, gpu_allreduce_algorithm(t.gar), t.net->n_params);
+#endif
+    if (t.ar && !t.gar) {
         const AllreduceTopology *topo = allreduce_topology(t.ar);
         basin_info("basin: %d supernode(s); all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s, "
                    "sharded update %s",
@@ -808,7 +923,7 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     if ((rc == BASIN_OK || rc == BASIN_EXIT_PREEMPTED) && cfg->keep_params) {
         res.params = malloc(t.net->n_params * sizeof(float));
         if (res.params) {
-            memcpy(res.params, t.net->params, t.net->n_params * sizeof(float));
+            t.ops->to_host(res.params, t.net->params, t.net->n_params * sizeof(float));
             res.n_params = t.net->n_params;
         }
     }
@@ -818,6 +933,11 @@ done:
     metrics_close(&t.metrics);
     trace_close(&t.trace);
     buckets_free(&t);
+    if (t.ops) {
+        t.ops->free(t.d_images);
+        t.ops->free(t.d_labels);
+    }
+    free(t.host);
     net_destroy(t.net);
     if (t.test) reader_close(t.test);
     if (t.train) reader_close(t.train);
