@@ -138,7 +138,8 @@ static size_t check_exact(const Ctx *x, AllreducePlan *p, Buffers *b, const char
     return wrong_total;
 }
 
-static void counts_for(const Ctx *x, size_t *counts, int *ncounts)
+/* The counts every part runs; returns the largest. */
+static size_t counts_for(const Ctx *x, size_t *counts, int *ncounts)
 {
     int k = 0;
     counts[k++] = 0;
@@ -148,6 +149,10 @@ static void counts_for(const Ctx *x, size_t *counts, int *ncounts)
     counts[k++] = 10007; /* prime */
     if (x->big_count) counts[k++] = x->big_count;
     *ncounts = k;
+    size_t cap = 0;
+    for (int i = 0; i < k; i++)
+        if (counts[i] > cap) cap = counts[i];
+    return cap;
 }
 
 static void test_exact(const Ctx *x)
@@ -158,10 +163,7 @@ static void test_exact(const Ctx *x)
     const int *layouts = x->layouts;
     size_t counts[8];
     int ncounts;
-    counts_for(x, counts, &ncounts);
-    size_t cap = 0;
-    for (int i = 0; i < ncounts; i++)
-        if (counts[i] > cap) cap = counts[i];
+    size_t cap = counts_for(x, counts, &ncounts);
     size_t cases = 0, wrong = 0;
     for (int li = 0; li < x->nlayouts; li++) {
         AllreduceComm *c = make_comm(layouts[li], 0);
@@ -372,10 +374,7 @@ static void test_update(const Ctx *x)
 {
     size_t counts[8];
     int ncounts;
-    counts_for(x, counts, &ncounts);
-    size_t cap = 0;
-    for (int i = 0; i < ncounts; i++)
-        if (counts[i] > cap) cap = counts[i];
+    size_t cap = counts_for(x, counts, &ncounts);
     size_t cases = 0, wrong_p = 0, wrong_m = 0, bad = 0, cover = 0, sharded = 0;
     unsigned char *seen = calloc(cap ? cap : 1, 1);
     for (int li = 0; li < x->nlayouts; li++) {
