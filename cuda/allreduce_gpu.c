@@ -104,6 +104,11 @@ struct GpuAllreduce {
     cudaEvent_t ready;       /* step 1 done on the caller's stream */
     cudaEvent_t *chunk_done; /* (max_chunks) chunk k is on the host */
     size_t max_chunks;
+    /* gpu_allreduce_start / join (made on the first start) */
+    cudaStream_t side;       /* the queued sums run here */
+    cudaEvent_t handed;      /* the caller's stream reached a start */
+    cudaEvent_t summed;      /* the side stream reached a join */
+    int pending;             /* sums queued on side since the last join */
 };
 
 /* ---- checks -------------------------------------------------------------------------------- */
@@ -243,6 +248,12 @@ static void destroy(GpuAllreduce *g, int clean)
             if (g->chunk_done[k]) CU_WARN(cudaEventDestroy(g->chunk_done[k]));
     free(g->chunk_done);
     if (g->ready) CU_WARN(cudaEventDestroy(g->ready));
+    if (g->handed) CU_WARN(cudaEventDestroy(g->handed));
+    if (g->summed) CU_WARN(cudaEventDestroy(g->summed));
+    if (g->side) {
+        CU_WARN(cudaStreamSynchronize(g->side));
+        CU_WARN(cudaStreamDestroy(g->side));
+    }
     if (g->copy) CU_WARN(cudaStreamDestroy(g->copy));
     if (g->host) CU_WARN(cudaFreeHost(g->host));
     if (g->nccl) {
@@ -591,4 +602,56 @@ int gpu_allreduce_run(GpuAllreduce *g, float *dev, size_t count, void *stream_ar
     }
     if (t->local_size > 1) TRY(intra(g, dev, count, stream, 0));
     return wait_gpu(g, NULL, stream, count, "the end of the run (stream sync)");
+}
+
+/* ---- non-blocking: start / join ------------------------------------------------------------- */
+
+/* The sum needs no host step (nothing staged through host memory): NCCL alone. */
+static int device_only(const GpuAllreduce *g)
+{
+    return g->algo == ALGO_NCCL || g->topo.nodes == 1;
+}
+
+int gpu_allreduce_start(GpuAllreduce *g, float *dev, size_t count, void *stream_arg)
+{
+    if (!g) return basin_error(BASIN_ERR_USAGE, "gpu_allreduce_start: no GpuAllreduce (create one first)");
+    cudaStream_t stream = (cudaStream_t)stream_arg;
+    if (!device_only(g)) {
+        /* A host step in the middle: queue nothing behind the caller's
+         * back. Earlier queued sums first (same order on every rank). */
+        TRY(gpu_allreduce_join(g, stream_arg));
+        return gpu_allreduce_run(g, dev, count, stream_arg);
+    }
+    if (count > g->max_count)
+        return basin_error(BASIN_ERR_USAGE, "gpu_allreduce_start: %zu floats, more than the max_count %zu given at "
+                           "create", count, g->max_count);
+    if (count == 0) return BASIN_OK;
+    if (!g->side) {
+        CU(cudaStreamCreateWithFlags(&g->side, cudaStreamNonBlocking));
+        CU(cudaEventCreateWithFlags(&g->handed, cudaEventDisableTiming));
+        CU(cudaEventCreateWithFlags(&g->summed, cudaEventDisableTiming));
+    }
+    g->seq++;
+    /* The side stream waits for what the caller queued so far (the
+     * gradients of this bucket), then sums while the caller goes on. */
+    CU(cudaEventRecord(g->handed, stream));
+    CU(cudaStreamWaitEvent(g->side, g->handed, 0));
+    if (g->algo == ALGO_NCCL) {
+        NC(g->nccl, ncclAllReduce(dev, dev, count, ncclFloat, ncclSum, g->nccl, g->side));
+    } else if (g->topo.local_size > 1) {
+        TRY(intra(g, dev, count, g->side, 1));
+        TRY(intra(g, dev, count, g->side, 0));
+    }
+    g->pending = 1;
+    return BASIN_OK;
+}
+
+int gpu_allreduce_join(GpuAllreduce *g, void *stream_arg)
+{
+    if (!g) return basin_error(BASIN_ERR_USAGE, "gpu_allreduce_join: no GpuAllreduce (create one first)");
+    if (!g->pending) return BASIN_OK;
+    CU(cudaEventRecord(g->summed, g->side));
+    CU(cudaStreamWaitEvent((cudaStream_t)stream_arg, g->summed, 0));
+    g->pending = 0;
+    return BASIN_OK;
 }

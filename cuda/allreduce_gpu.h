@@ -66,6 +66,18 @@ int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const ch
  * has been synchronized). count <= max_count, else BASIN_ERR_USAGE. */
 int gpu_allreduce_run(GpuAllreduce *g, float *dev, size_t count, void *stream);
 
+/* Non-blocking use, for gradient buckets during backward. start queues the
+ * sum of dev[0, count) on the all-reduce's own stream, ordered after the
+ * work queued on `stream` so far (an event), and returns at once: backward
+ * goes on queueing kernels while NCCL sums. join makes the work queued on
+ * `stream` afterwards (the optimizer) wait for every sum started since the
+ * last join. dev must not be written until then. Where a sum has a host
+ * step (hier across supernodes: staged through host memory) start joins and
+ * runs it blocking instead (gpu_allreduce_run). Collective, like run: the
+ * same starts in the same order on every rank. */
+int gpu_allreduce_start(GpuAllreduce *g, float *dev, size_t count, void *stream);
+int gpu_allreduce_join(GpuAllreduce *g, void *stream);
+
 /* The algorithm that runs ("auto" resolved): "hier" or "nccl". */
 const char *gpu_allreduce_algorithm(const GpuAllreduce *g);
 

@@ -82,6 +82,8 @@ struct XentResult {
 struct CudaState {
     int device;
     cudaStream_t stream;
+    cudaStream_t upload;     /* ops_cuda_upload's copies */
+    cudaEvent_t uploaded;    /* the last of them */
     cublasHandle_t blas;
     XentResult *result; /* device memory, one XentResult */
 };
@@ -97,6 +99,8 @@ static void state_init(void)
     /* Non-blocking: the stream does not wait for the legacy default stream,
      * so a later copy or NCCL stream can overlap with it. */
     CUDA_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s->upload, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&s->uploaded, cudaEventDisableTiming));
     CUBLAS_CHECK(cublasCreate(&s->blas));
     CUBLAS_CHECK(cublasSetStream(s->blas, s->stream));
     /* Full float precision: no TF32 tensor-core shortcut, so gemm agrees
@@ -155,9 +159,8 @@ static void cuda_free(void *p)
 }
 
 /* Both directions wait for the copy: the caller may reuse or free its host
- * buffer as soon as the op returns, pinned or not. Uploading the next batch
- * from pinned memory on a second stream while a step computes is left to the
- * training loop's GPU path. */
+ * buffer as soon as the op returns, pinned or not. ops_cuda_upload (below)
+ * is the asynchronous way in, for batches. */
 static void cuda_to_device(void *dst, const void *host_src, size_t bytes)
 {
     if (!bytes) return;
@@ -712,6 +715,31 @@ extern "C" int ops_cuda_select(int local_rank)
         return BASIN_FAIL(BASIN_ERR_RUNTIME, "cudaSetDevice(%d) failed: %s: %s", dev,
                           cudaGetErrorName(e), cudaGetErrorString(e));
     return BASIN_OK;
+}
+
+extern "C" void *ops_cuda_host_alloc(size_t bytes)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void ops_cuda_host_free(void *p)
+{
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
+extern "C" void ops_cuda_upload(void *dst, const void *host_src, size_t bytes)
+{
+    if (!bytes) return;
+    CudaState *s = st();
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, s->upload));
+    CUDA_CHECK(cudaEventRecord(s->uploaded, s->upload));
+    CUDA_CHECK(cudaStreamWaitEvent(s->stream, s->uploaded, 0));
 }
 
 extern "C" void *ops_cuda_stream(void)

@@ -35,6 +35,17 @@ int ops_cuda_device_count(void);
  * backend already runs on another device. */
 int ops_cuda_select(int local_rank);
 
+/* Pinned host memory (cudaMallocHost) for ops_cuda_upload; NULL on failure. */
+void *ops_cuda_host_alloc(size_t bytes);
+void ops_cuda_host_free(void *p);
+
+/* Copy bytes from pinned host memory to device memory on the backend's
+ * upload stream, without waiting: ops queued before it keep running
+ * alongside the copy (the previous step's tail), ops queued after it wait
+ * for it. host_src and dst must stay untouched until the stream has passed
+ * the ops queued after it (double-buffer them). */
+void ops_cuda_upload(void *dst, const void *host_src, size_t bytes);
+
 /* The backend's stream (a cudaStream_t), for code that orders its own work
  * (copies, NCCL) after the ops with events. Creates it on first use. */
 void *ops_cuda_stream(void);

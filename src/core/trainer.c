@@ -62,10 +62,14 @@ typedef struct Trainer {
     int sharded;          /* buckets run allreduce_start_update */
     const Ops *ops;       /* the network's backend: ops_cpu, or ops_cuda with --device cuda */
     int on_gpu;           /* the network's buffers are device memory */
-    float *d_images;      /* --device cuda: the batch on the device */
-    int32_t *d_labels;
+    float *d_images[2];   /* --device cuda: the batch on the device, and in pinned host */
+    int32_t *d_labels[2]; /* memory on its way there; two of each, so that one step's */
+    float *p_images[2];   /* upload overlaps the previous step's kernels */
+    int32_t *p_labels[2];
+    int slot;
     float *host;          /* --device cuda: 2 n_params floats of host staging */
     void *gar;            /* --device cuda, several ranks: the GPU all-reduce (GpuAllreduce) */
+    int gar_status;       /* the first failed gpu_allreduce_start of this step */
     float lr;             /* this step's learning rate, for the update in the progress thread */
     Bucket *buckets;
     int n_buckets, next_bucket;
@@ -366,12 +370,19 @@ static int trainer_setup(Trainer *t)
     TRY(select_device(t));
     TRY(net_create(t->specs, t->n_specs, in, info->classes, t->ops, max_batch, &t->net));
     if (t->on_gpu) {
-        size_t per = shape_size(in);
-        t->d_images = t->ops->alloc(max_batch * per * sizeof(float));
-        t->d_labels = t->ops->alloc(max_batch * sizeof(int32_t));
+#ifdef BASIN_HAVE_CUDA
+        size_t xb = max_batch * shape_size(in) * sizeof(float), yb = max_batch * sizeof(int32_t);
+        for (int k = 0; k < 2; k++) {
+            t->d_images[k] = t->ops->alloc(xb);
+            t->d_labels[k] = t->ops->alloc(yb);
+            t->p_images[k] = ops_cuda_host_alloc(xb);
+            t->p_labels[k] = ops_cuda_host_alloc(yb);
+            if (!t->d_images[k] || !t->d_labels[k] || !t->p_images[k] || !t->p_labels[k])
+                return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the batch buffers of the device");
+        }
+#endif
         t->host = basin_malloc(2 * t->net->n_params * sizeof(float));
-        if (!t->d_images || !t->d_labels || !t->host)
-            return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the batch on the device");
+        if (!t->host) return BASIN_ERR_RUNTIME;
     }
 
     uint64_t spe = t->steps_per_epoch;
@@ -442,18 +453,19 @@ static int buckets_setup(Trainer *t)
         TRY(gpu_allreduce_create(t->comm, allreduce_topology(t->ar), cfg->allreduce, n, cfg->collective_timeout, &g));
         t->gar = g;
 #endif
-        return BASIN_OK;
-    }
-    t->window = allreduce_buffer_alloc(t->ar, n);
-    if (!t->window) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared gradient buffer");
-    TRY(net_bind_grads(t->net, t->window));
-    if (cfg->sharded_update) {
-        /* The owners hand out parameters: peers read them from the window,
-         * and the momentum of each part lives with its owner. */
-        t->state_window = allreduce_buffer_alloc(t->ar, 2 * n);
-        if (!t->state_window) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared parameter buffer");
-        net_bind_state(t->net, t->state_window, t->state_window + n);
-        t->sharded = 1;
+    } else {
+        t->window = allreduce_buffer_alloc(t->ar, n);
+        if (!t->window) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared gradient buffer");
+        TRY(net_bind_grads(t->net, t->window));
+        if (cfg->sharded_update) {
+            /* The owners hand out parameters: peers read them from the
+             * window, and the momentum of each part lives with its owner. */
+            t->state_window = allreduce_buffer_alloc(t->ar, 2 * n);
+            if (!t->state_window)
+                return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate the shared parameter buffer");
+            net_bind_state(t->net, t->state_window, t->state_window + n);
+            t->sharded = 1;
+        }
     }
 
     size_t per = (size_t)(cfg->bucket_mb * 1048576.0 / sizeof(float));
@@ -466,7 +478,7 @@ static int buckets_setup(Trainer *t)
         b->t = t;
         b->lo = (size_t)k * per;
         b->hi = b->lo + per < n ? b->lo + per : n;
-        TRY(allreduce_plan(t->ar, cfg->allreduce, b->hi - b->lo, ALLREDUCE_WINDOW_ONLY, &b->plan));
+        if (!t->on_gpu) TRY(allreduce_plan(t->ar, cfg->allreduce, b->hi - b->lo, ALLREDUCE_WINDOW_ONLY, &b->plan));
     }
     return BASIN_OK;
 }
@@ -504,6 +516,15 @@ static int bucket_start(Trainer *t, Bucket *b)
     b->started = 1;
     b->done = 0;
     float *g = t->net->grads + b->lo;
+#ifdef BASIN_HAVE_CUDA
+    if (t->gar) {
+        /* Queued after the kernels that wrote the bucket; sums while
+         * backward queues the earlier layers. */
+        int st = gpu_allreduce_start(t->gar, g, b->hi - b->lo, ops_cuda_stream());
+        if (st && !t->gar_status) t->gar_status = st;
+        return st;
+    }
+#endif
     if (t->sharded) return allreduce_start_update(b->plan, g, t->net->params + b->lo, bucket_update, b, &b->ticket);
     return allreduce_start(b->plan, g, g, &b->ticket);
 }
@@ -528,7 +549,7 @@ static void on_grads_ready(void *arg, size_t ready)
         (void)bucket_start(t, &t->buckets[t->next_bucket]);
         t->next_bucket++;
     }
-    for (int k = 0; k < t->next_bucket; k++) {
+    for (int k = 0; k < t->next_bucket && !t->gar; k++) {
         Bucket *b = &t->buckets[k];
         int done = 0;
         if (!b->done && allreduce_test(t->ar, b->ticket, &done) == BASIN_OK && done) {
@@ -584,15 +605,28 @@ static int check_replicas(Trainer *t, uint64_t step)
 
 /* ---- the loop ---------------------------------------------------------------- */
 
-/* On the GPU, copy the batch into the device buffers and point b at them. */
+/* On the GPU, send the batch to the device through pinned memory and point
+ * b at it. The copy runs on the backend's upload stream while the kernels
+ * of the previous step (backward, SGD) still run; the next kernels wait for
+ * it. Buffers alternate: the ones of the previous step are still being read,
+ * and those of the step before are free (its forward ended in a stream
+ * synchronisation, for the loss). */
 static void batch_to_device(Trainer *t, Batch *b)
 {
     if (!t->on_gpu) return;
+#ifdef BASIN_HAVE_CUDA
     size_t per = (size_t)t->net->in.c * (size_t)t->net->in.h * (size_t)t->net->in.w;
-    t->ops->to_device(t->d_images, b->images, b->n * per * sizeof(float));
-    t->ops->to_device(t->d_labels, b->labels, b->n * sizeof(int32_t));
-    b->images = t->d_images;
-    b->labels = t->d_labels;
+    size_t xb = b->n * per * sizeof(float), yb = b->n * sizeof(int32_t);
+    int k = t->slot ^= 1;
+    memcpy(t->p_images[k], b->images, xb);
+    memcpy(t->p_labels[k], b->labels, yb);
+    ops_cuda_upload(t->d_images[k], t->p_images[k], xb);
+    ops_cuda_upload(t->d_labels[k], t->p_labels[k], yb);
+    b->images = t->d_images[k];
+    b->labels = t->d_labels[k];
+#else
+    (void)b;
+#endif
 }
 
 static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
@@ -654,7 +688,8 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     net_forward(net, b.images, b.labels, b.n, &ctx, loss_sum, correct);
     double c2 = net_clock();
     t->next_bucket = 0;
-    int overlap = t->ar && !t->gar && cfg->overlap;
+    int overlap = t->ar && cfg->overlap;
+    t->gar_status = BASIN_OK;
     net_backward(net, b.images, b.labels, b.n, 1.0f / (float)b.global_n, overlap ? on_grads_ready : NULL, t);
     double c3 = net_clock();
     tm[T_FORWARD] += c2 - c1;
@@ -666,12 +701,14 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
         tm[T_OPTIM] += net_clock() - c3;
     } else if (t->gar) {
 #ifdef BASIN_HAVE_CUDA
-        /* GPU: one all-reduce of the whole gradient buffer after backward,
-         * ordered after it on the backend's stream. */
-        TRY(gpu_allreduce_run(t->gar, net->grads, net->n_params, ops_cuda_stream()));
+        /* GPU: the buckets were queued during backward (or are now); the
+         * optimizer's kernels wait for their sums on the device. */
+        if (!overlap) on_grads_ready(t, net->n_params);
+        TRY(t->gar_status);
+        TRY(gpu_allreduce_join(t->gar, ops_cuda_stream()));
         double w1 = net_clock();
         tm[T_COMM] += w1 - c3;
-        trace_event(&t->trace, "all-reduce", "allreduce", 1, c3, w1);
+        trace_event(&t->trace, "all-reduce (queued)", "allreduce", 1, c3, w1);
         sgd_step_range(net, &t->sgd, lr, 0, net->n_params);
         tm[T_OPTIM] += net_clock() - w1;
 #endif
@@ -897,8 +934,9 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     basin_info("basin: %d rank(s); %s", t.world, desc);
 #ifdef BASIN_HAVE_CUDA
     if (t.gar)
-        basin_info("basin: %d supernode(s); GPU all-reduce %s of all %zu gradients after backward",
-                   allreduce_topology(t.ar)->nodes, gpu_allreduce_algorithm(t.gar), t.net->n_params);
+        basin_info("basin: %d supernode(s); GPU all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s",
+                   allreduce_topology(t.ar)->nodes, gpu_allreduce_algorithm(t.gar), t.n_buckets, cfg->bucket_mb,
+                   cfg->overlap ? "on" : "off");
 #endif
     if (t.ar && !t.gar) {
         const AllreduceTopology *topo = allreduce_topology(t.ar);
@@ -933,9 +971,14 @@ done:
     metrics_close(&t.metrics);
     trace_close(&t.trace);
     buckets_free(&t);
-    if (t.ops) {
-        t.ops->free(t.d_images);
-        t.ops->free(t.d_labels);
+    for (int k = 0; k < 2 && t.ops; k++) {
+        if (t.ops->sync) t.ops->sync(); /* no upload may still read pinned memory */
+        t.ops->free(t.d_images[k]);
+        t.ops->free(t.d_labels[k]);
+#ifdef BASIN_HAVE_CUDA
+        ops_cuda_host_free(t.p_images[k]);
+        ops_cuda_host_free(t.p_labels[k]);
+#endif
     }
     free(t.host);
     net_destroy(t.net);

@@ -207,6 +207,31 @@ static void test_bits(Ctx *x, GpuAllreduce *g, const char *algo, size_t n)
     expect_same_bits(x, algo, "random", n);
 }
 
+/* start/join: three slices of one buffer started one after the other (as
+ * gradient buckets during backward), then joined; the inputs are uploaded
+ * on the caller's stream without waiting, so each start must order itself
+ * after them, and the download after the join. */
+static void test_start_join(Ctx *x, GpuAllreduce *g, const char *algo)
+{
+    const size_t n = 1000 < x->max_count ? 1000 : x->max_count;
+    const size_t cut[4] = {0, n / 3, n / 3 + 1, n};
+    for (size_t i = 0; i < n; i++) x->hin[i] = exact_value(x->rank, i);
+    CHECK_CUDA(cudaMemset(x->dev, 0xff, n * sizeof(float)));
+    CHECK_CUDA(cudaDeviceSynchronize());
+    CHECK_CUDA(cudaMemcpyAsync(x->dev, x->hin, n * sizeof(float), cudaMemcpyHostToDevice, x->stream));
+    for (int k = 0; k < 3; k++) {
+        int rc = gpu_allreduce_start(g, x->dev + cut[k], cut[k + 1] - cut[k], x->stream);
+        EXPECT(rc == BASIN_OK, "%s: gpu_allreduce_start of slice %d returned %d", algo, k, rc);
+    }
+    EXPECT(gpu_allreduce_join(g, x->stream) == BASIN_OK, "%s: gpu_allreduce_join failed", algo);
+    CHECK_CUDA(cudaMemcpyAsync(x->hout, x->dev, n * sizeof(float), cudaMemcpyDeviceToHost, x->stream));
+    CHECK_CUDA(cudaStreamSynchronize(x->stream));
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) wrong += x->hout[i] != exact_sum(x->size, i);
+    EXPECT(wrong == 0, "%s start/join: %zu of %zu elements wrong", algo, wrong, n);
+    expect_same_bits(x, algo, "start/join", n);
+}
+
 static void test_algo(Ctx *x, const char *algo)
 {
     const char *want = !strcmp(algo, "auto") ? (x->topo->nodes == 1 ? "nccl" : "hier") : algo;
@@ -230,6 +255,7 @@ static void test_algo(Ctx *x, const char *algo)
         test_exact(x, g, algo, COUNTS[c]);
         test_bits(x, g, algo, COUNTS[c]);
     }
+    test_start_join(x, g, algo);
     EXPECT(gpu_allreduce_run(g, x->dev, 0, x->stream) == BASIN_OK, "%s: count 0 must be a no-op", algo);
     EXPECT(gpu_allreduce_run(g, x->dev, x->max_count + 1, x->stream) == BASIN_ERR_USAGE,
            "%s: a count past max_count must be BASIN_ERR_USAGE", algo);
