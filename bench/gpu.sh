@@ -11,7 +11,8 @@
 #   (b) runs the GPU tests: ctest -R 'cuda|gpu' (test_ops_cuda: every op
 #       against the CPU; test_step_cuda: one training step against the CPU;
 #       test_train_cuda: training runs and checkpoints moving between the
-#       devices; allreduce_gpu_*: the GPU all-reduce under mpirun). The
+#       devices; allreduce_gpu_*: the GPU all-reduce under mpirun;
+#       equivalence_cuda_*: 2 and 3 GPU ranks against 1). The
 #       training test reads data/fashion-mnist.h5 when it is there (carry
 #       it along: the GPU machine has no dataset package to import from);
 #   (c) prints GEMM TFLOP/s of the mlp and cnn layer shapes through
@@ -126,7 +127,7 @@ cmake -S "$ROOT" -B "$BUILD" "${CMAKE_ARGS[@]}"
 [ -f "$BUILD/tests/cuda/CTestTestfile.cmake" ] ||
     die "the configure step did not enable the CUDA backend (nvcc, cuBLAS or NCCL not found): see its 'basin: CUDA' line"
 cmake --build "$BUILD" -j "$JOBS" --target basin_cuda basin-bench-gemm basin-bench-step test_ops_cuda \
-    test_step_cuda test_train_cuda test_allreduce_gpu basin-train basin-data
+    test_step_cuda test_train_cuda test_allreduce_gpu test_equivalence_cuda basin-train basin-data
 
 say "(b) CUDA tests (ctest -R cuda)"
 # --no-tests=error: zero matching tests is a failure, not a pass.

@@ -22,6 +22,18 @@
 #include "core/trainer.h"
 #include "testing.h"
 
+#ifdef BASIN_TEST_CUDA
+/* Built a second time for the GPU (tests/cuda): --device cuda, one rank per
+ * supernode (so several ranks may share one GPU: the GPU all-reduce's
+ * host-staged path, no NCCL) and the all-reduce choices that run there. */
+#include <cuda_runtime_api.h>
+static const char *const device = "cuda";
+static const int supernode_size = 1;
+#else
+static const char *const device = "cpu";
+static const int supernode_size = 0;
+#endif
+
 static void run_case(const char *data, const char *out, const char *model, int overlap, double bucket_mb,
                      const char *algo, int sharded)
 {
@@ -44,6 +56,8 @@ static void run_case(const char *data, const char *out, const char *model, int o
     cfg.bucket_mb = bucket_mb;
     cfg.allreduce = algo;
     cfg.sharded_update = sharded;
+    cfg.device = device;
+    cfg.supernode_size = supernode_size;
     cfg.keep_params = 1;
     cfg.check_every = 5;
 
@@ -90,6 +104,25 @@ int main(int argc, char **argv)
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     const char *conv = "conv:8:5,relu,pool:2,flatten,fc:32,relu,dropout:0.3,fc:10";
+#ifdef BASIN_TEST_CUDA
+    /* Skip (77) on every rank, after all have said so, without a device. */
+    int ndev = 0, none, any_none = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    none = e != cudaSuccess || ndev == 0;
+    MPI_Allreduce(&none, &any_none, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any_none) {
+        fprintf(stderr, "SKIPPED: no CUDA device on this or another rank\n");
+        MPI_Barrier(MPI_COMM_WORLD);
+        MPI_Finalize();
+        return 77;
+    }
+    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0);
+    run_case(argv[1], argv[2], "mlp", 0, 1.0, "hier", 0);
+    run_case(argv[1], argv[2], conv, 1, 0.01, "auto", 0);
+    int rc_gpu = test_finish("test_equivalence (cuda)");
+    MPI_Finalize();
+    return rc_gpu;
+#endif
     run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 1);
     run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0);
     run_case(argv[1], argv[2], "mlp", 0, 1.0, "rhd", 1);
