@@ -132,8 +132,11 @@ echo "simcluster: $hosts hosts x $per_host ranks, links $rate, namespaces ${pref
 # cores, a spinning rank starves the one it waits for (all-reduces stalled
 # for minutes that way): make idle ranks yield. OMPI_MCA_mpi_yield_when_idle,
 # when set, decides instead (the tests set it: other tests share the cores).
+# --mpirun-args naming it decides too (mpirun refuses a parameter given twice).
 yield=${OMPI_MCA_mpi_yield_when_idle:-0}
 [ -z "${OMPI_MCA_mpi_yield_when_idle:-}" ] && [ "$np" -gt "$(nproc)" ] && yield=1
+yield_args=(--mca mpi_yield_when_idle "$yield")
+case "$extra" in *mpi_yield_when_idle*) yield_args=() ;; esac
 if [ "$exec_mode" = 1 ]; then
     for i in $(seq 1 "$hosts"); do echo "$subnet.$i slots=$per_host"; done >"$simhosts"
     export BASIN_SIM_HOSTFILE=$simhosts
@@ -147,7 +150,7 @@ fi
 ip netns exec "${prefix}h1" unshare --uts sh -c 'hostname basin-sim-h1 && exec "$@"' sh \
     mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" --host "$hostlist" \
     --mca plm_rsh_agent "$agent" --mca plm_rsh_no_tree_spawn 1 \
-    --mca btl self,vader,tcp --mca btl_tcp_links 2 --mca mpi_yield_when_idle "$yield" \
+    --mca btl self,vader,tcp --mca btl_tcp_links 2 "${yield_args[@]}" \
     --mca btl_tcp_if_include "$subnet.0/24" --mca oob_tcp_if_include "$subnet.0/24" \
     -x BASIN_SIM_PREFIX -x BASIN_SIM_SUBNET $extra "$@"
 rc=$?
