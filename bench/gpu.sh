@@ -47,8 +47,12 @@
 #     scripts, so the alternatives symlinks (libmpi.so, libblas.so.3,
 #     mpirun) do not exist there: this script finds the real files instead.
 #     Without BASIN_DEPS_PREFIX the system's packages are used.
-#   - Only the CUDA tests and the GEMM benchmark run here; nothing starts
-#     MPI, so Open MPI's runtime (plugins, mpirun) is never loaded.
+#     bench/gpu_prepare.sh does all of this on a Debian machine and writes
+#     gpu-kit/ (deps.tar.gz and a 4,096-sample fashion-mnist.h5): carried
+#     along, this script unpacks it and uses it by itself.
+#   - The multi-rank GPU tests start mpirun, and the one-rank ones initialize
+#     MPI as singletons: Open MPI's runtime comes from the same prefix
+#     (OPAL_PREFIX).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,6 +72,17 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DBASIN_CUDA=ON -DBASIN_CUDA_ARCHS=90
             -DCMAKE_CUDA_ARCHITECTURES=90)
+
+KIT=$ROOT/gpu-kit
+if [ -z "${BASIN_DEPS_PREFIX:-}" ] && [ -f "$KIT/deps.tar.gz" ]; then
+    BASIN_DEPS_PREFIX=$BUILD-deps
+    if [ ! -f "$BASIN_DEPS_PREFIX/.unpacked" ]; then
+        say "unpacking $KIT/deps.tar.gz into $BASIN_DEPS_PREFIX"
+        rm -rf "$BASIN_DEPS_PREFIX" && mkdir -p "$BASIN_DEPS_PREFIX"
+        tar xzf "$KIT/deps.tar.gz" -C "$BASIN_DEPS_PREFIX"
+        touch "$BASIN_DEPS_PREFIX/.unpacked"
+    fi
+fi
 
 if [ -n "${BASIN_DEPS_PREFIX:-}" ]; then
     P=$(cd "$BASIN_DEPS_PREFIX" && pwd) || die "BASIN_DEPS_PREFIX=$BASIN_DEPS_PREFIX is not a folder"
@@ -95,7 +110,8 @@ if [ -n "${BASIN_DEPS_PREFIX:-}" ]; then
     # transitive look-ups (-rpath-link follows LD_LIBRARY_PATH) and at run time.
     LIBDIRS=$(find "$P" -name '*.so*' \( -type f -o -type l \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd: -)
     export LD_LIBRARY_PATH=$LIBDIRS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    export OPAL_PREFIX=$P/usr # where Open MPI looks for its own files if it is ever started
+    export OPAL_PREFIX=$P/usr # where Open MPI looks for its own files (plugins, help texts)
+    export PATH=$P/usr/bin:$PATH # orted, which mpirun and singleton MPI_Init start
     export PKG_CONFIG_PATH=$LIB/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 
     CMAKE_ARGS+=(
@@ -132,10 +148,12 @@ cmake --build "$BUILD" -j "$JOBS" --target basin_cuda basin-bench-gemm basin-ben
 say "(b) CUDA tests (ctest -R cuda)"
 # --no-tests=error: zero matching tests is a failure, not a pass.
 CTEST_ARGS=(-R 'cuda|gpu' --output-on-failure --no-tests=error --timeout 600)
-if [ -f "$ROOT/data/fashion-mnist.h5" ]; then
+DATA=$ROOT/data/fashion-mnist.h5
+[ -f "$DATA" ] || DATA=$KIT/fashion-mnist.h5
+if [ -f "$DATA" ]; then
     # The dataset comes along: skip the import that would need the package.
     mkdir -p "$BUILD/test-data"
-    cp "$ROOT/data/fashion-mnist.h5" "$BUILD/test-data/fashion-mnist.h5"
+    cp "$DATA" "$BUILD/test-data/fashion-mnist.h5"
     CTEST_ARGS+=(-FS fmnist)
 fi
 set +e
