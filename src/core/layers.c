@@ -72,29 +72,31 @@ int layer_setup(Layer *l, int index, const LayerSpec *spec, Shape in)
     return BASIN_OK;
 }
 
-/* Winograd for this conv layer? See LAYER_CONV_ENV in layers.h. */
-static int conv_uses_winograd(const Layer *l, const Ops *ops)
+/* Winograd for this conv layer (*use)? See LAYER_CONV_ENV in layers.h. A
+ * value of the variable other than im2col or winograd is BASIN_ERR_USAGE. */
+static int conv_uses_winograd(const Layer *l, const Ops *ops, int *use)
 {
-    if (!ops->host_memory || !winograd_supported(&l->win)) return 0;
     const char *env = getenv(LAYER_CONV_ENV);
-    if (env && strcmp(env, "im2col") == 0) return 0;
-    if (env && strcmp(env, "winograd") == 0) return 1;
-    if (env && *env)
-        basin_warn("%s=%s is neither im2col nor winograd: ignored (layer %d)", LAYER_CONV_ENV, env,
-                   l->index + 1);
-    return winograd_pays(&l->win);
+    if (env && *env && strcmp(env, "im2col") && strcmp(env, "winograd"))
+        return basin_error(BASIN_ERR_USAGE, "%s='%s': expected im2col or winograd", LAYER_CONV_ENV, env);
+    *use = 0;
+    if (!ops->host_memory || !winograd_supported(&l->win)) return BASIN_OK;
+    *use = env && *env ? strcmp(env, "winograd") == 0 : winograd_pays(&l->win);
+    return BASIN_OK;
 }
 
 int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
 {
     size_t out = shape_size(l->out);
+    int winograd = 0;
+    if (l->kind == LAYER_CONV) TRY(conv_uses_winograd(l, ops, &winograd));
     if (l->kind == LAYER_DROPOUT) {
         l->mask = ops->alloc(max_batch * out * sizeof(float));
         if (!l->mask) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate dropout mask");
     } else if (l->kind == LAYER_MAXPOOL) {
         l->arg = ops->alloc(max_batch * out * sizeof(int32_t));
         if (!l->arg) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate pooling indices");
-    } else if (l->kind == LAYER_CONV && conv_uses_winograd(l, ops)) {
+    } else if (l->kind == LAYER_CONV && winograd) {
         l->wino = basin_calloc(1, sizeof *l->wino);
         if (!l->wino) return BASIN_ERR_RUNTIME;
         TRY(winograd_plan(l->wino, ops, &l->win, l->spec.units, max_batch));

@@ -58,7 +58,8 @@ typedef struct {
  *   BASIN_CONV=im2col    always im2col + gemm (the reference path)
  *   BASIN_CONV=winograd  Winograd wherever it applies, paying or not
  *   unset or empty       the choice above
- * Another value is warned about and ignored. */
+ * Another value is a usage error (layer_alloc, so net_create, fails with
+ * one line). */
 #define LAYER_CONV_ENV "BASIN_CONV"
 
 /* Largest im2col cache a conv layer keeps between forward and backward. */

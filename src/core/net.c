@@ -102,7 +102,11 @@ int net_create(const LayerSpec *specs, int n, Shape in, int classes, const Ops *
             net->act[i] = ops->alloc(max_batch * sz * sizeof(float));
             if (!net->act[i]) goto fail;
         }
-        if (layer_alloc(l, ops, max_batch)) goto fail;
+        int st = layer_alloc(l, ops, max_batch);
+        if (st) {
+            rc = st;
+            goto fail;
+        }
     }
     for (int k = 0; k < 2; k++) {
         net->dbuf[k] = ops->alloc(max_batch * max_act * sizeof(float));

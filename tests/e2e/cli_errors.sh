@@ -45,6 +45,7 @@ expect_usage_error "not HDF5" "text.h5" "${run[@]}" --data "$work/text.h5"
 expect_usage_error "missing labels" "labels" "${run[@]}" --data "$work/no-labels.h5"
 expect_usage_error "batch above samples" "larger than" "${run[@]}" --data "$good" --limit-train 10 --batch 64
 expect_usage_error "indivisible batch" "not divisible" "${run[@]}" --data "$good" --batch 63 --check=2
+expect_usage_error "bad conv algorithm" "BASIN_CONV='fft'" env BASIN_CONV=fft "${run[@]}" --data "$good"
 expect_usage_error "bad device" "--device 'gpu'" "${run[@]}" --data "$good" --device gpu
 expect_usage_error "nccl on the CPU" "nccl needs --device cuda" "${run[@]}" --data "$good" --allreduce nccl
 expect_usage_error "host all-reduce on the GPU" "device cuda" "${run[@]}" --data "$good" --device cuda --allreduce ring
