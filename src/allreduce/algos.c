@@ -154,28 +154,21 @@ int ar_run_job(const ArJob *job)
     AllreducePlan *p = job->plan;
     AllreduceComm *c = p->comm;
     const AllreduceAlgo *a = p->algo;
-    switch (job->kind) {
-    case AR_JOB_SUM:
-        break;
-    case AR_JOB_UPDATE:
-        if (!a->run_update) {
-            c->seq++;
-            ar_watch_op(c, c->seq, a->name, p->count);
-            TRY(a->run(c, p->state, job->recv, job->recv));
-            if (p->count) job->fn(job->arg, 0, p->count);
-            return BASIN_OK;
-        }
-        c->seq++;
-        ar_watch_op(c, c->seq, a->name, p->count);
-        return a->run_update(c, p->state, job->recv, job->params, job->fn, job->arg);
-    case AR_JOB_GATHER:
-        if (!a->gather) return BASIN_OK;
-        c->seq++;
-        ar_watch_op(c, c->seq, a->name, p->count);
-        return a->gather(c, p->state, job->recv);
-    }
+    /* Every rank runs the same jobs, so every rank numbers them alike. */
     c->seq++;
     ar_watch_op(c, c->seq, a->name, p->count);
+    switch (job->kind) {
+    case AR_JOB_UPDATE:
+        if (a->run_update) return a->run_update(c, p->state, job->recv, job->params, job->fn, job->arg);
+        /* No sharding: sum everything, update everything, on every rank. */
+        TRY(a->run(c, p->state, job->recv, job->recv));
+        if (p->count) job->fn(job->arg, 0, p->count);
+        return BASIN_OK;
+    case AR_JOB_GATHER:
+        return a->gather ? a->gather(c, p->state, job->recv) : BASIN_OK;
+    case AR_JOB_SUM:
+        break;
+    }
     return a->run(c, p->state, job->send, job->recv);
 }
 
