@@ -4,6 +4,8 @@
 #define BASIN_TEST_CUDA_DEVICE_H
 
 #include <cuda_runtime_api.h>
+#include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/ops.h"
@@ -18,6 +20,26 @@ static inline void require_cuda_device(void)
     if (count == 0) TEST_SKIP("no CUDA device: cudaGetDeviceCount reports 0 devices");
     if (ops_cuda_select(0)) exit(1);
     ops_cpu_set_threads(1);
+}
+
+/* Under mpirun: skip on every rank unless every rank sees a device. The
+ * ranks agree first, so each prints its skip line before any exits (mpirun
+ * kills the others as soon as one ends with a non-zero code, and passes 77
+ * on). Call after MPI_Init; selects no device. */
+static inline void require_cuda_device_on_every_rank(void)
+{
+    int ndev = 0, none, any_none = 0, rank = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    none = e != cudaSuccess || ndev == 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (MPI_Allreduce(&none, &any_none, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS) exit(1);
+    if (!any_none) return;
+    fprintf(stderr, "SKIPPED: rank %d: no CUDA device: %s\n", rank,
+            e != cudaSuccess ? cudaGetErrorString(e)
+                             : ndev == 0 ? "cudaGetDeviceCount reports 0 devices" : "another rank has none");
+    MPI_Barrier(MPI_COMM_WORLD);
+    MPI_Finalize();
+    exit(77);
 }
 
 #endif

@@ -43,6 +43,7 @@
 #include "allreduce/exact.h"
 #include "allreduce_gpu.h"
 #include "core/error.h"
+#include "cuda/cuda_device.h"
 #include "ops_cuda.h"
 #include "testing.h"
 
@@ -299,21 +300,7 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &x.rank);
     MPI_Comm_size(MPI_COMM_WORLD, &x.size);
 
-    /* The device check of cuda_device.h, agreed over the world: every rank
-     * prints its skip line before any exits (mpirun kills the others as soon
-     * as one process ends with a non-zero code, and passes 77 on). */
-    int ndev = 0, none = 0, any_none = 0;
-    cudaError_t e = cudaGetDeviceCount(&ndev);
-    none = e != cudaSuccess || ndev == 0;
-    CHECK_MPI(MPI_Allreduce(&none, &any_none, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
-    if (any_none) {
-        fprintf(stderr, "SKIPPED: rank %d: no CUDA device: %s\n", x.rank,
-                e != cudaSuccess ? cudaGetErrorString(e)
-                                 : ndev == 0 ? "cudaGetDeviceCount reports 0 devices" : "another rank has none");
-        MPI_Barrier(MPI_COMM_WORLD);
-        MPI_Finalize();
-        return 77;
-    }
+    require_cuda_device_on_every_rank();
 
     /* One GPU per rank of a host while there are enough (rank -> GPU by
      * host-local rank, as the trainer does); more ranks share them. */

@@ -26,7 +26,7 @@
 /* Built a second time for the GPU (tests/cuda): --device cuda, one rank per
  * supernode (so several ranks may share one GPU: the GPU all-reduce's
  * host-staged path, no NCCL) and the all-reduce choices that run there. */
-#include <cuda_runtime_api.h>
+#include "cuda/cuda_device.h"
 static const char *const device = "cuda";
 static const int supernode_size = 1;
 #else
@@ -105,17 +105,7 @@ int main(int argc, char **argv)
     }
     const char *conv = "conv:8:5,relu,pool:2,flatten,fc:32,relu,dropout:0.3,fc:10";
 #ifdef BASIN_TEST_CUDA
-    /* Skip (77) on every rank, after all have said so, without a device. */
-    int ndev = 0, none, any_none = 0;
-    cudaError_t e = cudaGetDeviceCount(&ndev);
-    none = e != cudaSuccess || ndev == 0;
-    MPI_Allreduce(&none, &any_none, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (any_none) {
-        fprintf(stderr, "SKIPPED: no CUDA device on this or another rank\n");
-        MPI_Barrier(MPI_COMM_WORLD);
-        MPI_Finalize();
-        return 77;
-    }
+    require_cuda_device_on_every_rank();
     run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0);
     run_case(argv[1], argv[2], "mlp", 0, 1.0, "hier", 0);
     run_case(argv[1], argv[2], conv, 1, 0.01, "auto", 0);
