@@ -205,14 +205,20 @@ static int hier_enter(AllreduceComm *c, Hier *h, int win, size_t offset, int pwi
 
 /* Step 1 and 2 on this rank's shard of data; its [lo, hi) through *lo, *hi
  * (empty when it owns none). */
+/* Step 1 on data[lo, hi): the sum of every local rank's elements. */
+static void reduce_range(AllreduceComm *c, Hier *h, float *data, size_t lo, size_t hi)
+{
+    for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? data + lo : peer_data(c, j) + lo;
+    reduce_sources(data + lo, h->src, h->L, hi - lo);
+}
+
 static int reduce_own_shard(AllreduceComm *c, Hier *h, float *data, size_t *lo_out, size_t *hi_out)
 {
     *lo_out = *hi_out = 0;
     if (h->l >= h->nshard) return BASIN_OK;
     size_t lo = h->off[h->l], cnt = h->off[h->l + 1] - lo;
     if (!cnt) return BASIN_OK;
-    for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? data + lo : peer_data(c, j) + lo;
-    reduce_sources(data + lo, h->src, h->L, cnt);
+    reduce_range(c, h, data, lo, lo + cnt);
     if (h->S > 1) TRY(cross_run(c, h, data + lo, data + lo));
     *lo_out = lo;
     *hi_out = lo + cnt;
@@ -306,8 +312,7 @@ static int hier_run_update(AllreduceComm *c, void *state, float *grads, float *p
         size_t lo = h->off[h->l], hi = h->off[h->l + 1];
         for (size_t b = lo; b < hi; b += UPDATE_BLOCK) {
             size_t e = hi - b < UPDATE_BLOCK ? hi : b + UPDATE_BLOCK;
-            for (int j = 0; j < h->L; j++) h->src[j] = j == h->l ? grads + b : peer_data(c, j) + b;
-            reduce_sources(grads + b, h->src, h->L, e - b);
+            reduce_range(c, h, grads, b, e);
             fn(arg, b, e);
         }
     } else {
