@@ -168,6 +168,8 @@ int ar_run_now(AllreducePlan *p, const float *send, float *recv);
 int ar_run_job(const ArJob *job);
 /* Queue one request (allreduce_start and friends). */
 int ar_engine_submit(const ArJob *job, AllreduceTicket *ticket);
+/* Non-zero on a progress engine's thread. */
+int ar_on_engine_thread(void);
 
 /* ---- helpers (comm.c) --------------------------------------------------- */
 

@@ -29,10 +29,18 @@ int ar_engine_init(AllreduceComm *c, int capacity)
     return BASIN_OK;
 }
 
+static _Thread_local int on_engine_thread;
+
+int ar_on_engine_thread(void)
+{
+    return on_engine_thread;
+}
+
 static void *engine_main(void *arg)
 {
     AllreduceComm *c = arg;
     ArEngine *e = &c->engine;
+    on_engine_thread = 1;
     pthread_mutex_lock(&e->mu);
     for (;;) {
         uint64_t done = atomic_load(&e->completed);
