@@ -17,7 +17,8 @@
  *         shards) or a pipelined ring (large ones) across supernodes on
  *         each local rank's shard in parallel, shared-memory all-gather.
  *         Zero-copy when the buffer comes from allreduce_buffer_alloc.
- *   mpi   MPI_Allreduce (the baseline).
+ *   mpi   MPI_Allreduce (the baseline); MPI_Iallreduce on the progress thread,
+ *         which waits by sleeping like the other algorithms.
  *   auto  picks one of the above by message size and topology (see algos.c).
  * Every algorithm reduces each element exactly once, on its owner, in a
  * fixed order, and then copies the result, so all ranks hold the same bits.
