@@ -13,10 +13,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 
-enum {
-    BASIN_EXIT_PREEMPTED = 75, /* exit code: stopped by SIGTERM/SIGUSR1 after a
-                                  checkpoint; resume with --resume auto */
-};
+#include "core/exit_codes.h"
 
 enum {
     BASIN_OK = 0,
