@@ -15,13 +15,16 @@
  * A failure anywhere removes the temporary file and leaves every earlier
  * checkpoint as it was.
  *
- * Reading goes through HDF5's default (sec2) driver, read-only.
+ * Reading goes through HDF5's default (sec2) driver, read-only. Nothing is
+ * allocated for a buffer before its declared bytes are known to be stored
+ * inside the file (reader/h5check.h) and the header checksum holds.
  */
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/xxh64.h"
 
 #include "core/error.h"
 #include "core/files.h"
+#include "reader/h5check.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -737,8 +740,10 @@ cleanup:
     return rc;
 }
 
-/* /name: float32 little-endian, shape (n), with its "xxh64" attribute. */
-static int check_dataset(hid_t file, const char *name, size_t n, uint64_t *stored_xxh, char *why, size_t why_len)
+/* /name: float32 little-endian, shape (n), stored inside a file of
+ * file_bytes, with its "xxh64" attribute. */
+static int check_dataset(hid_t file, const char *name, size_t n, uint64_t file_bytes, uint64_t *stored_xxh,
+                         char *why, size_t why_len)
 {
     char h5[256];
     htri_t exists = H5Lexists(file, name, H5P_DEFAULT);
@@ -765,6 +770,11 @@ static int check_dataset(hid_t file, const char *name, size_t n, uint64_t *store
     if (H5Sget_simple_extent_ndims(space) != 1 || H5Sget_simple_extent_dims(space, dims, NULL) != 1 ||
         dims[0] != n) {
         rc = BAD("dataset /%s has the wrong shape (expected (%zu), as n_params says)", name, n);
+        goto cleanup;
+    }
+    char stored[320];
+    if (h5check_storage(ds, sizeof(float), file_bytes, stored, sizeof stored)) {
+        rc = BAD("dataset /%s %s", name, stored);
         goto cleanup;
     }
     rc = get_attr(ds, "xxh64", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64, stored_xxh, why, why_len);
@@ -889,8 +899,10 @@ static int read_verified(const char *path, Checkpoint *out, char *why, size_t wh
     /* The buffers' stored checksums are part of the header checksum, so check
      * the datasets' metadata first; their data is read once the header is
      * sound. */
-    if ((rc = check_dataset(file, "params", st->n_params, &params_xxh, why, why_len))) goto cleanup;
-    if ((rc = check_dataset(file, "momentum", st->n_params, &momentum_xxh, why, why_len))) goto cleanup;
+    uint64_t file_bytes = (uint64_t)sb.st_size;
+    if ((rc = check_dataset(file, "params", st->n_params, file_bytes, &params_xxh, why, why_len))) goto cleanup;
+    if ((rc = check_dataset(file, "momentum", st->n_params, file_bytes, &momentum_xxh, why, why_len)))
+        goto cleanup;
     uint64_t want = 0;
     if ((rc = header_hash(st, params_xxh, momentum_xxh, &want))) goto cleanup;
     if (want != header_xxh) {

@@ -9,13 +9,22 @@
  * HDF5 keeps its error stack per thread, and its default is to print the whole
  * stack; every entry point here silences it for the calling thread and reports
  * one line of its own instead.
+ *
+ * Nothing is allocated or read for a size the metadata only claims: before
+ * the labels are read, the declared extents of images and labels must be
+ * stored inside the file (h5check.h), and a sample is at most
+ * MAX_SAMPLE_BYTES. A file that HDF5 cannot open, or whose structure fails a
+ * call once open, is a bad input like any other: one line, BASIN_ERR_USAGE.
  */
 #include "reader/reader.h"
 
 #include "core/error.h"
+#include "reader/h5check.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
+#include <stdarg.h>
 #include <hdf5.h>
 #include <limits.h>
 #include <math.h>
@@ -23,6 +32,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* One sample's bytes: 64 MiB is a 4096 x 4096 RGBA image; more is a damaged
+ * or mistaken file, and the reader keeps a few batches of samples in memory. */
+#define MAX_SAMPLE_BYTES ((size_t)64 << 20)
 
 typedef struct {
     uint64_t idx; /* sample index in the file */
@@ -32,6 +45,7 @@ typedef struct {
 struct Dataset {
     char *path;
     char *split;
+    uint64_t file_bytes;        /* size of the file at open */
     hid_t file, images, fspace; /* fspace: images' file space, reselected per read */
     DatasetInfo info;
     size_t sample_bytes;        /* c * h * w */
@@ -64,6 +78,19 @@ static char *dup_string(const char *s)
     return p;
 }
 
+/* One line for an HDF5 call that failed on a file that opened: its structure
+ * is damaged. Returns BASIN_ERR_USAGE. */
+static int damaged(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int damaged(const char *path, const char *fmt, ...)
+{
+    char what[320], h5[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return basin_error(BASIN_ERR_USAGE, "%s: damaged HDF5 file: %s failed (%s)", path, what, h5check_reason(h5));
+}
+
 /* 1: the link exists, 0: it does not, <0: HDF5 failed. */
 static int link_exists(hid_t file, const char *name)
 {
@@ -83,7 +110,7 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
 
     int e = link_exists(file, full);
     if (e < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Lexists(%s, %s) failed", path, full);
+        rc = damaged(path, "H5Lexists(%s)", full);
         goto cleanup;
     }
     if (e == 0) {
@@ -97,12 +124,16 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
     }
     type = H5Dget_type(ds);
     if (type < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_type(%s, %s) failed", path, full);
+        rc = damaged(path, "H5Dget_type(%s)", full);
         goto cleanup;
     }
     H5T_class_t cls = H5Tget_class(type);
     size_t tsize = H5Tget_size(type);
     H5T_sign_t sign = cls == H5T_INTEGER ? H5Tget_sign(type) : H5T_SGN_ERROR;
+    if (cls == H5T_NO_CLASS || tsize == 0) {
+        rc = damaged(path, "H5Tget_class/H5Tget_size(%s)", full);
+        goto cleanup;
+    }
     if (cls != H5T_INTEGER || tsize != 1 || sign != H5T_SGN_NONE) {
         rc = basin_error(BASIN_ERR_USAGE, "%s: %s must hold uint8 values (found %s of %zu bytes)", path,
                          full, cls == H5T_INTEGER ? (sign == H5T_SGN_NONE ? "unsigned integers" : "signed integers")
@@ -111,12 +142,12 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
     }
     space = H5Dget_space(ds);
     if (space < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_space(%s, %s) failed", path, full);
+        rc = damaged(path, "H5Dget_space(%s)", full);
         goto cleanup;
     }
     int nd = H5Sget_simple_extent_ndims(space);
     if (nd < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sget_simple_extent_ndims(%s, %s) failed", path, full);
+        rc = damaged(path, "H5Sget_simple_extent_ndims(%s)", full);
         goto cleanup;
     }
     if (nd != rank) {
@@ -125,7 +156,7 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
         goto cleanup;
     }
     if (H5Sget_simple_extent_dims(space, dims, NULL) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sget_simple_extent_dims(%s, %s) failed", path, full);
+        rc = damaged(path, "H5Sget_simple_extent_dims(%s)", full);
         goto cleanup;
     }
     *out = ds;
@@ -138,15 +169,16 @@ cleanup:
     return rc;
 }
 
-/* Read the scalar numeric root attribute `name` converted to mem_type. */
-static int read_root_attr(const char *path, hid_t file, const char *name, hid_t mem_type, void *value)
+/* Read the scalar numeric root attribute `name` converted to mem_type; with
+ * integer, it must be stored as an integer (a float would be truncated). */
+static int read_root_attr(const char *path, hid_t file, const char *name, int integer, hid_t mem_type, void *value)
 {
     int rc = BASIN_OK;
     hid_t attr = H5I_INVALID_HID, type = H5I_INVALID_HID, space = H5I_INVALID_HID;
 
     htri_t e = H5Aexists(file, name);
     if (e < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aexists(%s, %s) failed", path, name);
+        rc = damaged(path, "H5Aexists(%s)", name);
         goto cleanup;
     }
     if (e == 0) {
@@ -155,24 +187,45 @@ static int read_root_attr(const char *path, hid_t file, const char *name, hid_t 
     }
     attr = H5Aopen(file, name, H5P_DEFAULT);
     if (attr < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aopen(%s, %s) failed", path, name);
+        rc = damaged(path, "H5Aopen(%s)", name);
         goto cleanup;
     }
     type = H5Aget_type(attr);
     space = H5Aget_space(attr);
     if (type < 0 || space < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aget_type/H5Aget_space(%s, %s) failed", path, name);
+        rc = damaged(path, "H5Aget_type/H5Aget_space(%s)", name);
         goto cleanup;
     }
     H5T_class_t cls = H5Tget_class(type);
     hssize_t npoints = H5Sget_simple_extent_npoints(space);
+    if (cls == H5T_NO_CLASS || npoints < 0) {
+        rc = damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
+        goto cleanup;
+    }
     if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || npoints != 1) {
         rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' must be a single number", path, name);
         goto cleanup;
     }
-    if (H5Aread(attr, mem_type, value) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aread(%s, %s) failed", path, name);
+    if (integer && cls != H5T_INTEGER) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' must be an integer, not a float", path, name);
         goto cleanup;
+    }
+    /* A value out of the memory type's range would be clipped (or, for a
+     * float's NaN, made up): HDF5 reports it only through a conversion
+     * exception, so read in double and range-check here. */
+    double v = 0.0;
+    if (H5Aread(attr, H5T_NATIVE_DOUBLE, &v) < 0) {
+        rc = damaged(path, "H5Aread(%s)", name);
+        goto cleanup;
+    }
+    if (mem_type == H5T_NATIVE_INT) {
+        if (!(v >= (double)INT_MIN && v <= (double)INT_MAX)) {
+            rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' = %g is out of range", path, name, v);
+            goto cleanup;
+        }
+        *(int *)value = (int)v;
+    } else {
+        *(float *)value = isnan(v) ? NAN : fabs(v) <= FLT_MAX ? (float)v : v > 0 ? INFINITY : -INFINITY;
     }
 
 cleanup:
@@ -196,11 +249,11 @@ static int load_labels(Dataset *d, hid_t labels_ds)
     hsize_t start = 0, n = count;
     fspace = H5Dget_space(labels_ds);
     if (fspace < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_space(%s, /%s/labels) failed", d->path, d->split);
+        rc = damaged(d->path, "H5Dget_space(/%s/labels)", d->split);
         goto cleanup;
     }
     if (H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &start, NULL, &n, NULL) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sselect_hyperslab(%s, /%s/labels) failed", d->path, d->split);
+        rc = damaged(d->path, "H5Sselect_hyperslab(/%s/labels)", d->split);
         goto cleanup;
     }
     mspace = H5Screate_simple(1, &n, NULL);
@@ -209,7 +262,7 @@ static int load_labels(Dataset *d, hid_t labels_ds)
         goto cleanup;
     }
     if (H5Dread(labels_ds, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, d->labels) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dread(%s, /%s/labels) failed", d->path, d->split);
+        rc = damaged(d->path, "H5Dread(/%s/labels)", d->split);
         goto cleanup;
     }
     for (size_t i = 0; i < count; i++) {
@@ -268,9 +321,11 @@ int dataset_open(const char *path, const char *split, size_t limit, Dataset **ou
         rc = basin_error(BASIN_ERR_USAGE, "%s: not an HDF5 file", path);
         goto cleanup;
     }
+    d->file_bytes = (uint64_t)st.st_size;
     d->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (d->file < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fopen(%s, read-only) failed", path);
+        char h5[256];
+        rc = basin_error(BASIN_ERR_USAGE, "%s: damaged or truncated HDF5 file (%s)", path, h5check_reason(h5));
         goto cleanup;
     }
 
@@ -278,11 +333,20 @@ int dataset_open(const char *path, const char *split, size_t limit, Dataset **ou
     snprintf(group, sizeof group, "/%s", split);
     int e = link_exists(d->file, group);
     if (e < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Lexists(%s, %s) failed", path, group);
+        rc = damaged(path, "H5Lexists(%s)", group);
         goto cleanup;
     }
     if (e == 0) {
         rc = basin_error(BASIN_ERR_USAGE, "%s: missing split %s", path, group);
+        goto cleanup;
+    }
+    hid_t g = H5Gopen2(d->file, group, H5P_DEFAULT);
+    if (g < 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: %s is not a group of images and labels", path, group);
+        goto cleanup;
+    }
+    if (H5Gclose(g) < 0) {
+        rc = damaged(path, "H5Gclose(%s)", group);
         goto cleanup;
     }
 
@@ -302,12 +366,30 @@ int dataset_open(const char *path, const char *split, size_t limit, Dataset **ou
             goto cleanup;
         }
     }
+    if ((uint64_t)idims[1] * idims[2] * idims[3] > MAX_SAMPLE_BYTES) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: /%s/images has samples of [%llu, %llu, %llu] = %llu bytes, more "
+                         "than the %zu MiB a sample may have", path, split, (unsigned long long)idims[1],
+                         (unsigned long long)idims[2], (unsigned long long)idims[3],
+                         (unsigned long long)(idims[1] * idims[2] * idims[3]), MAX_SAMPLE_BYTES >> 20);
+        goto cleanup;
+    }
+    /* Declared extents must be backed by stored bytes before anything is
+     * read or allocated for them. */
+    char why[320];
+    if (h5check_storage(d->images, 1, d->file_bytes, why, sizeof why)) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: /%s/images %s", path, split, why);
+        goto cleanup;
+    }
+    if (h5check_storage(labels_ds, 1, d->file_bytes, why, sizeof why)) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: /%s/labels %s", path, split, why);
+        goto cleanup;
+    }
 
     int classes = 0;
     float mean = 0.0f, std = 0.0f;
-    if ((rc = read_root_attr(path, d->file, "classes", H5T_NATIVE_INT, &classes))) goto cleanup;
-    if ((rc = read_root_attr(path, d->file, "mean", H5T_NATIVE_FLOAT, &mean))) goto cleanup;
-    if ((rc = read_root_attr(path, d->file, "std", H5T_NATIVE_FLOAT, &std))) goto cleanup;
+    if ((rc = read_root_attr(path, d->file, "classes", 1, H5T_NATIVE_INT, &classes))) goto cleanup;
+    if ((rc = read_root_attr(path, d->file, "mean", 0, H5T_NATIVE_FLOAT, &mean))) goto cleanup;
+    if ((rc = read_root_attr(path, d->file, "std", 0, H5T_NATIVE_FLOAT, &std))) goto cleanup;
     if (classes < 1 || classes > 256) {
         rc = basin_error(BASIN_ERR_USAGE, "%s: attribute classes = %d, must be in [1, 256] for uint8 labels",
                          path, classes);
@@ -334,7 +416,7 @@ int dataset_open(const char *path, const char *split, size_t limit, Dataset **ou
 
     d->fspace = H5Dget_space(d->images);
     if (d->fspace < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dget_space(%s, /%s/images) failed", path, split);
+        rc = damaged(path, "H5Dget_space(/%s/images)", split);
         goto cleanup;
     }
     if ((rc = enable_direct_reads(d))) goto cleanup;
@@ -387,8 +469,10 @@ static int grow_scratch(Dataset *d, size_t n)
  * calls. */
 #define RUNS_PER_READ 32
 
-/* Read the rows of one union selection (already made in d->fspace) into raw. */
-static int read_rows(Dataset *d, uint8_t *raw, size_t rows)
+/* Read the rows of one union selection (already made in d->fspace) into raw.
+ * A failure at open means the file is damaged (a bad input); later, it is a
+ * failed read. */
+static int read_rows(Dataset *d, uint8_t *raw, size_t rows, int at_open)
 {
     int rc = BASIN_OK;
     hsize_t melems = (hsize_t)rows * d->sample_bytes;
@@ -396,7 +480,9 @@ static int read_rows(Dataset *d, uint8_t *raw, size_t rows)
     if (mspace < 0)
         return BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate_simple(%llu) failed", (unsigned long long)melems);
     if (H5Dread(d->images, H5T_NATIVE_UINT8, mspace, d->fspace, H5P_DEFAULT, raw) < 0)
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dread(%s, /%s/images, %zu samples) failed", d->path, d->split, rows);
+        rc = at_open ? damaged(d->path, "H5Dread(/%s/images, %zu samples)", d->split, rows)
+                     : BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dread(%s, /%s/images, %zu samples) failed", d->path,
+                                  d->split, rows);
     if (H5Sclose(mspace) < 0 && !rc) rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sclose(memory space) failed");
     return rc;
 }
@@ -433,7 +519,7 @@ static int enable_direct_reads(Dataset *d)
     if (H5Sselect_hyperslab(d->fspace, H5S_SELECT_SET, start0, NULL, count, NULL) < 0 ||
         H5Sselect_hyperslab(d->fspace, H5S_SELECT_OR, start1, NULL, count, NULL) < 0)
         rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sselect_hyperslab(%s, /%s/images) failed", d->path, d->split);
-    if (!rc) rc = read_rows(d, d->raw, last == 0 ? 1 : 2);
+    if (!rc) rc = read_rows(d, d->raw, last == 0 ? 1 : 2, 1);
     if (rc) {
         close(fd);
         return rc;
@@ -485,7 +571,7 @@ static int read_sorted(Dataset *d, const IdxPos *sorted, size_t n)
                               d->path, d->split, (unsigned long long)first, (unsigned long long)next);
         i = j;
         if (++runs == RUNS_PER_READ || i == n) {
-            TRY(read_rows(d, d->raw + group_first_row * d->sample_bytes, row - group_first_row));
+            TRY(read_rows(d, d->raw + group_first_row * d->sample_bytes, row - group_first_row, 0));
             group_first_row = row;
             runs = 0;
         }
