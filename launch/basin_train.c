@@ -6,10 +6,14 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/preempt.h"
 #include "core/trainer.h"
 
 int main(int argc, char **argv)
 {
+    /* First thing: a SIGTERM while MPI starts is a stop request (exit 75
+     * before the first step), not death by signal. */
+    if (preempt_install()) return BASIN_EXIT_FAILED;
     TrainConfig cfg;
     config_defaults(&cfg);
     int rc = config_parse(&cfg, argc, argv);
@@ -25,6 +29,7 @@ int main(int argc, char **argv)
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     TrainResult res;
     rc = trainer_run(&cfg, MPI_COMM_WORLD, &res);
+    /* 0, 2, 74, 75 and 76 are agreed by every rank (exit_codes.h). */
     if (rc == BASIN_ERR_RUNTIME) {
         /* Other ranks may be waiting in a collective: end the whole job. */
         MPI_Abort(MPI_COMM_WORLD, rc);

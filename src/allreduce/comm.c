@@ -437,7 +437,8 @@ static int make_node_comm(AllreduceComm *c, int K)
     AR_MPI(MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_LOR, c->world));
     if (any_bad)
         return basin_error(BASIN_ERR_USAGE, "supernode size %d groups ranks of different hosts; use a divisor of "
-                                            "the ranks per host, or 0 for one supernode per host", K);
+                                            "the ranks per host, or leave --supernode-size out for one "
+                                            "supernode per host", K);
     return BASIN_OK;
 }
 

@@ -96,6 +96,8 @@ void config_usage(const char *prog)
            "                          checkpoint dir (a fresh start when there is none) or PATH\n"
            "  --grace-seconds S       on SIGTERM/SIGUSR1: checkpoint and exit %d within S\n"
            "                          seconds (default 60)\n"
+           "  --status-file PATH      rank 0 writes the job's outcome there at exit, one line:\n"
+           "                          exit=C step=S checkpoint_step=K lost=L checkpoint=FILE\n"
            "Machine\n"
            "  --threads N             BLAS threads per rank (default 1)\n"
            "  --device cpu|cuda       where the network runs: OpenBLAS, or the GPU of this rank's\n"
@@ -147,6 +149,7 @@ enum {
     OPT_EVAL_BATCH, OPT_THREADS, OPT_DEVICE, OPT_NO_PREFETCH, OPT_CHECK, OPT_HELP, OPT_ALLREDUCE, OPT_BUCKET,
     OPT_NO_OVERLAP, OPT_NO_SHARDED, OPT_SUPERNODE, OPT_TIMEOUT, OPT_SCALE_LR, OPT_CHECK_EVERY, OPT_TRACE,
     OPT_CKPT_DIR, OPT_CKPT_STEPS, OPT_CKPT_SECONDS, OPT_KEEP, OPT_CKPT_FAILURE, OPT_RESUME, OPT_GRACE,
+    OPT_STATUS,
 };
 
 static const struct option long_options[] = {
@@ -192,6 +195,7 @@ static const struct option long_options[] = {
     {"checkpoint-failure", required_argument, NULL, OPT_CKPT_FAILURE},
     {"resume", required_argument, NULL, OPT_RESUME},
     {"grace-seconds", required_argument, NULL, OPT_GRACE},
+    {"status-file", required_argument, NULL, OPT_STATUS},
     {NULL, 0, NULL, 0},
 };
 
@@ -294,6 +298,10 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
             cfg->resume = optarg;
             break;
         case OPT_GRACE: TRY(parse_double(name, optarg, 0.0, 1e7, 1, &cfg->grace_seconds)); break;
+        case OPT_STATUS:
+            if (!*optarg) return bad_value(name, optarg, "expected a file path");
+            cfg->status_file = optarg;
+            break;
         case ':':
             return basin_error(BASIN_ERR_USAGE, "option %s needs a value (see --help)", argv[optind - 1]);
         default:
@@ -306,14 +314,96 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
     return BASIN_OK;
 }
 
+/* The shortest text that reads back as exactly v. */
+static void format_exact(double v, char *buf, size_t len)
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, len, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
 void config_describe(const TrainConfig *cfg, char *buf, size_t len)
 {
+    char lr[32], warm[32], step[32], gamma[32], mom[32], wd[32];
+    format_exact(cfg->lr, lr, sizeof lr);
+    format_exact(cfg->warmup_epochs, warm, sizeof warm);
+    format_exact(cfg->lr_step_epochs, step, sizeof step);
+    format_exact(cfg->lr_gamma, gamma, sizeof gamma);
+    format_exact(cfg->momentum, mom, sizeof mom);
+    format_exact(cfg->weight_decay, wd, sizeof wd);
     snprintf(buf, len,
-             "model=%s data=%s epochs=%d batch=%zu lr=%g schedule=%s warmup=%g momentum=%g%s "
-             "weight_decay=%g seed=%llu",
-             cfg->model, cfg->data, cfg->epochs, cfg->batch, cfg->lr, schedule_name(cfg->schedule),
-             cfg->warmup_epochs, cfg->momentum, cfg->nesterov ? " (nesterov)" : "", cfg->weight_decay,
-             (unsigned long long)cfg->seed);
+             "model=%s data=%s epochs=%d max_steps=%ld batch=%zu lr=%s scale_lr=%d schedule=%s warmup=%s "
+             "lr_step_epochs=%s lr_gamma=%s momentum=%s nesterov=%d weight_decay=%s seed=%llu limit_train=%zu",
+             cfg->model, cfg->data, cfg->epochs, cfg->max_steps > 0 ? cfg->max_steps : 0L, cfg->batch, lr,
+             cfg->scale_lr, schedule_name(cfg->schedule), warm, step, gamma, mom, cfg->nesterov, wd,
+             (unsigned long long)cfg->seed, cfg->limit_train);
+}
+
+/* The value of `key` in a config_describe text, or NULL. Values hold no
+ * spaces, except a model spec, which comes first and is not looked up. */
+const char *config_describe_value(const char *text, const char *key, char *buf, size_t len)
+{
+    size_t k = strlen(key);
+    for (const char *p = text; (p = strstr(p, key)) != NULL; p += k) {
+        if ((p != text && p[-1] != ' ') || p[k] != '=') continue;
+        const char *v = p + k + 1;
+        size_t n = strcspn(v, " ");
+        if (n >= len) n = len - 1;
+        memcpy(buf, v, n);
+        buf[n] = '\0';
+        return buf;
+    }
+    return NULL;
+}
+
+int config_resume_check(const char *saved, const TrainConfig *cfg, const char *ckpt_path)
+{
+    /* The options that define the update of every step. Checkpoints of
+     * earlier versions recorded fewer of them, with 6 significant digits:
+     * those compare to that precision, and a missing key is not compared. */
+    static const struct { const char *key, *option; int numeric; } keys[] = {
+        {"lr", "--lr", 1}, {"scale_lr", "--scale-lr", 1}, {"schedule", "--schedule", 0},
+        {"warmup", "--warmup-epochs", 1}, {"lr_step_epochs", "--lr-step-epochs", 1},
+        {"lr_gamma", "--lr-gamma", 1}, {"momentum", "--momentum", 1}, {"nesterov", "--nesterov", 1},
+        {"weight_decay", "--weight-decay", 1},
+    };
+    if (!saved || !*saved) return BASIN_OK;
+    char now[4096];
+    config_describe(cfg, now, sizeof now);
+    int old_style = strstr(saved, " lr_gamma=") == NULL;
+    char diff[1024] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        char a[256], b[256];
+        const char *was = config_describe_value(saved, keys[i].key, a, sizeof a);
+        if (!was && strcmp(keys[i].key, "nesterov") == 0 && old_style)
+            was = strstr(saved, "(nesterov)") ? "1" : "0";
+        if (!was) continue;
+        const char *is = config_describe_value(now, keys[i].key, b, sizeof b);
+        if (!is) continue;
+        /* The step schedule's options mean nothing to the others. */
+        if ((strcmp(keys[i].key, "lr_step_epochs") == 0 || strcmp(keys[i].key, "lr_gamma") == 0) &&
+            cfg->schedule != SCHEDULE_STEP)
+            continue;
+        int same;
+        if (keys[i].numeric) {
+            double x = strtod(was, NULL), y = strtod(is, NULL);
+            double tol = old_style ? 5e-6 * fabs(x) : 0.0;
+            same = fabs(x - y) <= tol;
+        } else {
+            same = strcmp(was, is) == 0;
+        }
+        if (!same && used < sizeof diff)
+            used += (size_t)snprintf(diff + used, sizeof diff - used, "%s%s %s (was %s)", used ? ", " : "",
+                                     keys[i].option, is, was);
+    }
+    if (used)
+        return basin_error(BASIN_ERR_USAGE,
+                           "checkpoint %s was trained with other optimizer options: %s; resume with the "
+                           "checkpoint's values, or train the new ones with another --output-dir",
+                           ckpt_path, diff);
+    return BASIN_OK;
 }
 
 uint64_t config_hash(const TrainConfig *cfg)

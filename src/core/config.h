@@ -47,6 +47,7 @@ typedef struct {
     int checkpoint_fail_stop; /* 1: a failed checkpoint write stops training */
     const char *resume;       /* NULL: fresh start; "auto": newest good checkpoint; or a path */
     double grace_seconds;     /* preemption: most time from signal to exit */
+    const char *status_file;  /* rank 0 writes the job's outcome here at exit (exit_codes.h) */
     int prefetch;
     int check_only;           /* validate everything, write nothing, exit */
     int check_ranks;          /* with check_only: validate as if on this many ranks (0: as run) */
@@ -59,8 +60,17 @@ void config_defaults(TrainConfig *cfg);
  * line naming the bad option or value. Sets cfg->help for --help. */
 int config_parse(TrainConfig *cfg, int argc, char **argv);
 void config_usage(const char *prog);
-/* One-line summary for the log. */
+/* One line of "key=value" pairs: every option that defines the training
+ * trajectory, with exact values. For the log and for checkpoints, where
+ * config_resume_check reads it back. */
 void config_describe(const TrainConfig *cfg, char *buf, size_t len);
+/* Resuming from a checkpoint whose config_describe text is `saved`: options
+ * that would change the trajectory are refused (BASIN_ERR_USAGE, one line
+ * naming each with both values); a new length of a cosine schedule is
+ * allowed with a note. Model, batch, seed and data are checked elsewhere. */
+/* The value of `key` in a config_describe text (into buf), or NULL. */
+const char *config_describe_value(const char *text, const char *key, char *buf, size_t len);
+int config_resume_check(const char *saved, const TrainConfig *cfg, const char *ckpt_path);
 /* A hash of every option that must agree between ranks. */
 uint64_t config_hash(const TrainConfig *cfg);
 

@@ -14,6 +14,28 @@ int basin_env_rank(void)
     return -1;
 }
 
+/* Held lines: only the holding thread's, so no lock is needed. */
+static _Thread_local int held;
+static _Thread_local char held_text[4096];
+static _Thread_local size_t held_len;
+
+void basin_errors_hold(void)
+{
+    held = 1;
+    held_len = 0;
+    held_text[0] = '\0';
+}
+
+void basin_errors_release(int print)
+{
+    held = 0;
+    if (print && held_len) {
+        fputs(held_text, stderr);
+        fflush(stderr);
+    }
+    held_len = 0;
+}
+
 static void vreport(const char *kind, const char *file, int line, const char *fmt, va_list ap)
 {
     char msg[1024];
@@ -21,6 +43,17 @@ static void vreport(const char *kind, const char *file, int line, const char *fm
     int rank = basin_env_rank();
     char where[256] = "";
     if (file) snprintf(where, sizeof where, " (%s:%d)", file, line);
+    if (held) {
+        if (held_len < sizeof held_text) {
+            int n = rank >= 0 ? snprintf(held_text + held_len, sizeof held_text - held_len,
+                                         "basin: rank %d: %s: %s%s\n", rank, kind, msg, where)
+                              : snprintf(held_text + held_len, sizeof held_text - held_len, "basin: %s: %s%s\n",
+                                         kind, msg, where);
+            if (n > 0) held_len += (size_t)n;
+            if (held_len > sizeof held_text) held_len = sizeof held_text;
+        }
+        return;
+    }
     if (rank >= 0)
         fprintf(stderr, "basin: rank %d: %s: %s%s\n", rank, kind, msg, where);
     else

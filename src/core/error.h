@@ -33,6 +33,15 @@ void basin_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Informational line on stdout, printed by rank 0 (or a rank-less process). */
 void basin_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* One line per job, not per rank: between basin_errors_hold() and
+ * basin_errors_release(), this thread's error and warning lines are kept
+ * instead of printed. The ranks then agree which one speaks (the lowest that
+ * failed) and pass print = 1 there only, so a mistake that every rank finds
+ * is printed once, and a mistake one rank finds (a file missing on its host)
+ * still is. */
+void basin_errors_hold(void);
+void basin_errors_release(int print);
+
 #define BASIN_FAIL(code, ...) basin_error_at((code), __FILE__, __LINE__, __VA_ARGS__)
 
 /* Propagate a non-zero status to the caller. */

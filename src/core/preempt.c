@@ -13,7 +13,6 @@
  * sig_atomic_t of static storage, and call async-signal-safe functions
  * (write, open, rename, _exit): this file's state is all of that kind. */
 static volatile sig_atomic_t pending;
-static volatile sig_atomic_t installed;
 
 static char grace_line[1024];
 static char grace_status[1024];
@@ -48,21 +47,25 @@ static void on_grace_expired(int sig)
     _exit(grace_code);
 }
 
+/* Set `handler` for sig unless it is already there (MPI start-up may have
+ * put its own). */
+static int ensure(int sig, void (*handler)(int), int flags)
+{
+    struct sigaction cur, sa;
+    if (sigaction(sig, NULL, &cur) == 0 && cur.sa_handler == handler) return BASIN_OK;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sa.sa_flags = flags;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(sig, &sa, NULL) != 0) return BASIN_FAIL(BASIN_ERR_RUNTIME, "sigaction(%d) failed", sig);
+    return BASIN_OK;
+}
+
 int preempt_install(void)
 {
-    if (installed) return BASIN_OK;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGTERM, &sa, NULL) || sigaction(SIGUSR1, &sa, NULL))
-        return BASIN_FAIL(BASIN_ERR_RUNTIME, "sigaction failed");
-    sa.sa_handler = on_grace_expired;
-    sa.sa_flags = 0;
-    if (sigaction(SIGALRM, &sa, NULL)) return BASIN_FAIL(BASIN_ERR_RUNTIME, "sigaction failed");
-    installed = 1;
-    return BASIN_OK;
+    TRY(ensure(SIGTERM, on_stop, SA_RESTART));
+    TRY(ensure(SIGUSR1, on_stop, SA_RESTART));
+    return ensure(SIGALRM, on_grace_expired, 0);
 }
 
 int preempt_pending(void) { return pending; }

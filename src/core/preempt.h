@@ -9,8 +9,9 @@
 #ifndef BASIN_PREEMPT_H
 #define BASIN_PREEMPT_H
 
-/* Install the handlers of SIGTERM, SIGUSR1 and SIGALRM (the grace timer).
- * Idempotent; a pending request survives it. */
+/* Install the handlers of SIGTERM, SIGUSR1 and SIGALRM (the grace timer),
+ * or put them back where something replaced them. A pending request
+ * survives it. */
 int preempt_install(void);
 /* The signal of a pending stop request, or 0. */
 int preempt_pending(void);

@@ -1,5 +1,6 @@
 #include "core/trainer.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -15,6 +16,8 @@
 #include "core/metrics.h"
 #include "core/net.h"
 #include "core/optim.h"
+#include "core/preempt.h"
+#include "core/runlock.h"
 #include "core/trace.h"
 #include "models/models.h"
 #include "reader/reader.h"
@@ -79,45 +82,18 @@ typedef struct Trainer {
     FILE *samples_log;               /* test hook: BASIN_TEST_SAMPLES=PREFIX */
 
     char ckpt_dir[4096];
+    RunLock lock;                    /* rank 0: the output and checkpoint folders */
     Checkpoint resume;               /* rank 0: the checkpoint resumed from */
     int resuming;                    /* every rank: resume.st is being used */
     uint64_t start_step;
     double elapsed_before;           /* training seconds of earlier runs */
     double last_ckpt;                /* clock of the last checkpoint */
+    long long good_step;             /* step of the newest checkpoint written or resumed from; -1: none */
+    char good_path[4096];            /* rank 0: its file */
+    uint64_t steps_done;             /* steps completed, for the outcome */
 } Trainer;
 
 static int gather_momentum(Trainer *t);
-
-/* A signal handler may only set a sig_atomic_t of static storage: this flag
- * is the one piece of process-wide state. */
-static volatile sig_atomic_t preempt_signal;
-static void on_preempt(int sig) { preempt_signal = sig; }
-
-static void on_grace_expired(int sig)
-{
-    (void)sig;
-    static const char msg[] = "basin: error: the preemption grace period ran out before the checkpoint was "
-                              "written; exiting (the previous checkpoint is intact)\n";
-    ssize_t w = write(2, msg, sizeof msg - 1);
-    (void)w;
-    _exit(BASIN_EXIT_PREEMPTED);
-}
-
-static int install_signal_handlers(void)
-{
-    preempt_signal = 0;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_preempt;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGTERM, &sa, NULL) || sigaction(SIGUSR1, &sa, NULL))
-        return BASIN_FAIL(BASIN_ERR_RUNTIME, "sigaction failed");
-    sa.sa_handler = on_grace_expired;
-    sa.sa_flags = 0;
-    if (sigaction(SIGALRM, &sa, NULL)) return BASIN_FAIL(BASIN_ERR_RUNTIME, "sigaction failed");
-    return BASIN_OK;
-}
 
 #define CHECK_MPI(call)                                                            \
     do {                                                                           \
@@ -177,14 +153,27 @@ static int resume_check(Trainer *t, const Checkpoint *ck)
     if (st->train_samples != info->count)
         return basin_error(BASIN_ERR_USAGE, "checkpoint %s was trained on %llu samples, this run has %zu",
                            ck->path, (unsigned long long)st->train_samples, info->count);
+    TRY(config_resume_check(st->config_text, t->cfg, ck->path));
+    /* A new length is allowed (--epochs, --max-steps); the cosine schedule
+     * spans the run, so its learning rates change from here on. */
+    char e[64], m[64];
+    if (t->cfg->schedule == SCHEDULE_COSINE && config_describe_value(st->config_text, "epochs", e, sizeof e)) {
+        uint64_t was = strtoull(e, NULL, 10) * t->steps_per_epoch;
+        unsigned long long ms = config_describe_value(st->config_text, "max_steps", m, sizeof m) ?
+                                    strtoull(m, NULL, 10) : 0;
+        if (ms > 0 && ms < was) was = ms;
+        if (was != t->total_steps)
+            basin_info("basin: note: the run now ends at step %llu, not %llu: the cosine schedule is stretched to "
+                       "it, so from step %llu on the learning rate differs from the original run's",
+                       (unsigned long long)t->total_steps, (unsigned long long)was,
+                       (unsigned long long)st->next_step);
+    }
     return BASIN_OK;
 }
 
 static int resume_setup(Trainer *t)
 {
     const TrainConfig *cfg = t->cfg;
-    if (cfg->checkpoint_dir) snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", cfg->checkpoint_dir);
-    else snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", cfg->output_dir);
     if (!cfg->resume) return BASIN_OK;
     int found = 0, rc = BASIN_OK;
     if (t->rank == 0) {
@@ -208,6 +197,8 @@ static int resume_setup(Trainer *t)
     CHECK_MPI(MPI_Bcast(&el, 1, MPI_DOUBLE, 0, t->comm));
     t->start_step = pos[0];
     t->elapsed_before = el;
+    t->good_step = (long long)pos[0];
+    if (t->rank == 0) snprintf(t->good_path, sizeof t->good_path, "%s", t->resume.path);
     return BASIN_OK;
 }
 
@@ -257,7 +248,30 @@ static int resume_apply(Trainer *t)
     return BASIN_OK;
 }
 
-/* Rank 0 writes the replicated state; every rank learns whether it worked. */
+/* Where a resume would start from now, for the lines that say what was
+ * lost: "step 100 (out/checkpoints/ckpt-100.h5)" or "step 0 (no checkpoint
+ * yet)". */
+static void describe_good(const Trainer *t, char *buf, size_t len)
+{
+    if (t->good_step < 0) snprintf(buf, len, "step 0 (no checkpoint yet)");
+    else snprintf(buf, len, "step %lld (%s)", t->good_step, t->good_path);
+}
+
+static unsigned long long steps_lost(const Trainer *t, uint64_t step)
+{
+    long long good = t->good_step < 0 ? 0 : t->good_step;
+    return step > (uint64_t)good ? (unsigned long long)(step - (uint64_t)good) : 0ull;
+}
+
+/* The outcome as --status-file records it (one line, keys as documented). */
+static void format_status(const Trainer *t, int code, uint64_t step, char *buf, size_t len)
+{
+    snprintf(buf, len, "exit=%d step=%llu checkpoint_step=%lld lost=%llu checkpoint=%s\n", code,
+             (unsigned long long)step, t->good_step, steps_lost(t, step), t->good_step < 0 ? "" : t->good_path);
+}
+
+/* Rank 0 writes the replicated state; every rank learns whether it worked.
+ * A failure is one line, printed by the writer. */
 static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
 {
     const TrainConfig *cfg = t->cfg;
@@ -283,15 +297,68 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
     CHECK_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, t->comm));
     t->last_ckpt = net_clock();
     trace_event(&t->trace, "checkpoint", "checkpoint", 0, t0, t->last_ckpt);
-    if (rc == BASIN_OK) {
-        basin_info("basin: checkpoint (%s) at step %llu: %s in %.2f s", why, (unsigned long long)next_step, path,
-                   t->last_ckpt - t0);
-        return BASIN_OK;
-    }
-    if (cfg->checkpoint_fail_stop) return rc;
-    basin_warn("checkpoint at step %llu failed; training goes on (--checkpoint-failure stop ends it instead)",
-               (unsigned long long)next_step);
+    if (rc != BASIN_OK) return rc;
+    t->good_step = (long long)next_step;
+    if (t->rank == 0) snprintf(t->good_path, sizeof t->good_path, "%s", path);
+    basin_info("basin: checkpoint (%s) at step %llu: %s in %.2f s", why, (unsigned long long)next_step, path,
+               t->last_ckpt - t0);
     return BASIN_OK;
+}
+
+/* A periodic or timed checkpoint failed: go on, or stop with 74. */
+static int periodic_checkpoint(Trainer *t, uint64_t step, const char *why)
+{
+    if (write_checkpoint(t, step, why) == BASIN_OK) return BASIN_OK;
+    char good[4200];
+    describe_good(t, good, sizeof good);
+    if (t->cfg->checkpoint_fail_stop) {
+        basin_info("basin: stopped after step %llu because its checkpoint failed (--checkpoint-failure stop): "
+                   "exit %d; resuming starts from %s: %llu step(s) lost", (unsigned long long)step,
+                   BASIN_EXIT_CHECKPOINT_FAILED, good, steps_lost(t, step));
+        return BASIN_EXIT_CHECKPOINT_FAILED;
+    }
+    basin_info("basin: training goes on after the failed checkpoint of step %llu; a resume would start from %s "
+               "(--checkpoint-failure stop ends the run instead)", (unsigned long long)step, good);
+    return BASIN_OK;
+}
+
+/* Stop at this step boundary for a signal: a checkpoint of `done` steps
+ * within --grace-seconds, then 75; 76 when it could not be written. */
+static int preempted_stop(Trainer *t, uint64_t done)
+{
+    const TrainConfig *cfg = t->cfg;
+    double s0 = net_clock();
+    char good[4200], line[8400], status[8400];
+    describe_good(t, good, sizeof good);
+    preempt_clear();
+    snprintf(line, sizeof line,
+             "basin: error: the grace period (--grace-seconds %g) ran out before the checkpoint of step %llu was "
+             "written: exit %d; resuming starts from %s: %llu step(s) lost\n", cfg->grace_seconds,
+             (unsigned long long)done, BASIN_EXIT_PREEMPTED_UNSAVED, good, steps_lost(t, done));
+    format_status(t, BASIN_EXIT_PREEMPTED_UNSAVED, done, status, sizeof status);
+    /* Rank 0 speaks; the others wait for it a little longer, so that their
+     * exit does not get it killed before it has said what happened. */
+    preempt_arm_grace(t->rank == 0 ? cfg->grace_seconds : cfg->grace_seconds + 2.0, BASIN_EXIT_PREEMPTED_UNSAVED,
+                      t->rank == 0 ? line : NULL, t->rank == 0 ? cfg->status_file : NULL, status);
+    int rc = write_checkpoint(t, done, "preempted");
+    t->steps_done = done;
+    if (rc == BASIN_ERR_RUNTIME || rc == BASIN_ERR_USAGE) {
+        /* The checkpoint failed (the error line is out): every rank exits 76. */
+        describe_good(t, good, sizeof good);
+        basin_info("basin: preempted after step %llu, but its checkpoint failed: exit %d; resuming starts from "
+                   "%s: %llu step(s) lost", (unsigned long long)done, BASIN_EXIT_PREEMPTED_UNSAVED, good,
+                   steps_lost(t, done));
+        return BASIN_EXIT_PREEMPTED_UNSAVED;
+    }
+    if (rc) return rc;
+    /* Written: the time that is left may only end in 75. */
+    format_status(t, BASIN_EXIT_PREEMPTED, done, status, sizeof status);
+    double left = cfg->grace_seconds - (net_clock() - s0);
+    preempt_arm_grace(left > 1.0 ? left : 1.0, BASIN_EXIT_PREEMPTED, NULL, t->rank == 0 ? cfg->status_file : NULL,
+                      status);
+    basin_info("basin: preempted after step %llu; checkpoint written, stopped in %.2f s; exit %d (resumable, 0 "
+               "steps lost)", (unsigned long long)done, net_clock() - s0, BASIN_EXIT_PREEMPTED);
+    return BASIN_EXIT_PREEMPTED;
 }
 
 /* ---- set-up: everything a user can get wrong, before any file is written -- */
@@ -331,6 +398,12 @@ static int select_device(Trainer *t)
 static int trainer_setup(Trainer *t)
 {
     const TrainConfig *cfg = t->cfg;
+    if (cfg->checkpoint_dir) snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", cfg->checkpoint_dir);
+    else snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", cfg->output_dir);
+    if (cfg->supernode_size > t->world)
+        return basin_error(BASIN_ERR_USAGE, "--supernode-size %d is larger than the %d rank(s) of the job: use a "
+                           "divisor of the ranks per host, or leave it out for one supernode per host",
+                           cfg->supernode_size, t->world);
     if (cfg->batch % (size_t)t->world)
         return basin_error(BASIN_ERR_USAGE,
                            "--batch %zu is not divisible by the %d ranks: use a multiple of %d",
@@ -409,7 +482,7 @@ static int trainer_setup(Trainer *t)
     t->signal_rank = t->signal_step = -1;
     if (hook && sscanf(hook, "%ld:%ld", &t->signal_rank, &t->signal_step) != 2)
         return basin_error(BASIN_ERR_USAGE, "BASIN_TEST_SIGNAL='%s': expected RANK:STEP", hook);
-    return resume_setup(t);
+    return BASIN_OK;
 }
 
 /* Every rank must run the same configuration: compare a hash of it. */
@@ -780,6 +853,21 @@ static int train_loop(Trainer *t, TrainResult *res)
         res->steps = t->start_step;
         return BASIN_OK;
     }
+    /* A signal during start-up (MPI, data, model): stop before the first
+     * step. The state is the one resumed from, or the initial one: nothing
+     * new to save, and no checkpoint is written over a good one. */
+    int early = preempt_pending() ? 1 : 0;
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &early, 1, MPI_INT, MPI_BOR, t->comm));
+    t->steps_done = t->start_step;
+    if (early) {
+        char good[4200];
+        describe_good(t, good, sizeof good);
+        preempt_clear();
+        res->steps = t->start_step;
+        basin_info("basin: stopped by a signal before the first step; nothing new to save: exit %d (resumable "
+                   "from %s, 0 steps lost)", BASIN_EXIT_PREEMPTED, good);
+        return BASIN_EXIT_PREEMPTED;
+    }
     for (uint64_t gs = t->start_step; gs < t->total_steps; gs++) {
         int epoch = (int)(gs / spe) + 1;
         size_t correct = 0, n_rank = 0, n_global = 0;
@@ -791,28 +879,24 @@ static int train_loop(Trainer *t, TrainResult *res)
         images += n_global;
 
         uint64_t done = gs + 1;
+        t->steps_done = done;
         int end_of_epoch = done % spe == 0 || done == t->total_steps;
         if ((cfg->check_every > 0 && done % (uint64_t)cfg->check_every == 0) || done == t->total_steps)
             TRY(check_replicas(t, done));
 
         /* Step boundary: ranks agree whether any was told to stop, and follow
          * rank 0's clock for timed checkpoints (one tiny all-reduce). */
-        int flags = preempt_signal ? 1 : 0;
+        int flags = preempt_pending() ? 1 : 0;
         if (t->rank == 0 && cfg->checkpoint_seconds > 0 && net_clock() - t->last_ckpt >= cfg->checkpoint_seconds)
             flags |= 2;
         CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &flags, 1, MPI_INT, MPI_BOR, t->comm));
         if (flags & 1) {
-            double s0 = net_clock();
-            alarm((unsigned)ceil(cfg->grace_seconds));
-            int rc = write_checkpoint(t, done, "preempted");
             res->steps = done;
-            basin_info("basin: preempted after step %llu; stopped in %.2f s; exit code %d (resumable)",
-                       (unsigned long long)done, net_clock() - s0, BASIN_EXIT_PREEMPTED);
-            return rc ? rc : BASIN_EXIT_PREEMPTED;
+            return preempted_stop(t, done);
         }
         if (done < t->total_steps &&
             ((flags & 2) || (cfg->checkpoint_steps > 0 && done % (uint64_t)cfg->checkpoint_steps == 0)))
-            TRY(write_checkpoint(t, done, (flags & 2) ? "timed" : "periodic"));
+            TRY(periodic_checkpoint(t, done, (flags & 2) ? "timed" : "periodic"));
         if (done % (uint64_t)cfg->log_every == 0 || end_of_epoch) {
             TRY(sum_doubles(t, iv, 3));
             double tnow = net_clock(), dt = tnow - interval_t0;
@@ -839,8 +923,15 @@ static int train_loop(Trainer *t, TrainResult *res)
             interval_t0 = net_clock();
         }
     }
-    TRY(write_checkpoint(t, t->total_steps, "final"));
     res->steps = t->total_steps;
+    if (write_checkpoint(t, t->total_steps, "final") != BASIN_OK) {
+        char good[4200];
+        describe_good(t, good, sizeof good);
+        basin_info("basin: trained %llu steps, but the final checkpoint failed: exit %d; resuming starts from %s: "
+                   "%llu step(s) lost", (unsigned long long)t->total_steps, BASIN_EXIT_CHECKPOINT_FAILED, good,
+                   steps_lost(t, t->total_steps));
+        return BASIN_EXIT_CHECKPOINT_FAILED;
+    }
     res->seconds = net_clock() - run_t0;
     res->images_per_s = train_time > 0 ? (double)images / train_time : 0.0;
     return BASIN_OK;
@@ -884,9 +975,42 @@ static int open_outputs(Trainer *t, char *metrics_path, size_t len)
     return rc;
 }
 
+/* Rank 0 takes the output and checkpoint folders for this run, before it
+ * reads a checkpoint to resume from, and removes what writers that died
+ * left there; every rank learns the outcome. */
+static int lock_outputs(Trainer *t)
+{
+    int rc = BASIN_OK;
+    if (t->rank == 0) {
+        rc = runlock_acquire(&t->lock, t->cfg->output_dir, "--output-dir");
+        if (!rc) rc = runlock_acquire(&t->lock, t->ckpt_dir, "--checkpoint-dir");
+        if (!rc && runlock_remove_unfinished(t->ckpt_dir) < 0) rc = BASIN_ERR_RUNTIME;
+    }
+    CHECK_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, t->comm));
+    return rc;
+}
+
+/* --status-file: rank 0 records the outcome, replacing the file atomically
+ * (a reader sees the old line or the new one, never a part). */
+static void write_status(const Trainer *t, int code)
+{
+    const char *path = t->cfg->status_file;
+    if (!path || t->rank != 0 || t->cfg->check_only) return;
+    char line[8400], tmp[4200];
+    format_status(t, code, t->steps_done, line, sizeof line);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    int ok = f && fputs(line, f) >= 0;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        basin_warn("cannot write the status file %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+}
+
 int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
 {
-    Trainer t = {.cfg = cfg, .comm = comm};
+    Trainer t = {.cfg = cfg, .comm = comm, .lock = RUNLOCK_INIT, .good_step = -1};
     TrainResult res = {0};
     res.test_loss = res.test_accuracy = NAN;
     int rc;
@@ -894,13 +1018,27 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     CHECK_MPI(MPI_Comm_size(comm, &t.world));
     if (cfg->check_only && cfg->check_ranks > 0) t.world = cfg->check_ranks, t.rank = 0;
     ops_cpu_set_threads(cfg->threads);
+    /* basin-train installed them before MPI started; a library caller gets
+     * them here. */
+    rc = preempt_install();
+    if (rc) return rc;
 
+    basin_errors_hold();
     rc = trainer_setup(&t);
     /* A rank whose set-up failed (a file missing on its host) must not leave
-     * the others waiting in the first collective: agree on the outcome. */
-    int worst = rc;
-    if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS) worst = BASIN_ERR_RUNTIME;
+     * the others waiting in the first collective: agree on the outcome. The
+     * lowest rank that failed says why, so that a mistake every rank finds
+     * is one line. */
+    int worst = rc, speaker = rc ? t.rank : INT_MAX;
+    if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS ||
+        MPI_Allreduce(MPI_IN_PLACE, &speaker, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) {
+        worst = BASIN_ERR_RUNTIME;
+        speaker = t.rank;
+    }
+    basin_errors_release(speaker == t.rank);
     if (!worst && !cfg->check_only) worst = check_same_config(&t);
+    if (!worst && !cfg->check_only) worst = lock_outputs(&t);
+    if (!worst) worst = resume_setup(&t);
     if (worst) {
         rc = worst;
         goto done;
@@ -929,7 +1067,6 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
 
     rc = net_init_params(t.net, cfg->seed);
     if (!rc && t.resuming) rc = resume_apply(&t);
-    if (!rc) rc = install_signal_handlers();
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
 #ifdef BASIN_HAVE_CUDA
@@ -966,6 +1103,7 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
         }
     }
 done:
+    write_status(&t, rc);
     if (t.samples_log) fclose(t.samples_log);
     if (t.rank == 0) checkpoint_free(&t.resume);
     metrics_close(&t.metrics);
@@ -984,6 +1122,7 @@ done:
     net_destroy(t.net);
     if (t.test) reader_close(t.test);
     if (t.train) reader_close(t.train);
+    runlock_release(&t.lock);
     if (result) *result = res;
     return rc;
 }
