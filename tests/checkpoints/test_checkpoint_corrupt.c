@@ -110,6 +110,24 @@ int main(void)
     EXPECT(truncate(p, 100) == 0, "cannot truncate");
     expect_refused(p, "truncated", "file truncated to 100 bytes");
 
+    /* Cut in the momentum data with the superblock's end-of-file address
+     * (version 0 superblock: byte 40) set to the cut: HDF5 opens the file,
+     * and the data's byte range runs past its end. Refused before the
+     * n_params floats are allocated, as past the end of the file. */
+    fresh_copy(good, p, sizeof p, "past-eof.h5");
+    uint64_t mom = data_offset(p, "momentum");
+    unsigned char *head = NULL;
+    size_t head_len = 0;
+    EXPECT(read_whole(p, &head, &head_len) == 0 && head_len > 48 && head[8] == 0,
+           "the checkpoint's superblock is not version 0");
+    free(head);
+    uint64_t cut = mom + 20000 * sizeof(float) / 2;
+    int fd = open(p, O_WRONLY);
+    EXPECT(mom != UINT64_MAX && truncate(p, (off_t)cut) == 0 && fd >= 0 && pwrite(fd, &cut, 8, 40) == 8,
+           "cannot cut the momentum data");
+    if (fd >= 0) close(fd);
+    expect_refused(p, "dataset /momentum declares 80000 bytes", "data past the end of the file");
+
     /* Missing dataset; missing attribute. */
     fresh_copy(good, p, sizeof p, "no-momentum.h5");
     hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
