@@ -84,6 +84,12 @@ struct CudaState {
     cudaStream_t stream;
     cudaStream_t upload;     /* ops_cuda_upload's copies */
     cudaEvent_t uploaded;    /* the last of them */
+    /* Double-buffered uploads (ops_cuda_upload_begin): per slot, the end of
+     * its last use on the stream, and the end of its last copy. */
+    int slot;                /* the slot being filled; -1 before the first begin */
+    cudaEvent_t released[OPS_CUDA_SLOTS];
+    cudaEvent_t copied[OPS_CUDA_SLOTS];
+    unsigned char released_set[OPS_CUDA_SLOTS], copied_set[OPS_CUDA_SLOTS];
     cublasHandle_t blas;
     XentResult *result; /* device memory, one XentResult */
 };
@@ -101,6 +107,11 @@ static void state_init(void)
     CUDA_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&s->upload, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&s->uploaded, cudaEventDisableTiming));
+    s->slot = -1;
+    for (int k = 0; k < OPS_CUDA_SLOTS; k++) {
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->released[k], cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->copied[k], cudaEventDisableTiming));
+    }
     CUBLAS_CHECK(cublasCreate(&s->blas));
     CUBLAS_CHECK(cublasSetStream(s->blas, s->stream));
     /* Full float precision: no TF32 tensor-core shortcut, so gemm agrees
@@ -740,6 +751,102 @@ extern "C" void ops_cuda_upload(void *dst, const void *host_src, size_t bytes)
     CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, s->upload));
     CUDA_CHECK(cudaEventRecord(s->uploaded, s->upload));
     CUDA_CHECK(cudaStreamWaitEvent(s->stream, s->uploaded, 0));
+    if (s->slot >= 0) {
+        CUDA_CHECK(cudaEventRecord(s->copied[s->slot], s->upload));
+        s->copied_set[s->slot] = 1;
+    }
+}
+
+/* The slot begun before this one has had every op that reads it queued by
+ * now (the caller begins a slot per batch, after the previous batch's step):
+ * its release is the stream's current end. The slot to fill may still be
+ * read twice over: on the host side by its last copy (wait for it here, the
+ * caller is about to overwrite the pinned buffer), on the device side by the
+ * ops of its last batch (the copies wait for them on the device). Nothing
+ * else orders them: an empty batch queues no softmax_xent_fwd, hence no
+ * stream synchronisation. */
+extern "C" void ops_cuda_upload_begin(int slot)
+{
+    CudaState *s = st();
+    if (slot < 0 || slot >= OPS_CUDA_SLOTS) {
+        basin_error_at(BASIN_ERR_RUNTIME, __FILE__, __LINE__, "ops_cuda_upload_begin(%d): slots are 0..%d",
+                       slot, OPS_CUDA_SLOTS - 1);
+        abort();
+    }
+    if (s->slot >= 0) {
+        CUDA_CHECK(cudaEventRecord(s->released[s->slot], s->stream));
+        s->released_set[s->slot] = 1;
+    }
+    if (s->copied_set[slot]) CUDA_CHECK(cudaEventSynchronize(s->copied[slot]));
+    if (s->released_set[slot]) CUDA_CHECK(cudaStreamWaitEvent(s->upload, s->released[slot], 0));
+    s->slot = slot;
+}
+
+/* ---- device time ------------------------------------------------------------------ */
+
+/* Marks of the last TIMER_RING steps not yet summed; a step older than that
+ * is summed when the ring is full (its events are long past by then, so the
+ * wait is nothing). One timer per process, as the stream. */
+enum { TIMER_RING = 64 };
+struct TimerStep {
+    cudaEvent_t ev[OPS_CUDA_MARKS];
+    int n;
+};
+struct DeviceTimer {
+    TimerStep ring[TIMER_RING];
+    int head, count;               /* the step being marked; closed steps before it */
+    double sum[OPS_CUDA_MARKS - 1];
+    int ready;
+};
+static DeviceTimer g_timer;
+
+static void timer_fold(DeviceTimer *d, TimerStep *t)
+{
+    CUDA_CHECK(cudaEventSynchronize(t->ev[t->n - 1]));
+    for (int i = 0; i + 1 < t->n; i++) {
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, t->ev[i], t->ev[i + 1]));
+        d->sum[i] += 1e-3 * (double)ms;
+    }
+}
+
+extern "C" void ops_cuda_time_mark(int i)
+{
+    DeviceTimer *d = &g_timer;
+    CudaState *s = st();
+    if (!d->ready) {
+        for (int k = 0; k < TIMER_RING; k++)
+            for (int m = 0; m < OPS_CUDA_MARKS; m++) CUDA_CHECK(cudaEventCreate(&d->ring[k].ev[m]));
+        d->ready = 1;
+    }
+    if (i < 0 || i >= OPS_CUDA_MARKS) {
+        basin_error_at(BASIN_ERR_RUNTIME, __FILE__, __LINE__, "ops_cuda_time_mark(%d): marks are 0..%d", i,
+                       OPS_CUDA_MARKS - 1);
+        abort();
+    }
+    CUDA_CHECK(cudaEventRecord(d->ring[d->head].ev[i], s->stream));
+}
+
+extern "C" void ops_cuda_time_step(int n)
+{
+    DeviceTimer *d = &g_timer;
+    if (!d->ready || n < 2 || n > OPS_CUDA_MARKS) return;
+    d->ring[d->head].n = n;
+    d->head = (d->head + 1) % TIMER_RING;
+    if (d->count == TIMER_RING - 1) timer_fold(d, &d->ring[d->head]); /* the oldest, overwritten next */
+    else d->count++;
+}
+
+extern "C" void ops_cuda_time_take(double *out, int n)
+{
+    DeviceTimer *d = &g_timer;
+    if (!d->ready) return;
+    for (int c = d->count; c > 0; c--) timer_fold(d, &d->ring[(d->head - c + TIMER_RING) % TIMER_RING]);
+    d->count = 0;
+    for (int i = 0; i + 1 < n && i + 1 < OPS_CUDA_MARKS; i++) {
+        out[i] += d->sum[i];
+        d->sum[i] = 0.0;
+    }
 }
 
 extern "C" void *ops_cuda_stream(void)

@@ -46,6 +46,35 @@ void ops_cuda_host_free(void *p);
  * the ops queued after it (double-buffer them). */
 void ops_cuda_upload(void *dst, const void *host_src, size_t bytes);
 
+/* Double-buffered batches. Slots (0..OPS_CUDA_SLOTS-1) name the pinned and
+ * device buffers of one batch; call ops_cuda_upload_begin(k) before filling
+ * slot k's pinned buffers, then ops_cuda_upload into its device buffers. It
+ * returns once the slot's previous copies have read the pinned memory, and
+ * orders the slot's new copies after every op queued before the NEXT begin
+ * that followed the slot's last one (the ops of the slot's last batch):
+ *
+ *   begin(0) upload(d0) step s | begin(1) upload(d1) step s+1 | begin(0) ...
+ *                               ^ slot 0 released here: the copies of
+ *                                 step s+2 into d0 wait for it on the device
+ *
+ * The order then holds without any host synchronisation in the step (an
+ * empty batch has none). */
+enum { OPS_CUDA_SLOTS = 4 };
+void ops_cuda_upload_begin(int slot);
+
+/* Device time of steps, from CUDA events on the backend's stream: mark i
+ * (0..OPS_CUDA_MARKS-1) is recorded after the work queued so far, a step's
+ * marks are 0..n-1 in order, ops_cuda_time_step(n) closes the step (never
+ * waits), and ops_cuda_time_take adds to out[i] (i < n-1) the seconds from
+ * mark i to mark i+1 summed over the steps closed since the last take, and
+ * clears them; it waits for the device to pass those marks. Work that other
+ * streams join into the backend's stream (the GPU all-reduce) counts where
+ * it is joined. */
+enum { OPS_CUDA_MARKS = 8 };
+void ops_cuda_time_mark(int i);
+void ops_cuda_time_step(int n);
+void ops_cuda_time_take(double *out, int n);
+
 /* The backend's stream (a cudaStream_t), for code that orders its own work
  * (copies, NCCL) after the ops with events. Creates it on first use. */
 void *ops_cuda_stream(void);
