@@ -35,6 +35,9 @@ def parse_args():
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the model on GPU 0, the batch copied from host memory every step")
+    p.add_argument("--tf32", choices=("off", "on"), default="off",
+                   help="TF32 tensor cores for matmuls and convolutions on the GPU: off (default) is "
+                        "strict FP32, as basin runs; on is for information only")
     return p.parse_args()
 
 
@@ -66,8 +69,18 @@ def flop_per_sample(net):
     return 2 * (fwd + bwd)
 
 
+def set_tf32(on):
+    """PyTorch enables TF32 for cuDNN convolutions by default (and, in some
+    versions, for matmuls): set both ways explicitly, so 'off' is strict FP32
+    like basin's cuBLAS calls (CUBLAS_DEFAULT_MATH)."""
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    torch.set_float32_matmul_precision("high" if on else "highest")
+
+
 def main():
     torch.set_num_threads(ARGS.threads)
+    set_tf32(ARGS.tf32 == "on")
     torch.manual_seed(42)
     dev = torch.device(ARGS.device)
     gpu = ARGS.device == "cuda"
@@ -113,7 +126,9 @@ def main():
     img_cpu, img_wall = statistics.median(cpu), statistics.median(wall)
     flops = flop_per_sample(net)
     print(f"torch {torch.__version__} ({sys.executable}), model {ARGS.model}, batch {ARGS.batch}, "
-          f"{torch.get_num_threads()} threads, mkldnn {torch.backends.mkldnn.is_available()}")
+          f"{torch.get_num_threads()} threads, mkldnn {torch.backends.mkldnn.is_available()}, "
+          f"TF32 {ARGS.tf32} (cudnn {torch.backends.cudnn.allow_tf32}, "
+          f"matmul {torch.backends.cuda.matmul.allow_tf32})")
     print(f"warm-up {ARGS.warmup} steps, then {ARGS.repeats} repeats of {ARGS.steps} steps; "
           f"medians (min..max):")
     print(f"  by CPU time  {img_cpu:9.1f} img/s ({min(cpu):.1f}..{max(cpu):.1f}), "
@@ -125,7 +140,9 @@ def main():
     print(f"device {ARGS.device}: per step (wall) copy {times['copy'] * per_step:.3f} ms, "
           f"compute {times['compute'] * per_step:.3f} ms")
     print(json.dumps({
-        "bench": "step", "impl": "torch", "device": ARGS.device,
+        "bench": "step", "impl": "torch", "device": ARGS.device, "tf32": ARGS.tf32,
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "copy_ms": round(times["copy"] * per_step, 4), "compute_ms": round(times["compute"] * per_step, 4),
         "model": ARGS.model, "batch": ARGS.batch,
         "threads": torch.get_num_threads(), "warmup": ARGS.warmup, "steps": ARGS.steps,
