@@ -1,57 +1,86 @@
 #!/usr/bin/env bash
 # Prepare, on a machine with Debian's package registry, what bench/gpu.sh
-# needs on a GPU machine that has CUDA, cmake and PyTorch but no Open MPI,
-# HDF5 or OpenBLAS and no network:
+# needs on a GPU machine that has CUDA, CMake, a compiler and PyTorch but no
+# Open MPI, HDF5 or OpenBLAS, no network, and an unknown Linux:
 #
 #   bench/gpu_prepare.sh [OUT_DIR]        (default: gpu-kit/ at the repository root)
 #
-# writes (both git-ignored, small enough to travel with the working tree):
-#   OUT_DIR/deps.tar.gz          Open MPI (runtime, mpirun, headers), HDF5
-#                                (serial), OpenBLAS, zlib and their libraries:
-#                                the Debian packages unpacked with dpkg -x (no
-#                                maintainer scripts run), documentation and
-#                                static libraries left out
-#   OUT_DIR/fashion-mnist.h5     the first 4,096 training and 1,000 test samples
-#                                of data/fashion-mnist.h5 (same layout), enough
-#                                for every GPU test
-# On the GPU machine, `bench/gpu.sh` finds gpu-kit/ by itself: it unpacks the
-# tarball into a temporary folder, points BASIN_DEPS_PREFIX at it and uses the
-# small dataset when data/fashion-mnist.h5 is not there.
+# writes (git-ignored, small enough to travel with the working tree):
+#   OUT_DIR/deps.tar.gz        Debian 11 "bullseye" packages unpacked with dpkg -x
+#                              (no maintainer scripts run): HDF5, OpenBLAS, zlib
+#                              and libaec as STATIC archives with their headers
+#                              (linked into the programs: nothing of them is
+#                              loaded at run time), and Open MPI 4.1 as shared
+#                              libraries with mpirun and every library it
+#                              loads (libevent, hwloc, pmix, libfabric, ucx,
+#                              ...). Bullseye's glibc is 2.31: what is built
+#                              against it runs on 2.31 and every later glibc,
+#                              where Debian 12's libevent alone needs 2.36.
+#   OUT_DIR/KIT                the kit's glibc floor ("glibc 2.31"), read by gpu.sh
+#   OUT_DIR/fashion-mnist.h5   the first 4,096 training and 1,000 test samples of
+#                              data/fashion-mnist.h5, when there is one
 #
-# The package list is Debian 12 "bookworm"'s; apt-get download fetches the
-# exact versions this machine would install.
+# The packages come through apt-get with a private configuration (its own
+# sources list, lists and cache under a temporary folder): this machine's
+# apt state is not touched. bench/gpu_roots.sh checks the kit on Debian 11
+# and Debian 13 roots.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-$ROOT/gpu-kit}
-PACKAGES=(libopenmpi-dev libopenmpi3 openmpi-bin openmpi-common libpmix2 libhwloc15
-          libevent-core-2.1-7 libevent-pthreads-2.1-7 libfabric1 libucx0 libibverbs1 librdmacm1
-          libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200 libmunge2
-          libhdf5-dev libhdf5-103-1 libsz2 libaec0 libcurl4 libnghttp2-14 librtmp1 libssh2-1
-          libpsl5 libbrotli1 libldap-2.5-0 libsasl2-2
-          libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5
-          zlib1g-dev libssl-dev)
+MIRROR=${BASIN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SUITE=bullseye GLIBC_FLOOR=2.31
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+# Static: headers and archives. Open MPI: libopenmpi3's dependencies minus
+# libc6/libgcc-s1/libstdc++6 (every Linux has them) and minus
+# libhwloc-plugins (optional; it drags X11, libxml2 and OpenCL).
+PACKAGES=(libhdf5-dev libaec-dev zlib1g-dev libopenblas-dev libopenblas-pthread-dev
+          libopenmpi-dev libopenmpi3 openmpi-bin openmpi-common libpmix2 libhwloc15
+          libevent-core-2.1-7 libevent-pthreads-2.1-7 libfabric1 libucx0 libibverbs1 ibverbs-providers
+          librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200 libnuma1 libudev1
+          zlib1g libssl1.1 libpciaccess0 libbsd0 libmd0 libltdl7)
 
 die() { printf 'gpu_prepare.sh: %s\n' "$*" >&2; exit 2; }
 command -v apt-get >/dev/null && command -v dpkg >/dev/null || die "needs apt-get and dpkg (a Debian machine)"
-DATA=$ROOT/data/fashion-mnist.h5
-[ -f "$DATA" ] || die "$DATA is missing: run ./launch/train.sh once (it imports the dataset), or basin-data import"
-[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import h5py' 2>/dev/null ||
-    die "needs Debian's python3-h5py (apt-get install python3-h5py)"
+[ -f "$KEYRING" ] || die "needs $KEYRING (debian-archive-keyring)"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/debs" "$tmp/root" "$OUT"
+mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs" "$tmp/root" "$OUT"
+echo "deb [signed-by=$KEYRING] $MIRROR $SUITE main" >"$tmp/sources.list"
+touch "$tmp/status"
+APT=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+     -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o "Dir::State::status=$tmp/status"
+     -o APT::Architecture=amd64 -o APT::Sandbox::User=root)
+echo "gpu_prepare: $SUITE package lists"
+apt-get "${APT[@]}" update >"$tmp/apt.log" 2>&1 || { cat "$tmp/apt.log" >&2; die "apt-get update ($SUITE) failed"; }
 echo "gpu_prepare: downloading ${#PACKAGES[@]} packages"
-(cd "$tmp/debs" && apt-get download "${PACKAGES[@]}" >/dev/null 2>"$tmp/apt.err") ||
-    { cat "$tmp/apt.err" >&2; die "apt-get download failed (run apt-get update first?)"; }
+(cd "$tmp/debs" && apt-get "${APT[@]}" download "${PACKAGES[@]}" >"$tmp/apt.log" 2>&1) ||
+    { cat "$tmp/apt.log" >&2; die "apt-get download failed"; }
 for f in "$tmp"/debs/*.deb; do dpkg -x "$f" "$tmp/root"; done
-rm -rf "$tmp/root/usr/share/doc" "$tmp/root/usr/share/man" "$tmp/root/usr/share/locale" \
-       "$tmp/root/usr/lib/x86_64-linux-gnu/fortran"
-find "$tmp/root" -name '*.a' -delete
+L=$tmp/root/usr/lib/x86_64-linux-gnu
+for f in "$L/hdf5/serial/libhdf5.a" "$L/openblas-pthread/libopenblas.a" "$L/libz.a" "$L/libsz.a" "$L/libaec.a" \
+         "$tmp/root/usr/bin/mpirun.openmpi"; do
+    [ -e "$f" ] || die "${f#"$tmp/root"} is missing from the packages"
+done
+# What no build uses: documentation, Fortran and C++ bindings, the shared
+# HDF5/OpenBLAS (the static ones are linked).
+rm -rf "$tmp/root/usr/share/doc" "$tmp/root/usr/share/man" "$tmp/root/usr/share/locale" "$L/fortran"
+find "$tmp/root" \( -name '*fortran*' -o -name '*hdf5*cpp*' -o -name '*hl_cpp*' -o -name 'liblapack*' \
+                    -o -name 'libblas*' \) -prune -exec rm -rf {} +
+find "$L/hdf5" "$L/openblas-pthread" -name '*.so*' -delete
+echo "glibc $GLIBC_FLOOR" >"$tmp/root/KIT"
 tar czf "$OUT/deps.tar.gz.tmp" -C "$tmp/root" .
 mv "$OUT/deps.tar.gz.tmp" "$OUT/deps.tar.gz"
+printf 'glibc %s\nsuite %s\n' "$GLIBC_FLOOR" "$SUITE" >"$OUT/KIT"
 
-/usr/bin/python3 - "$DATA" "$OUT/fashion-mnist.h5.tmp" <<'EOF'
+DATA=$ROOT/data/fashion-mnist.h5
+if [ ! -f "$DATA" ]; then
+    echo "gpu_prepare: no $DATA: the kit has no dataset (test_train_cuda and equivalence_cuda_* then import none and fail;"
+    echo "             run ./launch/train.sh once, or basin-data import, then this script again)"
+elif ! /usr/bin/python3 -c 'import h5py' 2>/dev/null; then
+    echo "gpu_prepare: no python3-h5py: the kit has no dataset (apt-get install python3-h5py, then run this again)"
+else
+    /usr/bin/python3 - "$DATA" "$OUT/fashion-mnist.h5.tmp" <<'PY'
 import sys
 import h5py
 src, dst = sys.argv[1], sys.argv[2]
@@ -68,7 +97,8 @@ with h5py.File(src, "r") as a, h5py.File(dst, "w") as b:
             out = g.create_dataset(name, data=d[:n])
             for k, v in d.attrs.items():
                 out.attrs[k] = v
-EOF
-mv "$OUT/fashion-mnist.h5.tmp" "$OUT/fashion-mnist.h5"
+PY
+    mv "$OUT/fashion-mnist.h5.tmp" "$OUT/fashion-mnist.h5"
+fi
 du -sh "$OUT"/* | sed 's/^/gpu_prepare: /'
 echo "gpu_prepare: carry ${OUT#"$ROOT"/}/ along to the GPU machine and run bench/gpu.sh there"
