@@ -147,14 +147,15 @@ command -v ssh >/dev/null || command -v rsh >/dev/null || RSH=false
 kitenv() {
     env LD_LIBRARY_PATH="$KIT_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" OPAL_PREFIX="$DEPS/usr" \
         PATH="$DEPS/usr/bin:$PATH" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-        OMPI_MCA_plm_rsh_agent="$RSH" "$@"
+        OMPI_MCA_plm_rsh_agent="$RSH" PMIX_INSTALL_PREFIX="$L/pmix2" \
+        PMIX_MCA_mca_base_component_path="$L/pmix2/lib/pmix" "$@"
 }
 # The CUDA libraries where nvcc's are, in the programs' RPATH: the GPU
 # machine's loader may not know that folder (no ld.so.conf entry), and an
 # LD_LIBRARY_PATH would also reach PyTorch, which brings its own.
 NVCC_DIR=$(dirname "$(readlink -f "$(command -v nvcc)")")
 CUDA_RPATH=$(for d in "$NVCC_DIR/../lib64" "$NVCC_DIR/../lib" "$NVCC_DIR/../targets/$(uname -m)-linux/lib"; do
-                 [ -d "$d" ] && readlink -f "$d"; done | sort -u | paste -sd';' -)
+                 ls "$d"/libcudart.so* >/dev/null 2>&1 && readlink -f "$d"; done | sort -u | paste -sd';' -)
 STATIC_ARGS=(-DCMAKE_BUILD_TYPE=Release -DBASIN_CUDA=ON -DBASIN_CUDA_ARCHS=90 -DCMAKE_CUDA_ARCHITECTURES=90
     "-DBASIN_HDF5_INCLUDE_DIR=$DEPS/usr/include/hdf5/serial" "-DBASIN_HDF5_LIBRARIES=$L/hdf5/serial/libhdf5.a"
     "-DBLAS_LIBRARIES=$L/openblas-pthread/libopenblas.a" "-DCBLAS_INCLUDE_DIR=$DEPS/usr/include/$ARCH/openblas-pthread"
