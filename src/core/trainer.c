@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "allreduce/allreduce.h"
 #include "checkpoints/checkpoint.h"
@@ -79,6 +80,7 @@ typedef struct Trainer {
 
     long corrupt_rank, corrupt_step; /* test hook: BASIN_TEST_CORRUPT=RANK:STEP */
     long signal_rank, signal_step;   /* test hook: BASIN_TEST_SIGNAL=RANK:STEP raises SIGTERM */
+    double stall_s;                  /* test hook: BASIN_TEST_CKPT_STALL=S, a checkpoint write takes S s more */
     FILE *samples_log;               /* test hook: BASIN_TEST_SAMPLES=PREFIX */
 
     char ckpt_dir[4096];
@@ -292,6 +294,7 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
             .elapsed_s = t->elapsed_before + (t0 - t->t_start), .n_params = t->net->n_params,
             .params = host_state(t, t->net->params, 0), .momentum = host_state(t, t->net->mom, 1),
         };
+        if (t->stall_s > 0) nanosleep(&(struct timespec){(time_t)t->stall_s, (long)(fmod(t->stall_s, 1.0) * 1e9)}, NULL);
         rc = checkpoint_write(t->ckpt_dir, &st, cfg->keep_checkpoints, path, sizeof path);
     }
     CHECK_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, t->comm));
@@ -482,6 +485,9 @@ static int trainer_setup(Trainer *t)
     t->signal_rank = t->signal_step = -1;
     if (hook && sscanf(hook, "%ld:%ld", &t->signal_rank, &t->signal_step) != 2)
         return basin_error(BASIN_ERR_USAGE, "BASIN_TEST_SIGNAL='%s': expected RANK:STEP", hook);
+    hook = getenv("BASIN_TEST_CKPT_STALL");
+    if (hook && (sscanf(hook, "%lf", &t->stall_s) != 1 || !(t->stall_s >= 0)))
+        return basin_error(BASIN_ERR_USAGE, "BASIN_TEST_CKPT_STALL='%s': expected seconds", hook);
     return BASIN_OK;
 }
 

@@ -193,6 +193,20 @@ for delay in 0 0.05 0.15; do
     && grep -q "^exit=75 step=2 checkpoint_step=2 lost=0" "$work/s7" || fail "SIGTERM $delay s after the handler: exit $rc"
 done
 
+# 7b. The grace period runs out while the preemption checkpoint is written
+#     (the write is made to stall 4 s): 76 within --grace-seconds, one line,
+#     and the status file says so; the earlier checkpoint is untouched.
+check
+rm -rf "$work/grace" && cp -r "$work/stale" "$work/grace" && rm -f "$work/grace/metrics.jsonl"
+before=$(md5sum "$work/grace/checkpoints"/ckpt-*)
+BASIN_TEST_SIGNAL=0:4 BASIN_TEST_CKPT_STALL=4 "$train" "${job[@]}" --output-dir "$work/grace" --resume auto \
+  --grace-seconds 1 --status-file "$work/s7b" >"$work/out" 2>"$work/err"
+rc=$?
+[ "$rc" = "$BASIN_EXIT_PREEMPTED_UNSAVED" ] && [ "$(wc -l <"$work/err")" = 1 ] \
+  && grep -q "grace period (--grace-seconds 1) ran out before the checkpoint of step 5 was written: exit $rc; resuming starts from step 2 (.*ckpt-0000000002.h5): 3 step(s) lost" "$work/err" \
+  && grep -q "^exit=$rc step=5 checkpoint_step=2 lost=3 checkpoint=.*ckpt-0000000002.h5$" "$work/s7b" \
+  && [ "$before" = "$(md5sum "$work/grace/checkpoints"/ckpt-*)" ] || fail "grace period ran out: exit $rc"
+
 # 8. Options that cannot be honoured: one line for the whole job, exit 2.
 check
 "${mpi[@]}" -np 2 "$train" "${job[@]}" --supernode-size 5 --output-dir "$work/sn" >"$work/out" 2>"$work/err"
