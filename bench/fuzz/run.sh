@@ -36,25 +36,26 @@ out=bench/results/fuzz.md
   echo "Machine: \`$(uname -a)\`; $(lscpu | grep -m1 'Model name' | sed 's/  */ /g'), $(nproc) CPUs;"
   echo "$(clang --version | head -1); HDF5 $(dpkg-query -W -f '${Version}' libhdf5-dev 2>/dev/null)."
   echo
-  echo "| target | seconds | executions | exec/s | new units | corpus files | coverage (cov/ft) | crashes in basin | crashes in libhdf5 | result |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| target | seconds | executions | exec/s | corpus files | coverage (cov/ft) | crashes in basin | crashes in libhdf5 | result |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   i=0
   for t in dataset checkpoint; do
     log=$work/$t.log
     execs=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#')
-    speed=$(grep -oE 'exec/s: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+    speed=$(grep -oE 'exec/s:? [0-9]+' "$log" | tail -1 | awk '{print $2}')
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 | awk '{print $2 "/" $4}')
     units=$(ls "$work/$t/corpus" | wc -l)
     line=$(grep -E "^fuzz: fuzz_$t: [0-9]+ crash" "$log")
     ours=$(echo "$line" | awk '{print $3}') theirs=$(echo "$line" | awk '{print $8}')
-    echo "| fuzz_$t | $seconds | ${execs:-?} | ${speed:-?} | $units | $units | ${cov:-?} | ${ours:-?} | ${theirs:-?} | $([ "${rcs[$i]}" = 0 ] && echo pass || echo FAIL) |"
+    echo "| fuzz_$t | $seconds | ${execs:-?} | ${speed:-?} | $units | ${cov:-?} | ${ours:-?} | ${theirs:-?} | $([ "${rcs[$i]}" = 0 ] && echo pass || echo FAIL) |"
     i=$((i + 1))
   done
   echo
+  echo "Inputs that crashed once but not when rerun alone (not counted): $(cat "$work"/*.log | grep -c 'does not reproduce')."
   echo "Sanitizer reports in basin's code: $(cat "$work"/*.log | grep -c '^fuzz: BASIN:')."
   echo "Crashes in libhdf5 (first frame outside the sanitizer and libc in libhdf5_serial.so), by kind:"
   echo
-  cat "$work"/*.log | grep '^fuzz: hdf5:' | sed -E 's/.*SUMMARY: (AddressSanitizer|UndefinedBehaviorSanitizer): ([a-z-]+|SEGV).*/\2/' | sort | uniq -c | \
+  cat "$work"/*.log | grep '^fuzz: hdf5:' | sed -E 's/.*(SUMMARY: [A-Za-z]+Sanitizer|ERROR: libFuzzer): ([a-z-]+|SEGV).*/\2/' | sort | uniq -c | \
     awk '{print "- " $2 ": " $1}'
 } > "$out"
 cat "$out"
