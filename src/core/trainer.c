@@ -687,9 +687,11 @@ static int check_replicas(Trainer *t, uint64_t step)
 /* On the GPU, send the batch to the device through pinned memory and point
  * b at it. The copy runs on the backend's upload stream while the kernels
  * of the previous step (backward, SGD) still run; the next kernels wait for
- * it. Buffers alternate: the ones of the previous step are still being read,
- * and those of the step before are free (its forward ended in a stream
- * synchronisation, for the loss). */
+ * it. Buffers alternate between two slots: ops_cuda_upload_begin waits for
+ * the slot's last copy to leave its pinned buffer, and makes the new copies
+ * wait on the device for the ops of the slot's previous batch. No stream
+ * synchronisation in the step is needed for that: a rank with an empty
+ * batch (an eval batch smaller than the world) has none. */
 static void batch_to_device(Trainer *t, Batch *b)
 {
     if (!t->on_gpu) return;
@@ -697,6 +699,7 @@ static void batch_to_device(Trainer *t, Batch *b)
     size_t per = (size_t)t->net->in.c * (size_t)t->net->in.h * (size_t)t->net->in.w;
     size_t xb = b->n * per * sizeof(float), yb = b->n * sizeof(int32_t);
     int k = t->slot ^= 1;
+    ops_cuda_upload_begin(k);
     memcpy(t->p_images[k], b->images, xb);
     memcpy(t->p_labels[k], b->labels, yb);
     ops_cuda_upload(t->d_images[k], t->p_images[k], xb);
@@ -739,6 +742,42 @@ static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
     return BASIN_OK;
 }
 
+/* --device cuda: the host returns from backward long before the device has
+ * run it, so host clocks would put backward, the all-reduce and the
+ * optimizer in the next step's forward (its loss waits for the stream).
+ * Marks on the backend's stream give the split in device time instead:
+ * 0 forward 1 backward 2 exposed all-reduce 3 optimizer 4. */
+static void gpu_mark(Trainer *t, int i)
+{
+#ifdef BASIN_HAVE_CUDA
+    if (t->on_gpu) {
+        ops_cuda_time_mark(i);
+        if (i == 4) ops_cuda_time_step(5);
+    }
+#else
+    (void)t;
+    (void)i;
+#endif
+}
+
+/* Replace the interval's forward, backward, comm and optimizer seconds by
+ * the device's (waits for the last step's marks). */
+static void gpu_device_times(Trainer *t, double tm[T_COUNT])
+{
+#ifdef BASIN_HAVE_CUDA
+    if (!t->on_gpu) return;
+    double d[4] = {0, 0, 0, 0};
+    ops_cuda_time_take(d, 5);
+    tm[T_FORWARD] = d[0];
+    tm[T_BACKWARD] = d[1];
+    tm[T_COMM] = d[2];
+    tm[T_OPTIM] = d[3];
+#else
+    (void)t;
+    (void)tm;
+#endif
+}
+
 /* One training step on this rank's slice: forward, backward with buckets
  * reduced as they fill, and the optimizer on each bucket once it is summed. */
 static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct, size_t *n_rank,
@@ -764,19 +803,24 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     batch_to_device(t, &b);
 
     double c1 = net_clock();
+    gpu_mark(t, 0);
     net_forward(net, b.images, b.labels, b.n, &ctx, loss_sum, correct);
+    gpu_mark(t, 1);
     double c2 = net_clock();
     t->next_bucket = 0;
     int overlap = t->ar && cfg->overlap;
     t->gar_status = BASIN_OK;
     net_backward(net, b.images, b.labels, b.n, 1.0f / (float)b.global_n, overlap ? on_grads_ready : NULL, t);
+    gpu_mark(t, 2);
     double c3 = net_clock();
     tm[T_FORWARD] += c2 - c1;
     tm[T_BACKWARD] += c3 - c2;
     trace_event(&t->trace, "data", "data", 0, c0, c1);
 
     if (!t->ar) {
+        gpu_mark(t, 3);
         sgd_step_range(net, &t->sgd, lr, 0, net->n_params);
+        gpu_mark(t, 4);
         tm[T_OPTIM] += net_clock() - c3;
     } else if (t->gar) {
 #ifdef BASIN_HAVE_CUDA
@@ -785,10 +829,12 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
         if (!overlap) on_grads_ready(t, net->n_params);
         TRY(t->gar_status);
         TRY(gpu_allreduce_join(t->gar, ops_cuda_stream()));
+        gpu_mark(t, 3);
         double w1 = net_clock();
         tm[T_COMM] += w1 - c3;
         trace_event(&t->trace, "all-reduce (queued)", "allreduce", 1, c3, w1);
         sgd_step_range(net, &t->sgd, lr, 0, net->n_params);
+        gpu_mark(t, 4);
         tm[T_OPTIM] += net_clock() - w1;
 #endif
     } else {
@@ -915,6 +961,7 @@ static int train_loop(Trainer *t, TrainResult *res)
                 .epoch = epoch, .step = done, .loss = iv[0] / iv[2], .accuracy = iv[1] / iv[2],
                 .lr = lr, .images_per_s = iv[2] / dt, .time_s = tnow - t->t_start,
             };
+            gpu_device_times(t, tm);
             TRY(report_interval(t, &r, tm, iv_steps));
             res->train_loss = r.loss;
             basin_info("epoch %d/%d  step %6llu/%llu  loss %.4f  acc %5.1f%%  %7.0f img/s  lr %.4g  ETA %s",
