@@ -12,7 +12,10 @@
  * bound checked (a wrong scale, a missing or doubled bucket, or a wrong
  * sample slice moves them by 1e-3 and more). The sharded update (each rank
  * of a supernode updates the part it reduced) runs with hier and auto, and
- * is turned off once to check the plain path. */
+ * is turned off once to check the plain path. One case also evaluates with
+ * a global eval batch of 1, smaller than the world, so that every rank but
+ * one has empty batches (on the GPU: uploads with no forward to wait for):
+ * the test loss and accuracy must equal the 1-rank run's. */
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -35,7 +38,7 @@ static const int supernode_size = 0;
 #endif
 
 static void run_case(const char *data, const char *out, const char *model, int overlap, double bucket_mb,
-                     const char *algo, int sharded)
+                     const char *algo, int sharded, size_t eval_batch)
 {
     int rank, world;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -60,6 +63,11 @@ static void run_case(const char *data, const char *out, const char *model, int o
     cfg.supernode_size = supernode_size;
     cfg.keep_params = 1;
     cfg.check_every = 5;
+    if (eval_batch) {
+        cfg.eval_every = 1;
+        cfg.eval_batch = eval_batch;
+        cfg.limit_test = 7;
+    }
 
     TrainResult one = {0}, many = {0};
     if (rank == 0) EXPECT(trainer_run(&cfg, MPI_COMM_SELF, &one) == 0, "1-rank run failed");
@@ -87,6 +95,15 @@ static void run_case(const char *data, const char *out, const char *model, int o
         EXPECT(bad == 0, "%s (overlap %d, bucket %.2f MiB, %s, sharded update %d): %zu of %zu parameters "
                "differ from the 1-rank run (max |diff| %.3g)", model, overlap, bucket_mb, algo, sharded, bad, n,
                worst);
+        if (eval_batch) {
+            /* Per-sample losses summed in another order: 1e-6 relative. */
+            EXPECT(fabs(one.test_loss - many.test_loss) <= 1e-6 * fabs(one.test_loss) + 1e-6 &&
+                       one.test_accuracy == many.test_accuracy,
+                   "%s: evaluation with a global batch of %zu on %d ranks: loss %.9g, accuracy %.6f; 1 rank: "
+                   "%.9g, %.6f", model, eval_batch, world, many.test_loss, many.test_accuracy, one.test_loss,
+                   one.test_accuracy);
+            EXPECT(isfinite(many.test_loss) && many.test_loss > 0, "%s: test loss %g", model, many.test_loss);
+        }
         printf("%s on %d ranks, overlap %d, bucket %.2f MiB, %s, sharded update %d: max |p1 - pW| = %.3g\n",
                model, world, overlap, bucket_mb, algo, sharded, worst);
     }
@@ -106,20 +123,20 @@ int main(int argc, char **argv)
     const char *conv = "conv:8:5,relu,pool:2,flatten,fc:32,relu,dropout:0.3,fc:10";
 #ifdef BASIN_TEST_CUDA
     require_cuda_device_on_every_rank();
-    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0);
-    run_case(argv[1], argv[2], "mlp", 0, 1.0, "hier", 0);
-    run_case(argv[1], argv[2], conv, 1, 0.01, "auto", 0);
+    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0, 0);
+    run_case(argv[1], argv[2], "mlp", 0, 1.0, "hier", 0, 0);
+    run_case(argv[1], argv[2], conv, 1, 0.01, "auto", 0, 1);
     int rc_gpu = test_finish("test_equivalence (cuda)");
     MPI_Finalize();
     return rc_gpu;
 #endif
-    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 1);
-    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0);
-    run_case(argv[1], argv[2], "mlp", 0, 1.0, "rhd", 1);
-    run_case(argv[1], argv[2], "mlp", 1, 0.25, "hier", 1);
-    run_case(argv[1], argv[2], conv, 1, 0.01, "hier", 1);
-    run_case(argv[1], argv[2], conv, 1, 0.01, "ring", 0);
-    run_case(argv[1], argv[2], conv, 0, 0.01, "mpi", 1);
+    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 1, 0);
+    run_case(argv[1], argv[2], "mlp", 1, 4.0, "auto", 0, 0);
+    run_case(argv[1], argv[2], "mlp", 0, 1.0, "rhd", 1, 0);
+    run_case(argv[1], argv[2], "mlp", 1, 0.25, "hier", 1, 0);
+    run_case(argv[1], argv[2], conv, 1, 0.01, "hier", 1, 1);
+    run_case(argv[1], argv[2], conv, 1, 0.01, "ring", 0, 0);
+    run_case(argv[1], argv[2], conv, 0, 0.01, "mpi", 1, 0);
     int rc = test_finish("test_equivalence");
     MPI_Finalize();
     return rc;
