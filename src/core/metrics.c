@@ -1,14 +1,38 @@
 #include "core/metrics.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "core/error.h"
 
 int metrics_open(Metrics *m, const char *path, int append)
 {
-    m->f = fopen(path, append ? "a" : "w");
-    if (!m->f) return basin_error(BASIN_ERR_RUNTIME, "cannot write metrics file %s: %s", path, strerror(errno));
+    /* Opened without truncation, then locked, then truncated: a file that
+     * another run appends to (the same --metrics, other output folders) is
+     * refused before a byte of it changes. */
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
+    if (fd < 0) return basin_error(BASIN_ERR_RUNTIME, "cannot write metrics file %s: %s", path, strerror(errno));
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (fcntl(fd, F_SETLK, &fl) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EACCES || e == EAGAIN)
+            return basin_error(BASIN_ERR_USAGE, "metrics file %s is being written by another run: give this run "
+                               "another --metrics", path);
+        return basin_error(BASIN_ERR_RUNTIME, "cannot lock metrics file %s: %s", path, strerror(e));
+    }
+    if (!append && ftruncate(fd, 0) != 0) {
+        int e = errno;
+        close(fd);
+        return basin_error(BASIN_ERR_RUNTIME, "cannot truncate metrics file %s: %s", path, strerror(e));
+    }
+    m->f = fdopen(fd, "a");
+    if (!m->f) {
+        close(fd);
+        return basin_error(BASIN_ERR_RUNTIME, "cannot write metrics file %s: %s", path, strerror(errno));
+    }
     return BASIN_OK;
 }
 

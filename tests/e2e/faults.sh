@@ -126,8 +126,8 @@ else
 fi
 
 # 5. Two runs, one output folder: the second is refused naming the first;
-#    with only the checkpoint folder shared, too; the first goes on, and its
-#    metrics are whole JSON lines of its own steps.
+#    with only the checkpoint folder or the metrics file shared, too; the
+#    first goes on, and its metrics are whole JSON lines of its own steps.
 check
 long=(--data "$data" --model mlp --limit-train 1440 --batch 36 --epochs 1000 --eval-every 0 --log-every 20)
 "${mpi[@]}" -np 2 "$train" "${long[@]}" --output-dir "$work/shared" >"$work/first.out" 2>"$work/first.err" &
@@ -144,6 +144,13 @@ check
 rc=$?
 [ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(wc -l <"$work/err")" = 1 ] && grep -q "checkpoint-dir .* is in use" "$work/err" \
   || fail "second run in one --checkpoint-dir: exit $rc"
+check
+before=$(wc -l <"$work/shared/metrics.jsonl")
+"$train" "${long[@]}" --output-dir "$work/other2" --metrics "$work/shared/metrics.jsonl" >"$work/out" 2>"$work/err"
+rc=$?
+[ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(wc -l <"$work/err")" = 1 ] \
+  && grep -q "metrics file $work/shared/metrics.jsonl is being written by another run" "$work/err" \
+  && [ "$(wc -l <"$work/shared/metrics.jsonl")" -ge "$before" ] || fail "second run on one --metrics: exit $rc"
 check
 kill -USR1 "$first" # mpirun passes it on: checkpoint and stop
 wait "$first"
