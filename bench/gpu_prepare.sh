@@ -18,7 +18,7 @@
 #                              where Debian 12's libevent alone needs 2.36.
 #   OUT_DIR/KIT                the kit's glibc floor ("glibc 2.31"), read by gpu.sh
 #   OUT_DIR/fashion-mnist.h5   the first 4,096 training and 1,000 test samples of
-#                              data/fashion-mnist.h5, when there is one
+#                              data/fashion-mnist.h5 (imported first when missing)
 #
 # The packages come through apt-get with a private configuration (its own
 # sources list, lists and cache under a temporary folder): this machine's
@@ -74,9 +74,20 @@ mv "$OUT/deps.tar.gz.tmp" "$OUT/deps.tar.gz"
 printf 'glibc %s\nsuite %s\n' "$GLIBC_FLOOR" "$SUITE" >"$OUT/KIT"
 
 DATA=$ROOT/data/fashion-mnist.h5
+# The dataset subset: imported first where this machine has none (setup.sh
+# installs Debian's dataset-fashion-mnist and builds basin-data), cut with
+# h5py (installed here when missing).
 if [ ! -f "$DATA" ]; then
-    echo "gpu_prepare: no $DATA: the kit has no dataset (test_train_cuda and equivalence_cuda_* then import none and fail;"
-    echo "             run ./launch/train.sh once, or basin-data import, then this script again)"
+    echo "gpu_prepare: importing Fashion-MNIST into $DATA"
+    "$ROOT/launch/setup.sh" >/dev/null
+    "$ROOT/build/launch/basin-data" import fashion-mnist --output "$DATA" >/dev/null
+fi
+if ! /usr/bin/python3 -c 'import h5py' 2>/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "gpu_prepare: installing python3-h5py"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-h5py >/dev/null
+fi
+if [ ! -f "$DATA" ]; then
+    echo "gpu_prepare: no $DATA: the kit has no dataset (test_train_cuda and equivalence_cuda_* then fail)"
 elif ! /usr/bin/python3 -c 'import h5py' 2>/dev/null; then
     echo "gpu_prepare: no python3-h5py: the kit has no dataset (apt-get install python3-h5py, then run this again)"
 else
