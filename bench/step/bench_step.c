@@ -27,8 +27,9 @@
  * --device cuda runs the step through the CUDA backend (GPU 0) instead:
  * then every timed step also copies its batch from host memory to the
  * device first, as the trainer does, and the copy and the compute (forward,
- * backward, SGD, up to a stream synchronisation) are timed apart. Wall-time
- * rates are the ones that count there.
+ * backward, SGD, up to a stream synchronisation) are timed apart, and
+ * CUDA events split the compute into forward, backward and SGD in device
+ * time. Wall-time rates are the ones that count there.
  */
 #include <cblas.h>
 #include <errno.h>
@@ -331,6 +332,20 @@ static void data_upload(const Ops *ops, const Data *d, size_t batch)
     ops->sync();
 }
 
+/* --device cuda: mark i of a step on the backend's stream (CUDA events):
+ * 0 forward 1 backward 2 SGD 3, so the split is device time. */
+static void device_mark(const Net *net, int i)
+{
+#ifdef BASIN_HAVE_CUDA
+    if (net->ops != &ops_cuda) return;
+    ops_cuda_time_mark(i);
+    if (i == 3) ops_cuda_time_step(4);
+#else
+    (void)net;
+    (void)i;
+#endif
+}
+
 /* One training step, as the trainer runs it for a batch. */
 static double train_step(Net *net, const Data *d, size_t batch, uint64_t step,
                          const SgdConfig *sgd)
@@ -338,9 +353,13 @@ static double train_step(Net *net, const Data *d, size_t batch, uint64_t step,
     ForwardCtx ctx = {.train = 1, .seed = INIT_SEED, .sample_offset = step * batch};
     double loss = 0.0;
     size_t correct = 0;
+    device_mark(net, 0);
     net_forward(net, d->x, d->labels, batch, &ctx, &loss, &correct);
+    device_mark(net, 1);
     net_backward(net, d->x, d->labels, batch, 1.0f / (float)batch, NULL, NULL);
+    device_mark(net, 2);
     sgd_step_range(net, sgd, LR, 0, net->n_params);
+    device_mark(net, 3);
     net->ops->sync();
     return loss;
 }
@@ -604,6 +623,11 @@ int main(int argc, char **argv)
     uint64_t step = 0;
     double loss = 0.0;
     for (int w = 0; w < o.warmup; w++) loss = train_step(net, &d, batch, step++, &sgd);
+    double dev[3] = {0, 0, 0}; /* device seconds of forward, backward, SGD (--device cuda) */
+#ifdef BASIN_HAVE_CUDA
+    if (gpu) ops_cuda_time_take(dev, 4); /* forget the warm-up's */
+    dev[0] = dev[1] = dev[2] = 0;
+#endif
     double copy_s = 0.0, compute_s = 0.0;
     for (int r = 0; r < o.repeats; r++) {
         double w0 = now_s(), c0 = cpu_s();
@@ -619,6 +643,9 @@ int main(int argc, char **argv)
         cpu[r] = images / (cpu_s() - c0);
         wall[r] = images / (now_s() - w0);
     }
+#ifdef BASIN_HAVE_CUDA
+    if (gpu) ops_cuda_time_take(dev, 4);
+#endif
     const Spread iw = spread(wall, o.repeats), ic = spread(cpu, o.repeats);
     const double flops = flops_per_sample(net);
     const Rate img = {iw.med, ic.med};
@@ -658,6 +685,9 @@ int main(int argc, char **argv)
     const double per_step = 1e3 / ((double)o.repeats * (double)o.steps);
     printf("device %s: per step (wall) copy %.3f ms, compute %.3f ms\n", o.device, copy_s * per_step,
            compute_s * per_step);
+    if (gpu)
+        printf("device time per step (CUDA events): forward %.3f ms, backward %.3f ms, SGD %.3f ms\n",
+               dev[0] * per_step, dev[1] * per_step, dev[2] * per_step);
 
     if (o.profile) {
         rc = run_profile(net, &d, batch, o.steps, step, &sgd, (double)batch / img.cpu);
@@ -665,13 +695,15 @@ int main(int argc, char **argv)
     }
 
     printf("{\"bench\":\"step\",\"impl\":\"basin\",\"device\":\"%s\",\"copy_ms\":%.4f,\"compute_ms\":%.4f,"
+           "\"device_forward_ms\":%.4f,\"device_backward_ms\":%.4f,\"device_sgd_ms\":%.4f,"
            "\"model\":\"%s\",\"batch\":%d,\"threads\":%d,"
            "\"warmup\":%d,\"steps\":%d,\"repeats\":%d,\"flop_per_sample\":%.0f,"
            "\"img_s_cpu\":%.3f,\"img_s_wall\":%.3f,\"gflops_cpu\":%.4f,\"gflops_wall\":%.4f,"
            "\"sgemm_gflops_cpu\":%.4f,\"sgemm_gflops_wall\":%.4f,\"sgemm_fraction_cpu\":%.4f,"
            "\"sgemm_fraction_wall\":%.4f,\"layer_gemm\":[%zu,%zu,%zu],"
            "\"layer_gemm_gflops_cpu\":%.4f}\n",
-           o.device, copy_s * per_step, compute_s * per_step, o.model, o.batch, o.threads, o.warmup,
+           o.device, copy_s * per_step, compute_s * per_step, dev[0] * per_step, dev[1] * per_step,
+           dev[2] * per_step, o.model, o.batch, o.threads, o.warmup,
            o.steps, o.repeats, flops, img.cpu, img.wall,
            gf.cpu, gf.wall, sq.cpu, sq.wall, gf.cpu / sq.cpu, gf.wall / sq.wall, lg.m, lg.n, lg.k,
            lg_rate.cpu);
