@@ -31,7 +31,21 @@ fail() {
   for f in "$work/out" "$work/err"; do [ -s "$f" ] && sed "s/^/    $(basename "$f"): /" "$f" >&2; done
   failures=$((failures + 1))
 }
-check() { checks=$((checks + 1)); }
+check() { checks=$((checks + 1)); echo "faults: case $checks ($SECONDS s)"; }
+# Every run is bounded: a hang fails its case (exit 124) instead of the test.
+bounded() { timeout -k 5 120 "$@"; }
+# wait for a background run, at most 120 s, then kill it.
+wait_bounded() {
+  local pid=$1
+  for _ in $(seq 1200); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid"; return $?; }
+    sleep 0.1
+  done
+  echo "faults: process $pid still running after 120 s: killed" >&2
+  kill -9 "$pid" 2>/dev/null
+  wait "$pid"
+  return 124
+}
 mpi=(mpirun --oversubscribe --bind-to none --allow-run-as-root)
 # mlp: 1.9 M parameters, so a checkpoint is 15 MB.
 job=(--data "$data" --model mlp --limit-train 1440 --limit-test 200 --batch 36 --epochs 1 --log-every 10
@@ -50,7 +64,7 @@ if [ "$root" = 1 ]; then
 # 1. Full disk at the final checkpoint: 74, one error line, what was lost.
 check
 small_disk "$work/full" 10
-"$train" "${job[@]}" --output-dir "$work/full/o" --status-file "$work/s1" >"$work/out" 2>"$work/err"
+bounded "$train" "${job[@]}" --output-dir "$work/full/o" --status-file "$work/s1" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_CHECKPOINT_FAILED" ] && [ "$(errors)" = 1 ] && grep -q "No space left on device" "$work/err" \
   && grep -q "final checkpoint failed: exit $rc; resuming starts from step 0 (no checkpoint yet): 40 step(s) lost" "$work/out" \
@@ -61,7 +75,7 @@ rc=$?
 #    The checkpoint of step 5 fills the folder; the signal lands in step 8.
 check
 small_disk "$work/full2" 20
-BASIN_TEST_SIGNAL=1:7 "${mpi[@]}" -x BASIN_TEST_SIGNAL -np 2 "$train" "${job[@]}" --checkpoint-steps 5 \
+BASIN_TEST_SIGNAL=1:7 bounded "${mpi[@]}" -x BASIN_TEST_SIGNAL -np 2 "$train" "${job[@]}" --checkpoint-steps 5 \
   --output-dir "$work/full2/o" --status-file "$work/s2" >"$work/out" 2>"$work/err"
 rc=$?
 ckpt5=$work/full2/o/checkpoints/ckpt-0000000005.h5
@@ -71,7 +85,7 @@ ckpt5=$work/full2/o/checkpoints/ckpt-0000000005.h5
   && [ "$(ls "$work/full2/o/checkpoints"/*ckpt-*)" = "$ckpt5" ] || fail "full disk, preemption checkpoint: exit $rc"
 # ... and a resume starts at step 5 from it.
 check
-"$train" "${job[@]}" --output-dir "$work/after2" --resume "$ckpt5" >"$work/out" 2>"$work/err"
+bounded "$train" "${job[@]}" --output-dir "$work/after2" --resume "$ckpt5" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = 0 ] && grep -q "resumed from .*ckpt-0000000005.h5 at step 5" "$work/out" || fail "resume after 76: exit $rc"
 
@@ -79,7 +93,7 @@ rc=$?
 #    goes on to the end, and the failed final checkpoint still makes it 74.
 check
 small_disk "$work/full3" 10
-"$train" "${job[@]}" --checkpoint-steps 15 --output-dir "$work/full3/o" >"$work/out" 2>"$work/err"
+bounded "$train" "${job[@]}" --checkpoint-steps 15 --output-dir "$work/full3/o" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_CHECKPOINT_FAILED" ] && [ "$(errors)" = 3 ] \
   && [ "$(grep -c "training goes on after the failed checkpoint" "$work/out")" = 2 ] \
@@ -87,7 +101,7 @@ rc=$?
   || fail "--checkpoint-failure continue: exit $rc"
 # ... and stop ends the run at the first failed write with 74.
 check
-"$train" "${job[@]}" --checkpoint-steps 15 --checkpoint-failure stop --output-dir "$work/full3/o2" \
+bounded "$train" "${job[@]}" --checkpoint-steps 15 --checkpoint-failure stop --output-dir "$work/full3/o2" \
   >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_CHECKPOINT_FAILED" ] && [ "$(errors)" = 1 ] \
@@ -100,14 +114,14 @@ rc=$?
 check
 long=(--data "$data" --model mlp --limit-train 1440 --batch 36 --epochs 1000 --eval-every 0 --log-every 1000
       --checkpoint-seconds 0)
-"$train" "${long[@]}" --max-steps 3 --output-dir "$work/ro" >"$work/out" 2>"$work/err" || fail "case 4's first run"
+bounded "$train" "${long[@]}" --max-steps 3 --output-dir "$work/ro" >"$work/out" 2>"$work/err" || fail "case 4's first run"
 before=$(md5sum "$work/ro/checkpoints"/ckpt-*)
 "$train" "${long[@]}" --output-dir "$work/ro" --resume auto --status-file "$work/s4" >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 600); do grep -q "resumed from" "$work/out" && break; sleep 0.05; done
 mount -t tmpfs -o ro,size=1m tmpfs "$work/ro/checkpoints" && mounts+=("$work/ro/checkpoints")
 kill -TERM "$pid"
-wait "$pid"
+wait_bounded "$pid"
 rc=$?
 umount "$work/ro/checkpoints"
 [ "$rc" = "$BASIN_EXIT_PREEMPTED_UNSAVED" ] && [ "$(errors)" = 1 ] && grep -q "Read-only file system" "$work/err" \
@@ -117,7 +131,7 @@ umount "$work/ro/checkpoints"
 # An output folder on a read-only file system is refused before training.
 check
 mkdir -p "$work/rofs" && mount -t tmpfs -o ro,size=1m tmpfs "$work/rofs" && mounts+=("$work/rofs")
-"$train" "${job[@]}" --output-dir "$work/rofs/o" >"$work/out" 2>"$work/err"
+bounded "$train" "${job[@]}" --output-dir "$work/rofs/o" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(wc -l <"$work/err")" = 1 ] && grep -q "Read-only file system" "$work/err" \
   && ! grep -q "step" "$work/out" || fail "read-only output folder: exit $rc"
@@ -134,26 +148,26 @@ long=(--data "$data" --model mlp --limit-train 1440 --batch 36 --epochs 1000 --e
 first=$!
 for _ in $(seq 600); do [ -s "$work/shared/.basin.lock" ] && [ -s "$work/shared/checkpoints/.basin.lock" ] && break; sleep 0.05; done
 holder=$(pgrep -f "basin-train.*$work/shared" | head -1)
-"${mpi[@]}" -np 2 "$train" "${long[@]}" --output-dir "$work/shared" --resume auto >"$work/out" 2>"$work/err"
+bounded "${mpi[@]}" -np 2 "$train" "${long[@]}" --output-dir "$work/shared" --resume auto >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(grep -c "^basin" "$work/err")" = 1 ] \
   && grep -q "output-dir $work/shared is in use by another run (process [0-9]* on host $(hostname) since" "$work/err" \
   || fail "second run in one --output-dir: exit $rc"
 check
-"$train" "${long[@]}" --output-dir "$work/other" --checkpoint-dir "$work/shared/checkpoints" >"$work/out" 2>"$work/err"
+bounded "$train" "${long[@]}" --output-dir "$work/other" --checkpoint-dir "$work/shared/checkpoints" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(wc -l <"$work/err")" = 1 ] && grep -q "checkpoint-dir .* is in use" "$work/err" \
   || fail "second run in one --checkpoint-dir: exit $rc"
 check
 before=$(wc -l <"$work/shared/metrics.jsonl")
-"$train" "${long[@]}" --output-dir "$work/other2" --metrics "$work/shared/metrics.jsonl" >"$work/out" 2>"$work/err"
+bounded "$train" "${long[@]}" --output-dir "$work/other2" --metrics "$work/shared/metrics.jsonl" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(wc -l <"$work/err")" = 1 ] \
   && grep -q "metrics file $work/shared/metrics.jsonl is being written by another run" "$work/err" \
   && [ "$(wc -l <"$work/shared/metrics.jsonl")" -ge "$before" ] || fail "second run on one --metrics: exit $rc"
 check
 kill -USR1 "$first" # mpirun passes it on: checkpoint and stop
-wait "$first"
+wait_bounded "$first"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_PREEMPTED" ] && [ -n "$holder" ] && /usr/bin/python3 -c '
 import json, sys
@@ -168,7 +182,7 @@ check
 mkdir -p "$work/stale/checkpoints"
 head -c 100000 /dev/zero >"$work/stale/checkpoints/.ckpt-0000000012.h5.tmp.4242"
 : >"$work/stale/checkpoints/.ckpt-notours.tmp.1"
-"$train" "${job[@]}" --max-steps 2 --output-dir "$work/stale" --resume auto >"$work/out" 2>"$work/err"
+bounded "$train" "${job[@]}" --max-steps 2 --output-dir "$work/stale" --resume auto >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = 0 ] && grep -q "removed 1 unfinished checkpoint file(s) of a writer that died (.ckpt-0000000012.h5.tmp.4242)" "$work/out" \
   && [ ! -e "$work/stale/checkpoints/.ckpt-0000000012.h5.tmp.4242" ] && [ -e "$work/stale/checkpoints/.ckpt-notours.tmp.1" ] \
@@ -193,7 +207,7 @@ for delay in 0 0.05 0.15; do
   done
   sleep "$delay"
   kill -TERM "$pid"
-  wait "$pid"
+  wait_bounded "$pid"
   rc=$?
   [ "$rc" = "$BASIN_EXIT_PREEMPTED" ] && grep -q "stopped by a signal before the first step" "$work/out" \
     && [ "$before" = "$(md5sum "$work/early/checkpoints"/ckpt-*)" ] \
@@ -206,7 +220,7 @@ done
 check
 rm -rf "$work/grace" && cp -r "$work/stale" "$work/grace" && rm -f "$work/grace/metrics.jsonl"
 before=$(md5sum "$work/grace/checkpoints"/ckpt-*)
-BASIN_TEST_SIGNAL=0:4 BASIN_TEST_CKPT_STALL=4 "$train" "${job[@]}" --output-dir "$work/grace" --resume auto \
+BASIN_TEST_SIGNAL=0:4 BASIN_TEST_CKPT_STALL=4 bounded "$train" "${job[@]}" --output-dir "$work/grace" --resume auto \
   --grace-seconds 1 --status-file "$work/s7b" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_PREEMPTED_UNSAVED" ] && [ "$(wc -l <"$work/err")" = 1 ] \
@@ -216,19 +230,19 @@ rc=$?
 
 # 8. Options that cannot be honoured: one line for the whole job, exit 2.
 check
-"${mpi[@]}" -np 2 "$train" "${job[@]}" --supernode-size 5 --output-dir "$work/sn" >"$work/out" 2>"$work/err"
+bounded "${mpi[@]}" -np 2 "$train" "${job[@]}" --supernode-size 5 --output-dir "$work/sn" >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(grep -c "supernode-size 5 is larger than the 2 rank" "$work/err")" = 1 ] \
   && [ ! -e "$work/sn" ] || fail "--supernode-size 5 with 2 ranks: exit $rc"
 check
 before=$(md5sum "$work/stale/checkpoints"/ckpt-*)
-"$train" "${job[@]}" --output-dir "$work/stale" --resume auto --lr 0.1 --momentum 0.5 >"$work/out" 2>"$work/err"
+bounded "$train" "${job[@]}" --output-dir "$work/stale" --resume auto --lr 0.1 --momentum 0.5 >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = "$BASIN_EXIT_USAGE" ] && [ "$(wc -l <"$work/err")" = 1 ] \
   && grep -q "other optimizer options: --lr 0.1 (was 0.02), --momentum 0.5 (was 0.9)" "$work/err" \
   && [ "$before" = "$(md5sum "$work/stale/checkpoints"/ckpt-*)" ] || fail "resume with another --lr: exit $rc"
 check
-"$train" "${job[@]}" --epochs 2 --max-steps 4 --output-dir "$work/stale" --resume auto >"$work/out" 2>"$work/err"
+bounded "$train" "${job[@]}" --epochs 2 --max-steps 4 --output-dir "$work/stale" --resume auto >"$work/out" 2>"$work/err"
 rc=$?
 [ "$rc" = 0 ] && grep -q "the run now ends at step 4, not 2: the cosine schedule is stretched" "$work/out" \
   && grep -q "resumed from .* at step 2" "$work/out" || fail "resume with a longer run: exit $rc"
