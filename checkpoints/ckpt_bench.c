@@ -12,6 +12,7 @@
  * no more than the bytes themselves). */
 #include "checkpoints/checkpoint.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 
 #include <errno.h>
@@ -25,13 +26,6 @@
 
 #define MAX_SIZES 8
 #define MAX_RUNS 64
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -122,11 +116,11 @@ int main(int argc, char **argv)
         double tc[MAX_RUNS], tp[MAX_RUNS];
         char path[4096];
         for (int r = 0; r < runs; r++) {
-            double t0 = now_s();
+            double t0 = basin_clock();
             if (checkpoint_write(dir, &st, 1, path, sizeof path)) return 1;
-            double t1 = now_s();
+            double t1 = basin_clock();
             if (plain_write(dir, p, m, n)) return 1;
-            double t2 = now_s();
+            double t2 = basin_clock();
             tc[r] = t1 - t0, tp[r] = t2 - t1;
         }
         struct stat sb;

@@ -71,7 +71,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/error.h"
+#include "core/mpi_check.h"
+#include "cuda_check.h"
 
 enum {
     CHUNK_COUNT = 1 << 18, /* floats per staged chunk: 1 MiB */
@@ -113,13 +116,6 @@ struct GpuAllreduce {
 
 /* ---- checks -------------------------------------------------------------------------------- */
 
-static int cuda_fail(cudaError_t e, const char *call, const char *file, int line)
-{
-    (void)cudaGetLastError(); /* clear a non-sticky error for the next call */
-    return basin_error_at(BASIN_ERR_RUNTIME, file, line, "%s failed: %s: %s", call, cudaGetErrorName(e),
-                          cudaGetErrorString(e));
-}
-
 static int nccl_fail(ncclResult_t r, ncclComm_t comm, const char *call, const char *file, int line)
 {
     const char *last = ncclGetLastError(comm);
@@ -127,24 +123,16 @@ static int nccl_fail(ncclResult_t r, ncclComm_t comm, const char *call, const ch
                           last && *last ? " (" : "", last && *last ? last : "", last && *last ? ")" : "");
 }
 
-static int mpi_fail(int rc, const char *call, const char *file, int line)
-{
-    char msg[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "MPI error %d", rc);
-    return basin_error_at(BASIN_ERR_RUNTIME, file, line, "%s failed: %s", call, msg);
-}
-
 #define CU(call)                                                                       \
     do {                                                                               \
         cudaError_t cu_e_ = (call);                                                    \
-        if (cu_e_ != cudaSuccess) return cuda_fail(cu_e_, #call, __FILE__, __LINE__);  \
+        if (cu_e_ != cudaSuccess) return basin_cuda_fail(cu_e_, #call, __FILE__, __LINE__);  \
     } while (0)
 #define CU_GOTO(st, call, label)                                                       \
     do {                                                                               \
         cudaError_t cu_e_ = (call);                                                    \
         if (cu_e_ != cudaSuccess) {                                                    \
-            (st) = cuda_fail(cu_e_, #call, __FILE__, __LINE__);                        \
+            (st) = basin_cuda_fail(cu_e_, #call, __FILE__, __LINE__);                        \
             goto label;                                                                \
         }                                                                              \
     } while (0)
@@ -152,7 +140,7 @@ static int mpi_fail(int rc, const char *call, const char *file, int line)
 #define CU_WARN(call)                                                                  \
     do {                                                                               \
         cudaError_t cu_e_ = (call);                                                    \
-        if (cu_e_ != cudaSuccess) (void)cuda_fail(cu_e_, #call, __FILE__, __LINE__);   \
+        if (cu_e_ != cudaSuccess) (void)basin_cuda_fail(cu_e_, #call, __FILE__, __LINE__);   \
     } while (0)
 #define NC(comm, call)                                                                          \
     do {                                                                                        \
@@ -164,32 +152,13 @@ static int mpi_fail(int rc, const char *call, const char *file, int line)
         ncclResult_t nc_r_ = (call);                                                            \
         if (nc_r_ != ncclSuccess) (void)nccl_fail(nc_r_, (comm), #call, __FILE__, __LINE__);   \
     } while (0)
-#define MP(call)                                                                       \
-    do {                                                                               \
-        int mp_rc_ = (call);                                                           \
-        if (mp_rc_ != MPI_SUCCESS) return mpi_fail(mp_rc_, #call, __FILE__, __LINE__); \
-    } while (0)
-
 /* Every rank returns the worst status of all: a step that failed on one
  * rank must not leave the others waiting in the next collective. */
 static int agree(MPI_Comm world, int st)
 {
     int worst = st;
-    MP(MPI_Allreduce(&st, &worst, 1, MPI_INT, MPI_MAX, world));
+    BASIN_MPI(MPI_Allreduce(&st, &worst, 1, MPI_INT, MPI_MAX, world));
     return worst;
-}
-
-/* Shard j of n over parts: [part_start(j), part_start(j+1)) (hier.c's split). */
-static size_t part_start(size_t n, size_t parts, size_t j)
-{
-    return (n / parts) * j + (j < n % parts ? j : n % parts);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static const char *algo_name(int algo)
@@ -208,19 +177,19 @@ static int wait_gpu(GpuAllreduce *g, cudaEvent_t ev, cudaStream_t stream, size_t
         else CU(cudaStreamSynchronize(stream));
         return BASIN_OK;
     }
-    const double t0 = now_s();
+    const double t0 = basin_clock();
     for (unsigned long polls = 0;; polls++) {
         cudaError_t e = ev ? cudaEventQuery(ev) : cudaStreamQuery(stream);
         if (e == cudaSuccess) return BASIN_OK;
         if (e != cudaErrorNotReady)
-            return cuda_fail(e, ev ? "cudaEventQuery(chunk event)" : "cudaStreamQuery(stream)", __FILE__, __LINE__);
+            return basin_cuda_fail(e, ev ? "cudaEventQuery(chunk event)" : "cudaStreamQuery(stream)", __FILE__, __LINE__);
         if (g->nccl && polls % 64 == 0) {
             ncclResult_t async = ncclSuccess;
             NC(g->nccl, ncclCommGetAsyncError(g->nccl, &async));
             if (async != ncclSuccess && async != ncclInProgress)
                 return nccl_fail(async, g->nccl, "NCCL (asynchronous error while waiting)", __FILE__, __LINE__);
         }
-        double waited = now_s() - t0;
+        double waited = basin_clock() - t0;
         if (g->timeout_s > 0 && waited > g->timeout_s) {
             basin_error(BASIN_ERR_RUNTIME, "gpu all-reduce watchdog: run #%llu (%s, %zu floats) waited %.1f s for %s; "
                         "aborting", g->seq, algo_name(g->algo), count, waited, what);
@@ -282,18 +251,18 @@ static int find_shared_gpu(GpuAllreduce *g, MPI_Comm comm, const char *scope, in
     *shared = 0;
     int dev = -1, rank = 0, st = BASIN_OK;
     char bus[BUS_ID_LEN] = {0};
-    MP(MPI_Comm_rank(g->world, &rank));
+    BASIN_MPI(MPI_Comm_rank(g->world, &rank));
     /* A failed CUDA call still takes part in the collectives below (with a
      * bus id no other rank has), so no peer waits in a mismatched one. */
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetPCIBusId(bus, BUS_ID_LEN, dev);
     if (e != cudaSuccess) {
-        st = cuda_fail(e, "cudaDeviceGetPCIBusId(bus, len, cudaGetDevice())", __FILE__, __LINE__);
+        st = basin_cuda_fail(e, "cudaDeviceGetPCIBusId(bus, len, cudaGetDevice())", __FILE__, __LINE__);
         snprintf(bus, sizeof bus, "unknown-%d", rank);
     }
 
     MPI_Comm host;
-    MP(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &host));
+    BASIN_MPI(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &host));
     int hsize = 0, hrank = 0;
     MPI_Comm_size(host, &hsize);
     MPI_Comm_rank(host, &hrank);
@@ -307,7 +276,7 @@ static int find_shared_gpu(GpuAllreduce *g, MPI_Comm comm, const char *scope, in
     int rc = MPI_Allgather(bus, BUS_ID_LEN, MPI_CHAR, buses, BUS_ID_LEN, MPI_CHAR, host);
     if (rc == MPI_SUCCESS) rc = MPI_Allgather(&rank, 1, MPI_INT, ranks, 1, MPI_INT, host);
     if (rc != MPI_SUCCESS) {
-        st = mpi_fail(rc, "MPI_Allgather(PCI bus ids)", __FILE__, __LINE__);
+        st = basin_mpi_fail(rc, "MPI_Allgather(PCI bus ids)", __FILE__, __LINE__);
         goto done;
     }
     for (int i = 0; i < hsize && a < 0; i++)
@@ -321,7 +290,7 @@ done:;
     /* The lowest world rank that saw a pair reports it; all agree on the answer. */
     int mine = a >= 0 && hrank == 0 ? rank : INT_MAX, reporter = INT_MAX;
     int rc2 = MPI_Allreduce(&mine, &reporter, 1, MPI_INT, MPI_MIN, g->world);
-    if (rc2 != MPI_SUCCESS && !st) st = mpi_fail(rc2, "MPI_Allreduce(shared GPU check)", __FILE__, __LINE__);
+    if (rc2 != MPI_SUCCESS && !st) st = basin_mpi_fail(rc2, "MPI_Allreduce(shared GPU check)", __FILE__, __LINE__);
     if (!st && reporter != INT_MAX) {
         *shared = 1;
         if (reporter == rank)
@@ -341,8 +310,8 @@ done:;
 static int nccl_init(GpuAllreduce *g, MPI_Comm comm)
 {
     int rank, size;
-    MP(MPI_Comm_rank(comm, &rank));
-    MP(MPI_Comm_size(comm, &size));
+    BASIN_MPI(MPI_Comm_rank(comm, &rank));
+    BASIN_MPI(MPI_Comm_size(comm, &size));
     struct {
         int status;
         ncclUniqueId id;
@@ -352,7 +321,7 @@ static int nccl_init(GpuAllreduce *g, MPI_Comm comm)
         ncclResult_t r = ncclGetUniqueId(&msg.id);
         if (r != ncclSuccess) msg.status = nccl_fail(r, NULL, "ncclGetUniqueId(&id)", __FILE__, __LINE__);
     }
-    MP(MPI_Bcast(&msg, (int)sizeof msg, MPI_BYTE, 0, comm));
+    BASIN_MPI(MPI_Bcast(&msg, (int)sizeof msg, MPI_BYTE, 0, comm));
     if (msg.status) return msg.status;
     NC(NULL, ncclCommInitRank(&g->nccl, size, msg.id, rank));
     return BASIN_OK;
@@ -391,7 +360,7 @@ static int hier_init(GpuAllreduce *g)
     MPI_Comm node = MPI_COMM_NULL, cross = MPI_COMM_NULL;
     int st = BASIN_OK, shared = 0, node_size = 0;
     int rc = MPI_Comm_split(g->world, t->node, t->local_rank, &node);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Comm_split(world, node, local_rank)", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) return basin_mpi_fail(rc, "MPI_Comm_split(world, node, local_rank)", __FILE__, __LINE__);
     MPI_Comm_size(node, &node_size);
     if (node_size != t->local_size)
         st = basin_error(BASIN_ERR_USAGE, "gpu_allreduce_create: supernode %d has %d ranks, the topology says %d "
@@ -411,7 +380,7 @@ static int hier_init(GpuAllreduce *g)
     if (t->nodes > 1) {
         rc = MPI_Comm_split(g->world, t->local_rank, t->node, &cross);
         if (rc != MPI_SUCCESS) {
-            st = mpi_fail(rc, "MPI_Comm_split(world, local_rank, node)", __FILE__, __LINE__);
+            st = basin_mpi_fail(rc, "MPI_Comm_split(world, local_rank, node)", __FILE__, __LINE__);
             goto out;
         }
         st = agree(g->world, t->local_rank < t->min_local_size ? cross_init(g, cross) : BASIN_OK);
@@ -441,8 +410,8 @@ int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const ch
         return basin_error(BASIN_ERR_USAGE, "unknown GPU all-reduce algorithm '%s' (choose auto, hier, nccl)", name);
 
     int rank, size, dev = -1, st = BASIN_OK;
-    MP(MPI_Comm_rank(world, &rank));
-    MP(MPI_Comm_size(world, &size));
+    BASIN_MPI(MPI_Comm_rank(world, &rank));
+    BASIN_MPI(MPI_Comm_size(world, &size));
     if (topo->world_rank != rank || topo->world_size != size || topo->nodes < 1 || topo->node < 0 ||
         topo->node >= topo->nodes || topo->local_size < 1 || topo->local_rank < 0 ||
         topo->local_rank >= topo->local_size || topo->min_local_size < 1 || topo->min_local_size > topo->local_size)
@@ -470,7 +439,7 @@ int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const ch
     g->timeout_s = timeout_s;
     int rc = MPI_Comm_dup(world, &g->world);
     if (rc != MPI_SUCCESS) {
-        st = mpi_fail(rc, "MPI_Comm_dup(world)", __FILE__, __LINE__);
+        st = basin_mpi_fail(rc, "MPI_Comm_dup(world)", __FILE__, __LINE__);
         goto fail;
     }
     if (kind == ALGO_NCCL) {
@@ -530,7 +499,7 @@ static int intra(GpuAllreduce *g, float *dev, size_t count, cudaStream_t stream,
     NC(g->nccl, ncclGroupStart());
     ncclResult_t r = ncclSuccess;
     for (int j = 0; j < Lm && r == ncclSuccess; j++) {
-        size_t lo = part_start(count, (size_t)Lm, (size_t)j), hi = part_start(count, (size_t)Lm, (size_t)j + 1);
+        size_t lo = allreduce_part_start(count, (size_t)Lm, (size_t)j), hi = allreduce_part_start(count, (size_t)Lm, (size_t)j + 1);
         if (hi == lo) continue; /* count < Lm: the same empty shards on every rank */
         if (reduce)
             r = ncclReduce(dev + lo, dev + lo, hi - lo, ncclFloat, ncclSum, j, g->nccl, stream);
@@ -597,7 +566,7 @@ int gpu_allreduce_run(GpuAllreduce *g, float *dev, size_t count, void *stream_ar
     const int l = t->local_rank, Lm = t->min_local_size;
     if (t->local_size > 1) TRY(intra(g, dev, count, stream, 1));
     if (t->nodes > 1 && l < Lm) {
-        size_t lo = part_start(count, (size_t)Lm, (size_t)l), hi = part_start(count, (size_t)Lm, (size_t)l + 1);
+        size_t lo = allreduce_part_start(count, (size_t)Lm, (size_t)l), hi = allreduce_part_start(count, (size_t)Lm, (size_t)l + 1);
         if (hi > lo) TRY(cross_run(g, dev + lo, hi - lo, count, stream));
     }
     if (t->local_size > 1) TRY(intra(g, dev, count, stream, 0));

@@ -23,11 +23,13 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <atomic>
 #include <pthread.h>
 
 extern "C" {
 #include "core/error.h"
 }
+#include "cuda_check.h"
 
 /* ---- checks ---------------------------------------------------------------- */
 
@@ -39,8 +41,7 @@ extern "C" {
 static void cuda_check(cudaError_t e, const char *call, const char *file, int line)
 {
     if (e == cudaSuccess) return;
-    basin_error_at(BASIN_ERR_RUNTIME, file, line, "%s failed: %s: %s", call, cudaGetErrorName(e),
-                   cudaGetErrorString(e));
+    basin_cuda_fail(e, call, file, line);
     abort();
 }
 
@@ -95,7 +96,9 @@ struct CudaState {
 };
 
 static CudaState g_state;
-static int g_ready; /* set once g_state is complete (inside g_once) */
+/* Set (release) once g_state is complete, inside g_once; read (acquire) by
+ * ops_cuda_select outside it. */
+static std::atomic<int> g_ready{0};
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void state_init(void)
@@ -118,7 +121,7 @@ static void state_init(void)
      * with the CPU to float rounding. */
     CUBLAS_CHECK(cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH));
     CUDA_CHECK(cudaMalloc((void **)&s->result, sizeof *s->result));
-    g_ready = 1;
+    g_ready.store(1, std::memory_order_release);
 }
 
 static CudaState *st(void)
@@ -716,7 +719,7 @@ extern "C" int ops_cuda_select(int local_rank)
                            e != cudaSuccess ? cudaGetErrorString(e) : "the driver reports 0 devices");
     }
     const int dev = (local_rank < 0 ? 0 : local_rank) % n;
-    if (g_ready && g_state.device != dev)
+    if (g_ready.load(std::memory_order_acquire) && g_state.device != dev)
         return BASIN_FAIL(BASIN_ERR_RUNTIME,
                           "ops_cuda_select(%d): the CUDA backend already runs on device %d, not %d "
                           "(select the device before the first op)",

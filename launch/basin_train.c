@@ -4,6 +4,7 @@
 #include <mpi.h>
 #include <stdio.h>
 
+#include "allreduce/allreduce.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/preempt.h"
@@ -19,7 +20,9 @@ int main(int argc, char **argv)
     int rc = config_parse(&cfg, argc, argv);
     if (rc) return rc;
     if (cfg.help) {
-        config_usage("basin-train");
+        char algorithms[128];
+        allreduce_algorithms_text(algorithms, sizeof algorithms, NULL);
+        config_usage("basin-train", algorithms);
         return 0;
     }
     int provided = 0;

@@ -40,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/layers.h"
 #include "core/net.h"
@@ -186,11 +187,6 @@ static double clock_s(clockid_t id)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static double now_s(void)
-{
-    return clock_s(CLOCK_MONOTONIC);
-}
-
 /* CPU seconds of this process: on a shared machine, the time it actually
  * ran, whatever else the scheduler gave the core to. */
 static double cpu_s(void)
@@ -275,14 +271,14 @@ static int sgemm_rate(const Ops *ops, int ta, int tb, size_t m, size_t n, size_t
     const double flop = 2.0 * (double)m * (double)n * (double)k;
     for (int r = 0; r < SGEMM_RUNS; r++) {
         long calls = 0;
-        double w0 = now_s(), c0 = cpu_s(), ct;
+        double w0 = basin_clock(), c0 = cpu_s(), ct;
         do {
             ops->gemm(ta, tb, m, n, k, 1.0f, a, a_cols, b, b_cols, 0.0f, c, n);
             ops->sync();
             calls++;
             ct = cpu_s() - c0;
         } while (ct < SGEMM_MIN_S);
-        wall[r] = flop * (double)calls / (now_s() - w0) * 1e-9;
+        wall[r] = flop * (double)calls / (basin_clock() - w0) * 1e-9;
         cpu[r] = flop * (double)calls / ct * 1e-9;
     }
     out->wall = median(wall, SGEMM_RUNS);
@@ -630,18 +626,18 @@ int main(int argc, char **argv)
 #endif
     double copy_s = 0.0, compute_s = 0.0;
     for (int r = 0; r < o.repeats; r++) {
-        double w0 = now_s(), c0 = cpu_s();
+        double w0 = basin_clock(), c0 = cpu_s();
         for (int s = 0; s < o.steps; s++) {
-            double t0 = now_s();
+            double t0 = basin_clock();
             if (gpu) data_upload(ops, &d, batch);
-            double t1 = now_s();
+            double t1 = basin_clock();
             loss = train_step(net, &d, batch, step++, &sgd);
             copy_s += t1 - t0;
-            compute_s += now_s() - t1;
+            compute_s += basin_clock() - t1;
         }
         double images = (double)o.steps * (double)batch;
         cpu[r] = images / (cpu_s() - c0);
-        wall[r] = images / (now_s() - w0);
+        wall[r] = images / (basin_clock() - w0);
     }
 #ifdef BASIN_HAVE_CUDA
     if (gpu) ops_cuda_time_take(dev, 4);

@@ -48,7 +48,7 @@ static int mpi_run(AllreduceComm *c, void *state, const float *send, float *recv
         }
         ar_watch_end(c);
         if (rc != MPI_SUCCESS)
-            return ar_mpi_fail(rc, nonblocking ? "MPI_Iallreduce" : "MPI_Allreduce", __FILE__, __LINE__);
+            return basin_mpi_fail(rc, nonblocking ? "MPI_Iallreduce" : "MPI_Allreduce", __FILE__, __LINE__);
     }
     return BASIN_OK;
 }
@@ -63,11 +63,32 @@ const AllreduceAlgo ar_algo_mpi = {.name = "mpi", .plan = mpi_plan, .run = mpi_r
 /* ---- the table ----------------------------------------------------------- */
 
 static const AllreduceAlgo *const table[] = {&ar_algo_rhd, &ar_algo_ring, &ar_algo_hier, &ar_algo_mpi};
-static const char *const names[] = {"auto", "rhd", "ring", "hier", "mpi", NULL};
+enum { N_ALGOS = sizeof table / sizeof table[0] };
+
+/* "auto", then the table's names: the one list (usage text, option checks
+ * and messages all read it). */
+static const char *names[N_ALGOS + 2];
 
 const char *const *allreduce_algorithms(void)
 {
+    if (!names[0]) {
+        for (int i = 0; i < N_ALGOS; i++) names[i + 1] = table[i]->name;
+        names[0] = "auto";
+    }
     return names;
+}
+
+void allreduce_algorithms_text(char *buf, size_t len, const char *last_word)
+{
+    const char *const *n = allreduce_algorithms();
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; n[i] && used < len; i++) {
+        if (i > 0 && !n[i + 1] && last_word)
+            used += (size_t)snprintf(buf + used, len - used, " %s %s", last_word, n[i]);
+        else
+            used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "", n[i]);
+    }
 }
 
 /* ---- auto ---------------------------------------------------------------- */
@@ -110,9 +131,11 @@ int allreduce_plan(AllreduceComm *c, const char *algo, size_t count, unsigned fl
         for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
             if (!strcmp(algo, table[i]->name)) a = table[i];
     }
-    if (!a)
-        return basin_error(BASIN_ERR_USAGE, "unknown all-reduce algorithm '%s' (choose auto, rhd, ring, hier, mpi)",
-                           algo);
+    if (!a) {
+        char list[128];
+        allreduce_algorithms_text(list, sizeof list, NULL);
+        return basin_error(BASIN_ERR_USAGE, "unknown all-reduce algorithm '%s' (choose %s)", algo, list);
+    }
     /* Planning may create shared windows: not while requests are in flight. */
     TRY(allreduce_wait_all(c));
     AllreducePlan *p = basin_calloc(1, sizeof *p);
@@ -213,6 +236,13 @@ int allreduce_run_update(AllreducePlan *p, float *grads, float *params, Allreduc
     TRY(check_update(p, grads, params, fn));
     ArJob job = {.plan = p, .kind = AR_JOB_UPDATE, .recv = grads, .params = params, .fn = fn, .arg = arg};
     return run_blocking(&job);
+}
+
+int allreduce_start(AllreducePlan *p, const float *send, float *recv, AllreduceTicket *ticket)
+{
+    TRY(ar_check_buffers(p, send, recv));
+    ArJob job = {.plan = p, .kind = AR_JOB_SUM, .send = send, .recv = recv};
+    return ar_engine_submit(&job, ticket);
 }
 
 int allreduce_start_update(AllreducePlan *p, float *grads, float *params, AllreduceUpdateFn fn, void *arg,

@@ -19,7 +19,8 @@
  *         Zero-copy when the buffer comes from allreduce_buffer_alloc.
  *   mpi   MPI_Allreduce (the baseline); MPI_Iallreduce on the progress thread,
  *         which waits by sleeping like the other algorithms.
- *   auto  picks one of the above by message size and topology (see algos.c).
+ *   auto  hier, on every size and topology measured so far (algos.c says why);
+ *         hier itself takes rhd or a ring across supernodes by shard size.
  * Every algorithm reduces each element exactly once, on its owner, in a
  * fixed order, and then copies the result, so all ranks hold the same bits.
  *
@@ -90,6 +91,17 @@ void allreduce_buffer_free(AllreduceComm *c, float *buf);
 
 /* NULL-terminated list of algorithm names. */
 const char *const *allreduce_algorithms(void);
+/* The same as text for messages: "auto, rhd, ring, hier, mpi", or with
+ * last_word "or" (or "and"): "auto, rhd, ring, hier or mpi". */
+void allreduce_algorithms_text(char *buf, size_t len, const char *last_word);
+
+/* Balanced split of n elements into parts (hier's shards, rhd's halves, the
+ * GPU all-reduce's shards): part i is [allreduce_part_start(n, parts, i),
+ * allreduce_part_start(n, parts, i + 1)). */
+static inline size_t allreduce_part_start(size_t n, size_t parts, size_t i)
+{
+    return (n / parts) * i + (i < n % parts ? i : n % parts);
+}
 
 /* Plan flags. */
 enum {

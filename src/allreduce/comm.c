@@ -9,21 +9,6 @@
 #include <time.h>
 #include <unistd.h>
 
-int ar_mpi_fail(int mpirc, const char *call, const char *file, int line)
-{
-    char msg[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    if (MPI_Error_string(mpirc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "MPI error %d", mpirc);
-    return basin_error_at(BASIN_ERR_RUNTIME, file, line, "%s failed: %s", call, msg);
-}
-
-double ar_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 void allreduce_config_default(AllreduceConfig *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -56,7 +41,7 @@ static void *watch_main(void *arg)
         ts.tv_nsec = ns % 1000000000L;
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
         if (w->stop || !w->armed) continue;
-        double waited = ar_now() - w->since;
+        double waited = basin_clock() - w->since;
         if (waited <= w->timeout_s) continue;
         ArWatch snap = *w;
         pthread_mutex_unlock(&w->mu);
@@ -99,7 +84,7 @@ void ar_watch_begin(AllreduceComm *c, const char *phase, int step, int peer)
 {
     ArWatch *w = &c->watch;
     if (!w->running) return;
-    double now = ar_now();
+    double now = basin_clock();
     pthread_mutex_lock(&w->mu);
     w->phase = phase;
     w->step = step;
@@ -194,7 +179,7 @@ void ar_backoff_pause(ArBackoff *b)
         /* The clock is read (and the core offered) every 64 polls only, so
          * the spin reacts as fast as a bare loop. */
         if ((++b->polls & 63) != 0) return;
-        double now = ar_now();
+        double now = basin_clock();
         if (b->start == 0) b->start = now;
         if (now - b->start < b->spin_s) {
             sched_yield();
@@ -232,17 +217,17 @@ int ar_exchange(AllreduceComm *c, MPI_Comm comm, const float *sbuf, size_t scoun
     /* Each chunk is at most max_msg <= INT_MAX floats, so its int count is exact. */
     for (size_t off = 0; off < rcount; off += c->max_msg) {
         size_t k = rcount - off < c->max_msg ? rcount - off : c->max_msg;
-        AR_MPI(MPI_Irecv(rbuf + off, (int)k, MPI_FLOAT, src, tag, comm, &reqs[n++]));
+        BASIN_MPI(MPI_Irecv(rbuf + off, (int)k, MPI_FLOAT, src, tag, comm, &reqs[n++]));
     }
     for (size_t off = 0; off < scount; off += c->max_msg) {
         size_t k = scount - off < c->max_msg ? scount - off : c->max_msg;
-        AR_MPI(MPI_Isend(sbuf + off, (int)k, MPI_FLOAT, dst, tag, comm, &reqs[n++]));
+        BASIN_MPI(MPI_Isend(sbuf + off, (int)k, MPI_FLOAT, dst, tag, comm, &reqs[n++]));
     }
     if (n == 0) return BASIN_OK;
     ar_watch_begin(c, phase, step, rcount ? src_world : -1);
     int rc = ar_waitall(c, n, reqs);
     ar_watch_end(c);
-    if (rc != MPI_SUCCESS) return ar_mpi_fail(rc, "MPI_Testall", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) return basin_mpi_fail(rc, "MPI_Testall", __FILE__, __LINE__);
     return BASIN_OK;
 }
 
@@ -331,14 +316,14 @@ int ar_window_create(AllreduceComm *c, size_t count, int *index)
     }
     MPI_Info info = MPI_INFO_NULL;
     void *mine = NULL;
-    AR_MPI_GOTO(st, MPI_Info_create(&info), fail);
+    BASIN_MPI_GOTO(st, MPI_Info_create(&info), fail);
     /* One segment per rank, each in its owner's NUMA-local pages. */
-    AR_MPI_GOTO(st, MPI_Info_set(info, "alloc_shared_noncontig", "true"), fail);
-    AR_MPI_GOTO(st, MPI_Win_allocate_shared((MPI_Aint)(bytes + 64), (int)sizeof(float), info, c->node, &mine, &w->win),
+    BASIN_MPI_GOTO(st, MPI_Info_set(info, "alloc_shared_noncontig", "true"), fail);
+    BASIN_MPI_GOTO(st, MPI_Win_allocate_shared((MPI_Aint)(bytes + 64), (int)sizeof(float), info, c->node, &mine, &w->win),
                 fail);
-    AR_MPI_GOTO(st, MPI_Win_set_errhandler(w->win, MPI_ERRORS_RETURN), fail_win);
+    BASIN_MPI_GOTO(st, MPI_Win_set_errhandler(w->win, MPI_ERRORS_RETURN), fail_win);
     int *model = NULL, flag = 0;
-    AR_MPI_GOTO(st, MPI_Win_get_attr(w->win, MPI_WIN_MODEL, &model, &flag), fail_win);
+    BASIN_MPI_GOTO(st, MPI_Win_get_attr(w->win, MPI_WIN_MODEL, &model, &flag), fail_win);
     if (!flag || *model != MPI_WIN_UNIFIED) {
         st = BASIN_FAIL(BASIN_ERR_RUNTIME, "shared window is not in the unified memory model");
         goto fail_win;
@@ -347,7 +332,7 @@ int ar_window_create(AllreduceComm *c, size_t count, int *index)
         MPI_Aint sz;
         int disp;
         void *p = NULL;
-        AR_MPI_GOTO(st, MPI_Win_shared_query(w->win, j, &sz, &disp, &p), fail_win);
+        BASIN_MPI_GOTO(st, MPI_Win_shared_query(w->win, j, &sz, &disp, &p), fail_win);
         /* Segments are mapped at page granularity, so rounding up to 64 bytes
          * lands on the same byte of the segment in every process. */
         uintptr_t a = ((uintptr_t)p + 63) & ~(uintptr_t)63;
@@ -376,7 +361,7 @@ void ar_window_release(AllreduceComm *c, int index)
     if (index < 0 || index >= c->nwins || !c->wins[index].in_use) return;
     ArWindow *w = &c->wins[index];
     int rc = MPI_Win_free(&w->win);
-    if (rc != MPI_SUCCESS) ar_mpi_fail(rc, "MPI_Win_free", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) basin_mpi_fail(rc, "MPI_Win_free", __FILE__, __LINE__);
     free(w->base);
     w->base = NULL;
     w->in_use = 0;
@@ -422,19 +407,19 @@ static int make_node_comm(AllreduceComm *c, int K)
 {
     int rank = c->topo.world_rank;
     if (K <= 0) {
-        AR_MPI(MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &c->node));
+        BASIN_MPI(MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &c->node));
         return BASIN_OK;
     }
-    AR_MPI(MPI_Comm_split(c->world, rank / K, rank, &c->node));
+    BASIN_MPI(MPI_Comm_split(c->world, rank / K, rank, &c->node));
     /* A supernode must share memory: refuse a K that spans hosts, on every rank. */
     MPI_Comm shm;
     int size, shm_size;
-    AR_MPI(MPI_Comm_split_type(c->node, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &shm));
+    BASIN_MPI(MPI_Comm_split_type(c->node, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &shm));
     MPI_Comm_size(c->node, &size);
     MPI_Comm_size(shm, &shm_size);
     MPI_Comm_free(&shm);
     int bad = shm_size != size, any_bad = 0;
-    AR_MPI(MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_LOR, c->world));
+    BASIN_MPI(MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_LOR, c->world));
     if (any_bad)
         return basin_error(BASIN_ERR_USAGE, "supernode size %d groups ranks of different hosts; use a divisor of "
                                             "the ranks per host, or leave --supernode-size out for one "
@@ -451,7 +436,7 @@ int allreduce_comm_create(MPI_Comm world, const AllreduceConfig *cfg_in, Allredu
         allreduce_config_default(&cfg);
     *out = NULL;
     int provided = MPI_THREAD_SINGLE;
-    AR_MPI(MPI_Query_thread(&provided));
+    BASIN_MPI(MPI_Query_thread(&provided));
     if (provided < MPI_THREAD_MULTIPLE)
         return basin_error(BASIN_ERR_USAGE, "the all-reduce module needs MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...)");
     if (cfg.supernode_size < 0) return basin_error(BASIN_ERR_USAGE, "supernode size must be >= 0");
@@ -463,26 +448,26 @@ int allreduce_comm_create(MPI_Comm world, const AllreduceConfig *cfg_in, Allredu
     int st = BASIN_OK;
     AllreduceTopology *t = &c->topo;
 
-    AR_MPI_GOTO(st, MPI_Comm_dup(world, &c->world), fail);
-    AR_MPI_GOTO(st, MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN), fail);
+    BASIN_MPI_GOTO(st, MPI_Comm_dup(world, &c->world), fail);
+    BASIN_MPI_GOTO(st, MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN), fail);
     MPI_Comm_rank(c->world, &t->world_rank);
     MPI_Comm_size(c->world, &t->world_size);
     if ((st = make_node_comm(c, cfg.supernode_size))) goto fail;
-    AR_MPI_GOTO(st, MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN), fail);
+    BASIN_MPI_GOTO(st, MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN), fail);
     MPI_Comm_rank(c->node, &t->local_rank);
     MPI_Comm_size(c->node, &t->local_size);
-    AR_MPI_GOTO(st, MPI_Comm_split(c->world, t->local_rank, t->world_rank, &c->cross), fail);
-    AR_MPI_GOTO(st, MPI_Comm_set_errhandler(c->cross, MPI_ERRORS_RETURN), fail);
+    BASIN_MPI_GOTO(st, MPI_Comm_split(c->world, t->local_rank, t->world_rank, &c->cross), fail);
+    BASIN_MPI_GOTO(st, MPI_Comm_set_errhandler(c->cross, MPI_ERRORS_RETURN), fail);
     MPI_Comm_rank(c->cross, &c->cross_rank);
     MPI_Comm_size(c->cross, &c->cross_size);
 
     /* Local rank 0's cross communicator has one member per supernode. */
     int id[2] = {c->cross_rank, c->cross_size};
-    AR_MPI_GOTO(st, MPI_Bcast(id, 2, MPI_INT, 0, c->node), fail);
+    BASIN_MPI_GOTO(st, MPI_Bcast(id, 2, MPI_INT, 0, c->node), fail);
     t->node = id[0];
     t->nodes = id[1];
     c->spin_ns = ar_spin_ns(t);
-    AR_MPI_GOTO(st, MPI_Allreduce(&t->local_size, &t->min_local_size, 1, MPI_INT, MPI_MIN, c->world), fail);
+    BASIN_MPI_GOTO(st, MPI_Allreduce(&t->local_size, &t->min_local_size, 1, MPI_INT, MPI_MIN, c->world), fail);
 
     c->node_world = basin_calloc((size_t)t->local_size, sizeof(int));
     c->cross_world = basin_calloc((size_t)c->cross_size, sizeof(int));
@@ -491,8 +476,8 @@ int allreduce_comm_create(MPI_Comm world, const AllreduceConfig *cfg_in, Allredu
         st = BASIN_ERR_RUNTIME;
         goto fail;
     }
-    AR_MPI_GOTO(st, MPI_Allgather(&t->world_rank, 1, MPI_INT, c->node_world, 1, MPI_INT, c->node), fail);
-    AR_MPI_GOTO(st, MPI_Allgather(&t->world_rank, 1, MPI_INT, c->cross_world, 1, MPI_INT, c->cross), fail);
+    BASIN_MPI_GOTO(st, MPI_Allgather(&t->world_rank, 1, MPI_INT, c->node_world, 1, MPI_INT, c->node), fail);
+    BASIN_MPI_GOTO(st, MPI_Allgather(&t->world_rank, 1, MPI_INT, c->cross_world, 1, MPI_INT, c->cross), fail);
 
     int idx;
     if ((st = ar_window_create(c, sizeof(ArSlot) / sizeof(float), &idx))) goto fail;
@@ -501,7 +486,7 @@ int allreduce_comm_create(MPI_Comm world, const AllreduceConfig *cfg_in, Allredu
     memset((char *)mine + sizeof mine->arrived, 0, sizeof *mine - sizeof mine->arrived);
     atomic_store_explicit(&mine->arrived, 0, memory_order_relaxed);
     mine->win = -1;
-    AR_MPI_GOTO(st, MPI_Barrier(c->node), fail);
+    BASIN_MPI_GOTO(st, MPI_Barrier(c->node), fail);
 
     if ((st = watch_start(c, cfg.timeout_s))) goto fail;
     if ((st = ar_engine_init(c, cfg.queue_capacity > 0 ? cfg.queue_capacity : 256))) goto fail;

@@ -121,7 +121,7 @@ static int hier_plan(AllreduceComm *c, size_t n, unsigned flags, void **state)
     h->off = basin_calloc((size_t)h->nshard + 1, sizeof *h->off);
     h->src = basin_calloc((size_t)h->L, sizeof *h->src);
     if (!h->off || !h->src) goto fail;
-    for (int j = 0; j <= h->nshard; j++) h->off[j] = ar_part_start(n, (size_t)h->nshard, (size_t)j);
+    for (int j = 0; j <= h->nshard; j++) h->off[j] = allreduce_part_start(n, (size_t)h->nshard, (size_t)j);
     if (h->l < h->nshard && h->S > 1) {
         /* Every member of this cross communicator has the same shard count,
          * so all choose alike. */
@@ -203,8 +203,6 @@ static int hier_enter(AllreduceComm *c, Hier *h, int win, size_t offset, int pwi
     return BASIN_OK;
 }
 
-/* Step 1 and 2 on this rank's shard of data; its [lo, hi) through *lo, *hi
- * (empty when it owns none). */
 /* Step 1 on data[lo, hi): the sum of every local rank's elements. */
 static void reduce_range(AllreduceComm *c, Hier *h, float *data, size_t lo, size_t hi)
 {
@@ -212,6 +210,8 @@ static void reduce_range(AllreduceComm *c, Hier *h, float *data, size_t lo, size
     reduce_sources(data + lo, h->src, h->L, hi - lo);
 }
 
+/* Step 1 and 2 on this rank's shard of data; its [lo, hi) through *lo, *hi
+ * (empty when it owns none). */
 static int reduce_own_shard(AllreduceComm *c, Hier *h, float *data, size_t *lo_out, size_t *hi_out)
 {
     *lo_out = *hi_out = 0;

@@ -3,33 +3,17 @@
 #define BASIN_ALLREDUCE_INTERNAL_H
 
 #include "allreduce/allreduce.h"
+#include "core/clock.h"
 #include "core/error.h"
+#include "core/mpi_check.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
-/* ---- MPI checks --------------------------------------------------------- */
-
-int ar_mpi_fail(int mpirc, const char *call, const char *file, int line);
-
-/* Return the failure of an MPI call (MPI_ERRORS_RETURN is set on every
- * communicator and window this module owns). */
-#define AR_MPI(call)                                                        \
-    do {                                                                    \
-        int ar_rc_ = (call);                                                \
-        if (ar_rc_ != MPI_SUCCESS) return ar_mpi_fail(ar_rc_, #call, __FILE__, __LINE__); \
-    } while (0)
-
-/* The same, for functions with one cleanup label. */
-#define AR_MPI_GOTO(status, call, label)                                    \
-    do {                                                                    \
-        int ar_rc_ = (call);                                                \
-        if (ar_rc_ != MPI_SUCCESS) {                                        \
-            (status) = ar_mpi_fail(ar_rc_, #call, __FILE__, __LINE__);      \
-            goto label;                                                     \
-        }                                                                   \
-    } while (0)
+/* MPI calls are checked with BASIN_MPI / BASIN_MPI_GOTO (core/mpi_check.h):
+ * MPI_ERRORS_RETURN is set on every communicator and window this module
+ * owns. */
 
 /* ---- shared-memory windows ---------------------------------------------- */
 
@@ -173,7 +157,6 @@ int ar_on_engine_thread(void);
 
 /* ---- helpers (comm.c) --------------------------------------------------- */
 
-double ar_now(void);
 void ar_watch_begin(AllreduceComm *c, const char *phase, int step, int peer);
 void ar_watch_end(AllreduceComm *c);
 /* Set the collective the following waits belong to. */
@@ -219,10 +202,5 @@ void ar_add3(float *dst, const float *a, const float *restrict b, size_t n);
 int ar_engine_init(AllreduceComm *c, int capacity);
 void ar_engine_stop(AllreduceComm *c);
 
-/* Balanced split of n into parts: part i starts at ar_part_start(n, parts, i). */
-static inline size_t ar_part_start(size_t n, size_t parts, size_t i)
-{
-    return (n / parts) * i + (i < n % parts ? i : n % parts);
-}
 
 #endif

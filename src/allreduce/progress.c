@@ -84,13 +84,6 @@ void ar_engine_stop(AllreduceComm *c)
     e->queue = NULL;
 }
 
-int allreduce_start(AllreducePlan *p, const float *send, float *recv, AllreduceTicket *ticket)
-{
-    TRY(ar_check_buffers(p, send, recv));
-    ArJob job = {.plan = p, .kind = AR_JOB_SUM, .send = send, .recv = recv};
-    return ar_engine_submit(&job, ticket);
-}
-
 int ar_engine_submit(const ArJob *job, AllreduceTicket *ticket)
 {
     AllreduceComm *c = job->plan->comm;

@@ -70,8 +70,8 @@ void ar_rhd_free_on(ArRhd *r)
 int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t n, ArRhd **out)
 {
     int rank, size;
-    AR_MPI(MPI_Comm_rank(comm, &rank));
-    AR_MPI(MPI_Comm_size(comm, &size));
+    BASIN_MPI(MPI_Comm_rank(comm, &rank));
+    BASIN_MPI(MPI_Comm_size(comm, &size));
     ArRhd *r = basin_calloc(1, sizeof *r);
     if (!r) return BASIN_ERR_RUNTIME;
     r->comm = comm;
@@ -108,10 +108,10 @@ int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t 
             } else {
                 klo = lo, khi = mid, slo = mid, shi = hi;
             }
-            s->keep_off = ar_part_start(n, (size_t)pof2, klo);
-            s->keep_cnt = ar_part_start(n, (size_t)pof2, khi) - s->keep_off;
-            s->send_off = ar_part_start(n, (size_t)pof2, slo);
-            s->send_cnt = ar_part_start(n, (size_t)pof2, shi) - s->send_off;
+            s->keep_off = allreduce_part_start(n, (size_t)pof2, klo);
+            s->keep_cnt = allreduce_part_start(n, (size_t)pof2, khi) - s->keep_off;
+            s->send_off = allreduce_part_start(n, (size_t)pof2, slo);
+            s->send_cnt = allreduce_part_start(n, (size_t)pof2, shi) - s->send_off;
             if (s->keep_cnt > tmp_count) tmp_count = s->keep_cnt;
             lo = klo, hi = khi;
         }

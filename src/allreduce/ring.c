@@ -77,8 +77,8 @@ void ar_ring_free_on(ArRing *r)
 int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t n, ArRing **out)
 {
     int rank, size;
-    AR_MPI(MPI_Comm_rank(comm, &rank));
-    AR_MPI(MPI_Comm_size(comm, &size));
+    BASIN_MPI(MPI_Comm_rank(comm, &rank));
+    BASIN_MPI(MPI_Comm_size(comm, &size));
     ArRing *r = basin_calloc(1, sizeof *r);
     if (!r) return BASIN_ERR_RUNTIME;
     r->comm = comm;
@@ -113,7 +113,7 @@ int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t
         ar_ring_free_on(r);
         return BASIN_ERR_RUNTIME;
     }
-    for (size_t b = 0; b <= p; b++) r->off[b] = ar_part_start(n, p, b);
+    for (size_t b = 0; b <= p; b++) r->off[b] = allreduce_part_start(n, p, b);
     *out = r;
     return BASIN_OK;
 }
@@ -122,7 +122,7 @@ int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t
 static void piece_of(const ArRing *r, int b, int j, size_t *lo, size_t *cnt)
 {
     size_t len = r->off[b + 1] - r->off[b], C = (size_t)r->pieces;
-    size_t a = ar_part_start(len, C, (size_t)j), e = ar_part_start(len, C, (size_t)j + 1);
+    size_t a = allreduce_part_start(len, C, (size_t)j), e = allreduce_part_start(len, C, (size_t)j + 1);
     *lo = r->off[b] + a;
     *cnt = e - a;
 }
@@ -144,12 +144,12 @@ static void stream_pos(const ArRing *r, int i, int *rs, int *k, int *j, int *sbl
 static int wait_req(AllreduceComm *c, MPI_Request *req, const char *phase, int step, int peer_world)
 {
     int done = 0;
-    AR_MPI(MPI_Test(req, &done, MPI_STATUS_IGNORE));
+    BASIN_MPI(MPI_Test(req, &done, MPI_STATUS_IGNORE));
     if (done) return BASIN_OK;
     ar_watch_begin(c, phase, step, peer_world);
     int rc = ar_waitall(c, 1, req);
     ar_watch_end(c);
-    if (rc != MPI_SUCCESS) return ar_mpi_fail(rc, "MPI_Testall", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) return basin_mpi_fail(rc, "MPI_Testall", __FILE__, __LINE__);
     return BASIN_OK;
 }
 
@@ -161,7 +161,7 @@ static int post_send(AllreduceComm *c, ArRing *r, const float *send, float *recv
     piece_of(r, sb, j, &lo, &cnt);
     const float *src = (rs && k == 0 ? send : recv) + lo;
     /* cnt <= slot_count <= max_msg <= INT_MAX (plan), so the int is exact. */
-    AR_MPI(MPI_Isend(src, (int)cnt, MPI_FLOAT, r->right, TAG_RING, r->comm, &r->sreq[i]));
+    BASIN_MPI(MPI_Isend(src, (int)cnt, MPI_FLOAT, r->right, TAG_RING, r->comm, &r->sreq[i]));
     return BASIN_OK;
 }
 
@@ -181,7 +181,7 @@ static int post_recv(AllreduceComm *c, ArRing *r, float *recv, int i)
         int twin = i - (r->size - 1) * r->pieces;
         TRY(wait_req(c, &r->sreq[twin], "ring reduce-scatter send", k, r->right_world));
     }
-    AR_MPI(MPI_Irecv(dst, (int)cnt, MPI_FLOAT, r->left, TAG_RING, r->comm, &r->rreq[i % r->window]));
+    BASIN_MPI(MPI_Irecv(dst, (int)cnt, MPI_FLOAT, r->left, TAG_RING, r->comm, &r->rreq[i % r->window]));
     return BASIN_OK;
 }
 

@@ -59,7 +59,8 @@ void config_defaults(TrainConfig *cfg);
 /* Parse argv into cfg. Returns BASIN_OK, or BASIN_ERR_USAGE after one clear
  * line naming the bad option or value. Sets cfg->help for --help. */
 int config_parse(TrainConfig *cfg, int argc, char **argv);
-void config_usage(const char *prog);
+/* --help; algorithms: the all-reduce names as text (allreduce_algorithms_text). */
+void config_usage(const char *prog, const char *algorithms);
 /* One line of "key=value" pairs: every option that defines the training
  * trajectory, with exact values. For the log and for checkpoints, where
  * config_resume_check reads it back. */

@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 
 static int plan_layers(Layer *layers, const LayerSpec *specs, int n, Shape in, size_t *count)
@@ -198,17 +198,10 @@ static const float *act_of(const Net *net, int i, const float *x)
     return i < 0 ? x : net->act[i];
 }
 
-double net_clock(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void timed(Net *net, int layer, int backward, double t0)
 {
     net->ops->sync();
-    net->on_layer(net->on_layer_arg, layer, backward, t0, net_clock());
+    net->on_layer(net->on_layer_arg, layer, backward, t0, basin_clock());
 }
 
 void net_forward(Net *net, const float *x, const int32_t *labels, size_t n,
@@ -216,7 +209,7 @@ void net_forward(Net *net, const float *x, const int32_t *labels, size_t n,
 {
     for (int i = 0; i < net->n_layers; i++) {
         if (!net->act[i]) continue;
-        double t0 = net->on_layer ? net_clock() : 0.0;
+        double t0 = net->on_layer ? basin_clock() : 0.0;
         layer_forward(&net->layers[i], net->ops, act_of(net, i - 1, x), net->act[i], n, ctx);
         if (net->on_layer) timed(net, i, 0, t0);
     }
@@ -239,7 +232,7 @@ void net_backward(Net *net, const float *x, const int32_t *labels, size_t n, flo
         Layer *l = &net->layers[i];
         if (!net->act[i]) continue; /* flatten: the gradient passes through as is */
         float *dx = net->dbuf[cur ^ 1];
-        double t0 = net->on_layer ? net_clock() : 0.0;
+        double t0 = net->on_layer ? basin_clock() : 0.0;
         layer_backward(l, ops, act_of(net, i - 1, x), net->act[i], dy, dx, n);
         if (net->on_layer) timed(net, i, 1, t0);
         if (l->w_count && ready) ready(ready_arg, l->b_off + l->b_count);

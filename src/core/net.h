@@ -83,8 +83,6 @@ void net_forward(Net *net, const float *x, const int32_t *labels, size_t n,
 void net_backward(Net *net, const float *x, const int32_t *labels, size_t n, float scale,
                   GradsReadyFn ready, void *ready_arg);
 
-/* Seconds on the monotonic clock. */
-double net_clock(void);
 /* Multiply-adds of one sample's forward pass. */
 double net_forward_macs(const Net *net);
 /* One line per layer: kind, output shape, parameters. */

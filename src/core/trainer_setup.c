@@ -16,7 +16,13 @@ static int select_device(Trainer *t)
 {
     const TrainConfig *cfg = t->cfg;
     const Device *dev = device_find(cfg->device);
-    int nccl = !strcmp(cfg->allreduce, "nccl");
+    int nccl = !strcmp(cfg->allreduce, "nccl"), known = nccl; /* nccl: GPU only, checked below */
+    for (const char *const *a = allreduce_algorithms(); *a; a++) known |= !strcmp(*a, cfg->allreduce);
+    if (!known) {
+        char list[128];
+        allreduce_algorithms_text(list, sizeof list, NULL);
+        return basin_error(BASIN_ERR_USAGE, "--allreduce '%s': expected %s or nccl", cfg->allreduce, list);
+    }
     if (!dev)
         return basin_error(BASIN_ERR_USAGE, "--device %s: this build has no CUDA backend (nvcc, cuBLAS or NCCL "
                                             "were not found when it was configured)", cfg->device);

@@ -47,6 +47,8 @@ expect_usage_error "batch above samples" "larger than" "${run[@]}" --data "$good
 expect_usage_error "indivisible batch" "not divisible" "${run[@]}" --data "$good" --batch 63 --check=2
 expect_usage_error "bad conv algorithm" "BASIN_CONV='fft'" env BASIN_CONV=fft "${run[@]}" --data "$good"
 expect_usage_error "bad device" "--device 'gpu'" "${run[@]}" --data "$good" --device gpu
+expect_usage_error "unknown all-reduce" "--allreduce 'bogus': expected auto, rhd, ring, hier, mpi or nccl" \
+  "${run[@]}" --data "$good" --allreduce bogus
 expect_usage_error "nccl on the CPU" "nccl needs --device cuda" "${run[@]}" --data "$good" --allreduce nccl
 expect_usage_error "host all-reduce on the GPU" "device cuda" "${run[@]}" --data "$good" --device cuda --allreduce ring
 # Without a GPU (or without the CUDA backend), --device cuda is refused.
