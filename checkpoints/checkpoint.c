@@ -17,7 +17,10 @@
  *
  * Reading goes through HDF5's default (sec2) driver, read-only. Nothing is
  * allocated for a buffer before its declared bytes are known to be stored
- * inside the file (reader/h5check.h) and the header checksum holds.
+ * inside the file (reader/h5check.h) and the header checksum holds. libhdf5
+ * may crash on damaged metadata, so a child process reads and verifies the
+ * file first (reader/h5guard.h): a file that crashes it is refused with one
+ * line, like any other damage, and checkpoint_latest skips it.
  */
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/xxh64.h"
@@ -25,6 +28,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "reader/h5check.h"
+#include "reader/h5guard.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -821,16 +825,15 @@ cleanup:
     return rc;
 }
 
-/* Read and verify path into out. BASIN_ERR_USAGE with the reason in why for a
- * bad file (nothing printed); BASIN_ERR_RUNTIME (printed) when memory ran out. */
-static int read_verified(const char *path, Checkpoint *out, char *why, size_t why_len)
+/* Read and verify path (a regular file of sb's size) into out; with
+ * meta_only, every check but reading the buffers and their checksums.
+ * BASIN_ERR_USAGE with the reason in why for a bad file (nothing printed);
+ * BASIN_ERR_RUNTIME (printed) when memory ran out. */
+static int read_checked(const char *path, const struct stat *st_file, int meta_only, Checkpoint *out, char *why,
+                        size_t why_len)
 {
     char h5[256];
-    memset(out, 0, sizeof *out);
-    if (snprintf(out->path, sizeof out->path, "%s", path) >= (int)sizeof out->path) return BAD("path too long");
-    struct stat sb;
-    if (stat(path, &sb) != 0) return BAD("%s", strerror(errno));
-    if (!S_ISREG(sb.st_mode)) return BAD("not a regular file");
+    const struct stat sb = *st_file;
     htri_t is_h5 = H5Fis_hdf5(path);
     if (is_h5 <= 0) return BAD("not an HDF5 file%s", sb.st_size == 0 ? " (it is empty)" : "");
 
@@ -910,6 +913,7 @@ static int read_verified(const char *path, Checkpoint *out, char *why, size_t wh
                  (unsigned long long)header_xxh, (unsigned long long)want);
         goto cleanup;
     }
+    if (meta_only) goto cleanup;
     if ((rc = read_dataset(file, "params", st->n_params, params_xxh, &out->params, why, why_len))) goto cleanup;
     if ((rc = read_dataset(file, "momentum", st->n_params, momentum_xxh, &out->momentum, why, why_len)))
         goto cleanup;
@@ -921,6 +925,45 @@ cleanup:
     if (fapl >= 0) H5Pclose(fapl);
     if (rc) checkpoint_free(out);
     return rc;
+}
+
+/* The guard's child verifies the checksums too when that reads at most this
+ * much; a larger file gets every metadata read (all that HDF5 parses), and
+ * its buffers are read once, by the caller. */
+#define CKPT_GUARD_FULL_BYTES ((uint64_t)256 << 20)
+
+typedef struct {
+    const char *path;
+    const struct stat *sb;
+} GuardArgs;
+
+static int check_in_child(void *arg)
+{
+    const GuardArgs *a = arg;
+    Checkpoint c;
+    char why[512];
+    memset(&c, 0, sizeof c);
+    int rc = read_checked(a->path, a->sb, (uint64_t)a->sb->st_size > CKPT_GUARD_FULL_BYTES, &c, why, sizeof why);
+    checkpoint_free(&c);
+    return rc;
+}
+
+/* Read and verify path into out: in a child process first (h5guard.h), since
+ * libhdf5 may crash on damaged metadata, then here. BASIN_ERR_USAGE with the
+ * reason in why for a bad file (nothing printed); BASIN_ERR_RUNTIME (printed)
+ * when memory ran out or no child could check it. */
+static int read_verified(const char *path, Checkpoint *out, char *why, size_t why_len)
+{
+    memset(out, 0, sizeof *out);
+    if (snprintf(out->path, sizeof out->path, "%s", path) >= (int)sizeof out->path) return BAD("path too long");
+    struct stat sb;
+    if (stat(path, &sb) != 0) return BAD("%s", strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return BAD("not a regular file");
+    GuardArgs a = {path, &sb};
+    int rc = h5guard_run((uint64_t)sb.st_size, check_in_child, &a, NULL, why, why_len);
+    if (rc == BASIN_ERR_RUNTIME) return basin_error(rc, "checkpoint %s: %s", path, why);
+    if (rc) return rc;
+    return read_checked(path, &sb, 0, out, why, why_len);
 }
 
 int checkpoint_read(const char *path, Checkpoint *out)

@@ -31,6 +31,11 @@ typedef struct Dataset Dataset;
  * user got wrong returns BASIN_ERR_USAGE after one clear line naming the path
  * and the problem. limit > 0 uses only the first `limit` samples. */
 int dataset_open(const char *path, const char *split, size_t limit, Dataset **out);
+/* 0 when path is an HDF5 file without a /split link; 1 when it has one, or
+ * when dataset_open should say what is wrong with it. libhdf5 reads the file
+ * in a child process only (reader/h5guard.h), so a damaged file cannot crash
+ * the caller here. */
+int dataset_has_split(const char *path, const char *split);
 const DatasetInfo *dataset_info(const Dataset *d);
 /* Read samples idx[0..n) (any order, any indices < count) normalised into
  * images (n, c, h, w) and labels (n). Reads only those samples (coalesced
