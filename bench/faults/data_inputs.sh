@@ -2,7 +2,8 @@
 # bench/faults/data_inputs.sh BUILD_DIR
 # Runs `basin-train --check` and `basin-data info` on each malformed data file
 # of tests/reader/faults.h (written by BUILD_DIR's gen_data_faults) and on
-# damaged checkpoints (`basin-train --check --resume FILE`), and prints one
+# damaged checkpoints (`basin-train --check --resume FILE`), and on the files
+# of tests/fuzz/hdf5-known that crash libhdf5 in-process, and prints one
 # markdown row per input and program:
 #   | fault | exit code | line printed | what is kept on disk |
 # "What is kept on disk" compares the folder before and after: --check and
@@ -69,3 +70,16 @@ dd if=/dev/zero of="$p" bs=1 count=8 conv=notrunc status=none
 row "checkpoint with its superblock zeroed" "$train" --check --data "$good" --model mlp --batch 8 --eval-every 0 --resume "$p" --output-dir "$work/out"
 p=$(mk ckpt-empty.h5); : > "$p"
 row "checkpoint of 0 bytes" "$train" --check --data "$good" --model mlp --batch 8 --eval-every 0 --resume "$p" --output-dir "$work/out"
+
+# Files on which libhdf5 1.10.8 itself crashes when it parses them in this
+# process (tests/fuzz/hdf5-known): the readers parse them in a child first.
+known=$(cd "$(dirname "$0")/../../tests/fuzz/hdf5-known" && pwd)
+for f in "$known"/dataset-*; do
+  p=$work/data/$(basename "$f").h5; cp "$f" "$p"
+  row "data: $(basename "$f") (crashes libhdf5 in-process; basin-train --check)" "$train" --check --data "$p" --model mlp --eval-every 0 --output-dir "$work/out"
+  row "data: $(basename "$f") (crashes libhdf5 in-process; basin-data info)" "$data" info "$p"
+done
+for f in "$known"/checkpoint-*; do
+  p=$work/data/$(basename "$f").h5; cp "$f" "$p"
+  row "$(basename "$f") (crashes libhdf5 in-process)" "$train" --check --data "$good" --model mlp --batch 8 --eval-every 0 --resume "$p" --output-dir "$work/out"
+done
