@@ -69,11 +69,17 @@ wait_state() { # JOB STATE...: until its state is one of them
   done
 }
 runs() { local n; n=$(grep -c "^train: mpirun" "$work/$1.out" 2>/dev/null); echo "${n:-0}"; }
-# Until run N of the job has trained at least one logged interval.
-wait_training() { # NAME RUN
+# Until run N of the job has trained at least one logged interval; fails
+# when the job has ended before.
+wait_training() { # NAME RUN JOB
   while :; do
     [ "$(runs "$1")" -ge "$2" ] && awk -v n="$2" '/^train: mpirun/ { r++ } r == n && /^epoch / { f = 1 } END { exit !f }' \
       "$work/$1.out" && return 0
+    case $(field "$3" JobState) in
+      COMPLETED|FAILED|CANCELLED|TIMEOUT|PREEMPTED|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE)
+        fail "$1: job $3 ended ($(field "$3" JobState), exit $(field "$3" ExitCode)) before run $2 trained: $(tail -n 1 "$work/$1.out" 2>/dev/null)"
+        return 1 ;;
+    esac
     sleep 0.3
   done
 }
@@ -110,15 +116,14 @@ j_req=$(job requeue 1000 -p high)
 # Only the time limit ends this one: SIGURG is the warning bash ignores.
 j_time=$(job timelimit 1000 -p high --time=1 --signal=B:URG@1)
 
-wait_training usr1 1
-scancel --batch --signal=USR1 "$j_usr1"
+wait_training usr1 1 "$j_usr1" &&
+  scancel --batch --signal=USR1 "$j_usr1"
 
 for i in $(seq 10); do
-  wait_training requeue "$i"
+  wait_training requeue "$i" "$j_req" || break
   scontrol requeue "$j_req" || fail "requeue $i: scontrol requeue refused"
 done
-wait_training requeue 11
-scancel "$j_req"
+wait_training requeue 11 "$j_req" && scancel "$j_req"
 
 wait_state "$j_norm" COMPLETED FAILED CANCELLED
 check_job "$j_norm" normal COMPLETED "$BASIN_EXIT_OK" 0
@@ -148,8 +153,8 @@ status_of timelimit | grep -q "^exit=$BASIN_EXIT_PREEMPTED .* lost=0 " || fail "
 checks=$((checks + 2))
 j_pre=$(job preempt-requeue 60 -p low)
 j_prc=$(job preempt-cancel 1000 -p lowc)
-wait_training preempt-requeue 1
-wait_training preempt-cancel 1
+wait_training preempt-requeue 1 "$j_pre"
+wait_training preempt-cancel 1 "$j_prc"
 j_big=$(cd "$submit_dir" && sbatch --parsable -p high --ntasks=8 --output=/dev/null --wrap "sleep 1")
 wait_state "$j_prc" PREEMPTED COMPLETED FAILED CANCELLED
 wait_state "$j_pre" COMPLETED FAILED CANCELLED
