@@ -21,8 +21,9 @@ done
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
           libopenblas-dev zlib1g-dev dataset-fashion-mnist iproute2)
-# The test suite's fuzz targets: libFuzzer from Debian's clang.
-[ "$sanitize" = 1 ] && packages+=(clang libclang-rt-14-dev)
+# The test suite's fuzz targets (libFuzzer from Debian's clang) and its
+# one-node Slurm (tests/slurm).
+[ "$sanitize" = 1 ] && packages+=(clang libclang-rt-14-dev slurm-wlm munge)
 [ "$bench" = 1 ] && packages+=(python3-torch python3-h5py python3-matplotlib python3-numpy)
 
 missing=()
