@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # bench/fuzz/run.sh [BUILD_DIR [SECONDS]]
 # Runs both fuzz targets at once for SECONDS (default 600) each, from the
-# seeds of BUILD_DIR (a sanitizer build, default build-asan: run
-# `ctest -R fuzz_seeds` there first, or let this script do it), and writes
-# bench/results/fuzz.md: command, date, machine, executions, crashes sorted
-# into basin's and libhdf5's (tests/fuzz/run_fuzzer.sh), corpus sizes and
-# libFuzzer's coverage counters.
+# seeds of BUILD_DIR (a sanitizer build, default build-asan; the seeds are
+# written here by its fuzz_seeds), and writes bench/results/fuzz.md from the
+# runs' own output (tests/fuzz/run_fuzzer.sh): command, date, machine,
+# executions, exec/s, crashes, sanitizer reports, corpus size, coverage. Any
+# crash or sanitizer report fails the run, wherever it happened.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-build=$(cd "${1:-build-asan}" && pwd)
+build_arg=${1:-build-asan}
+build=$(cd "$build_arg" && pwd)
 seconds=${2:-600}
 fz=$build/tests/fuzz
 for t in dataset checkpoint; do
@@ -26,37 +27,42 @@ for t in dataset checkpoint; do
 done
 rcs=()
 for p in "${pids[@]}"; do wait "$p"; rcs+=($?); done
+end=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+# A field of run_fuzzer.sh's last line: "fuzz: NAME: executions E, exec/s S, ..."
+field() { grep -E "^fuzz: fuzz_$1: executions" "$work/$1.log" | tail -1 | grep -oE "$2 [^,]+" | head -1 | sed "s|^$2 ||"; }
 
 out=bench/results/fuzz.md
 {
   echo "# Fuzzing the data-set validator and the checkpoint reader"
   echo
-  echo "Command: \`bench/fuzz/run.sh $(basename "$build") $seconds\` (both targets at once), started $start."
+  echo "Written by \`bench/fuzz/run.sh\` from its runs' own output; do not edit by hand."
   echo
-  echo "Machine: \`$(uname -a)\`; $(lscpu | grep -m1 'Model name' | sed 's/  */ /g'), $(nproc) CPUs;"
-  echo "$(clang --version | head -1); HDF5 $(dpkg-query -W -f '${Version}' libhdf5-dev 2>/dev/null)."
+  echo "Command: \`bench/fuzz/run.sh $build_arg $seconds\` (both targets at once), $start to $end."
   echo
-  echo "| target | seconds | executions | exec/s | corpus files | coverage (cov/ft) | crashes in basin | crashes in libhdf5 | result |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "Machine: $(lscpu | grep -m1 'Model name' | sed 's/Model name: *//'), $(nproc) CPUs; \`$(uname -a)\`;"
+  echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (other work shares the host); $(clang --version | head -1);"
+  echo "HDF5 $(dpkg-query -W -f '${Version}' libhdf5-dev 2>/dev/null); ASAN_OPTIONS as in tests/fuzz/run_fuzzer.sh."
+  echo
+  echo "The targets run the product path: each input is first parsed by libhdf5 in a child process"
+  echo "(\`src/reader/h5guard.h\`), so a libhdf5 crash is a refusal with one line. Every crash or"
+  echo "sanitizer report of the target counts, wherever it happened."
+  echo
+  echo "| target | seconds | executions | exec/s | crashes | sanitizer reports | corpus (inputs) | new corpus files | coverage (cov/ft) | result |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   i=0
   for t in dataset checkpoint; do
-    log=$work/$t.log
-    execs=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#')
-    speed=$(grep -oE 'exec/s:? [0-9]+' "$log" | tail -1 | awk '{print $2}')
-    cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 | awk '{print $2 "/" $4}')
-    units=$(ls "$work/$t/corpus" | wc -l)
-    line=$(grep -E "^fuzz: fuzz_$t: [0-9]+ crash" "$log")
-    ours=$(echo "$line" | awk '{print $3}') theirs=$(echo "$line" | awk '{print $8}')
-    echo "| fuzz_$t | $seconds | ${execs:-?} | ${speed:-?} | $units | ${cov:-?} | ${ours:-?} | ${theirs:-?} | $([ "${rcs[$i]}" = 0 ] && echo pass || echo FAIL) |"
+    echo "| fuzz_$t | $seconds | $(field $t executions) | $(field $t exec/s) | $(field $t crashes) | $(field $t 'sanitizer reports') | $(field $t corpus) | $(field $t 'new files') | $(field $t coverage) | $([ "${rcs[$i]}" = 0 ] && echo pass || echo FAIL) |"
     i=$((i + 1))
   done
   echo
-  echo "Inputs that crashed once but not when rerun alone (not counted): $(cat "$work"/*.log | grep -c 'does not reproduce')."
-  echo "Sanitizer reports in basin's code: $(cat "$work"/*.log | grep -c '^fuzz: BASIN:')."
-  echo "Crashes in libhdf5 (first frame outside the sanitizer and libc in libhdf5_serial.so), by kind:"
-  echo
-  cat "$work"/*.log | grep '^fuzz: hdf5:' | sed -E 's/.*(SUMMARY: [A-Za-z]+Sanitizer|ERROR: libFuzzer): ([a-z-]+|SEGV).*/\2/' | sort | uniq -c | \
-    awk '{print "- " $2 ": " $1}'
+  if grep -qh '^fuzz: crash:' "$work"/*.log; then
+    echo "Crashes (rerun alone):"
+    echo
+    grep -h -A1 '^fuzz: crash:' "$work"/*.log | grep -v '^--' | sed 's/^/    /'
+  else
+    echo "No crash and no sanitizer report."
+  fi
 } > "$out"
 cat "$out"
 [ "${rcs[0]}" = 0 ] && [ "${rcs[1]}" = 0 ]
