@@ -84,24 +84,13 @@ static int parse_import(int argc, char **argv, const char **source, const char *
 }
 
 /* 1 when the file has a top-level group of this name. */
-static int has_split(const char *path, const char *split)
-{
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (file < 0) return 1; /* let dataset_open say what is wrong */
-    char name[64];
-    snprintf(name, sizeof name, "/%s", split);
-    htri_t e = H5Lexists(file, name, H5P_DEFAULT);
-    H5Fclose(file);
-    return e != 0;
-}
-
 static int info(const char *path)
 {
     const char *splits[] = {"train", "test"};
     int shown = 0;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     for (size_t i = 0; i < sizeof splits / sizeof splits[0]; i++) {
-        if (H5Fis_hdf5(path) > 0 && !has_split(path, splits[i])) continue;
+        if (!dataset_has_split(path, splits[i])) continue;
         Dataset *d = NULL;
         int rc = dataset_open(path, splits[i], 0, &d);
         if (rc) return rc;
