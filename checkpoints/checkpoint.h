@@ -68,4 +68,10 @@ void checkpoint_free(Checkpoint *c);
  * exist). */
 int checkpoint_latest(const char *dir, Checkpoint *out, int *found);
 
+/* Delete the unfinished files (".ckpt-<step>.h5.tmp.<pid>") that writers
+ * killed while writing left in dir, saying so in one line. Only while no
+ * other writer can be at work there (the trainer holds the folder's lock,
+ * core/runlock.h). Returns how many were removed, or -1 after an error line. */
+int checkpoint_remove_unfinished(const char *dir);
+
 #endif

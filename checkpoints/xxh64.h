@@ -4,7 +4,7 @@
  * checksumming a large buffer costs a small fraction of writing it.
  *
  * Inputs are read as little-endian 64/32-bit words; basin builds only for
- * little-endian hosts (checkpoint.c refuses others at compile time). */
+ * little-endian hosts (ckpt_internal.h refuses others at compile time). */
 #ifndef BASIN_XXH64_H
 #define BASIN_XXH64_H
 

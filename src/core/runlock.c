@@ -1,6 +1,5 @@
 #include "core/runlock.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -90,47 +89,4 @@ void runlock_release(RunLock *l)
     for (int i = 0; i < l->n; i++) close(l->fd[i]);
     l->n = 0;
     l->fd[0] = l->fd[1] = -1;
-}
-
-/* ".ckpt-<digits>.h5.tmp.<digits>" */
-static int is_unfinished(const char *name)
-{
-    const char *p = name;
-    if (strncmp(p, ".ckpt-", 6) != 0) return 0;
-    p += 6;
-    if (*p < '0' || *p > '9') return 0;
-    while (*p >= '0' && *p <= '9') p++;
-    if (strncmp(p, ".h5.tmp.", 8) != 0) return 0;
-    p += 8;
-    if (*p < '0' || *p > '9') return 0;
-    while (*p >= '0' && *p <= '9') p++;
-    return *p == '\0';
-}
-
-int runlock_remove_unfinished(const char *ckpt_dir)
-{
-    DIR *d = opendir(ckpt_dir);
-    if (!d) {
-        if (errno == ENOENT) return 0;
-        basin_error(BASIN_ERR_RUNTIME, "cannot list %s: %s", ckpt_dir, strerror(errno));
-        return -1;
-    }
-    int removed = 0, failed = 0;
-    char first[256] = "";
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!is_unfinished(e->d_name)) continue;
-        char path[4096];
-        if (snprintf(path, sizeof path, "%s/%s", ckpt_dir, e->d_name) >= (int)sizeof path) continue;
-        if (unlink(path) == 0) {
-            if (!removed++) snprintf(first, sizeof first, "%s", e->d_name);
-        } else if (errno != ENOENT && !failed++) {
-            basin_warn("cannot delete the unfinished checkpoint %s: %s", path, strerror(errno));
-        }
-    }
-    closedir(d);
-    if (removed)
-        basin_info("basin: removed %d unfinished checkpoint file(s) of a writer that died (%s%s) from %s", removed,
-                   first, removed > 1 ? ", ..." : "", ckpt_dir);
-    return removed;
 }

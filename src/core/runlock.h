@@ -23,10 +23,5 @@ typedef struct {
 int runlock_acquire(RunLock *l, const char *dir, const char *what);
 void runlock_release(RunLock *l);
 
-/* Under the lock, no other writer can be at work in the checkpoint folder:
- * delete the unfinished files of writers that died while writing
- * (".ckpt-<step>.h5.tmp.<pid>", see checkpoints/checkpoint.c), saying so in
- * one line. Returns how many were removed, or -1 after an error line. */
-int runlock_remove_unfinished(const char *ckpt_dir);
 
 #endif

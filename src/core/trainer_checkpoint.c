@@ -261,7 +261,7 @@ int ckpt_lock_outputs(Trainer *t)
     if (t->rank == 0) {
         rc = runlock_acquire(&t->lock, t->cfg->output_dir, "--output-dir");
         if (!rc) rc = runlock_acquire(&t->lock, t->ckpt_dir, "--checkpoint-dir");
-        if (!rc && runlock_remove_unfinished(t->ckpt_dir) < 0) rc = BASIN_ERR_RUNTIME;
+        if (!rc && checkpoint_remove_unfinished(t->ckpt_dir) < 0) rc = BASIN_ERR_RUNTIME;
     }
     BASIN_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, t->comm));
     return rc;
