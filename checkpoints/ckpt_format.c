@@ -1,6 +1,5 @@
 /* The parts of the format that writing and reading share: the numeric
- * fields and their types, the header checksum, and HDF5's reason for a
- * failure, for one-line reports. */
+ * fields and their types, and the header checksum. */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,20 +89,3 @@ int ckpt_header_hash(const CheckpointState *st, uint64_t params_xxh, uint64_t mo
     free(buf);
     return BASIN_OK;
 }
-
-/* The most specific message on HDF5's error stack, for our one-line reports. */
-static herr_t h5_walk_first(unsigned n, const H5E_error2_t *err, void *data)
-{
-    char *msg = data;
-    if (n == 0 && err->desc) snprintf(msg, 256, "%s", err->desc);
-    return 0;
-}
-
-const char *ckpt_h5_reason(char msg[256])
-{
-    msg[0] = '\0';
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, h5_walk_first, msg);
-    if (!msg[0]) snprintf(msg, 256, "no detail from HDF5");
-    return msg;
-}
-

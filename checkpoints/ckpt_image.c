@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "checkpoints/ckpt_internal.h"
-#include "checkpoints/xxh64.h"
 #include "core/error.h"
 
 /* ---- the in-memory metadata driver ---------------------------------------- */
@@ -138,16 +137,16 @@ static int put_attr(hid_t obj, const char *name, hid_t file_type, hid_t mem_type
     char why[256];
     hid_t space = H5Screate(H5S_SCALAR), attr = H5I_INVALID_HID;
     if (space < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate(scalar) failed: %s", ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate(scalar) failed: %s", h5check_reason(why));
         goto cleanup;
     }
     attr = H5Acreate2(obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
     if (attr < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Acreate2(%s) failed: %s", name, ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Acreate2(%s) failed: %s", name, h5check_reason(why));
         goto cleanup;
     }
     if (H5Awrite(attr, mem_type, value) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Awrite(%s) failed: %s", name, ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Awrite(%s) failed: %s", name, h5check_reason(why));
         goto cleanup;
     }
 
@@ -165,7 +164,7 @@ static int put_string_attr(hid_t obj, const char *name, const char *value)
     if (type < 0 || H5Tset_size(type, strlen(value) + 1) < 0 || H5Tset_strpad(type, H5T_STR_NULLTERM) < 0 ||
         H5Tset_cset(type, H5T_CSET_UTF8) < 0) {
         if (type >= 0) H5Tclose(type);
-        return BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Tcopy/H5Tset_size(string %s) failed: %s", name, ckpt_h5_reason(why));
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Tcopy/H5Tset_size(string %s) failed: %s", name, h5check_reason(why));
     }
     int rc = put_attr(obj, name, type, type, value);
     H5Tclose(type);
@@ -180,7 +179,7 @@ static int put_dataset(hid_t file, const char *name, size_t n, uint64_t xxh, had
     hid_t space = H5I_INVALID_HID, dcpl = H5I_INVALID_HID, ds = H5I_INVALID_HID;
     space = H5Screate_simple(1, dims, NULL);
     if (space < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate_simple(%s) failed: %s", name, ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate_simple(%s) failed: %s", name, h5check_reason(why));
         goto cleanup;
     }
     /* Space allocated now, never filled: we write the bytes ourselves. No
@@ -189,12 +188,12 @@ static int put_dataset(hid_t file, const char *name, size_t n, uint64_t xxh, had
     if (dcpl < 0 || H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 || H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 ||
         H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0 || H5Pset_obj_track_times(dcpl, 0) < 0) {
         rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Pcreate/H5Pset_*(%s, contiguous, early) failed: %s", name,
-                        ckpt_h5_reason(why));
+                        h5check_reason(why));
         goto cleanup;
     }
     ds = H5Dcreate2(file, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     if (ds < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dcreate2(%s) failed: %s", name, ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dcreate2(%s) failed: %s", name, h5check_reason(why));
         goto cleanup;
     }
     if ((rc = put_attr(ds, "xxh64", H5T_STD_U64LE, H5T_NATIVE_UINT64, &xxh))) goto cleanup;
@@ -222,17 +221,17 @@ int ckpt_build_metadata(const CheckpointState *st, uint64_t params_xxh, uint64_t
 
     drv = H5FDregister(&MEM_DRIVER);
     if (drv < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5FDregister(in-memory metadata driver) failed: %s", ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5FDregister(in-memory metadata driver) failed: %s", h5check_reason(why));
         goto cleanup;
     }
     fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl < 0 || H5Pset_driver(fapl, drv, &fa) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Pset_driver(in-memory metadata driver) failed: %s", ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Pset_driver(in-memory metadata driver) failed: %s", h5check_reason(why));
         goto cleanup;
     }
     file = H5Fcreate("checkpoint-in-memory", H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     if (file < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fcreate(in memory) failed: %s", ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fcreate(in memory) failed: %s", h5check_reason(why));
         goto cleanup;
     }
     uint32_t version = CHECKPOINT_FORMAT_VERSION;
@@ -255,7 +254,7 @@ int ckpt_build_metadata(const CheckpointState *st, uint64_t params_xxh, uint64_t
 cleanup:
     /* Closing flushes the last metadata into the sink; it cannot fail on I/O. */
     if (file >= 0 && H5Fclose(file) < 0 && !rc)
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fclose(in memory) failed: %s", ckpt_h5_reason(why));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fclose(in memory) failed: %s", h5check_reason(why));
     if (fapl >= 0) H5Pclose(fapl);
     if (drv >= 0) H5FDunregister(drv);
     return rc;

@@ -1,6 +1,6 @@
 /* Shared by the files of checkpoints/ (not part of the API, checkpoint.h):
  *
- *   ckpt_format.c  the numeric fields, the header checksum, HDF5's reasons
+ *   ckpt_format.c  the numeric fields and the header checksum
  *   ckpt_image.c   the in-memory HDF5 image: HDF5 writes the metadata into
  *                  memory through a small virtual file driver
  *   ckpt_write.c   writing a checkpoint: pwrite around the image, fsync,
@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "checkpoints/checkpoint.h"
+#include "reader/h5check.h" /* h5check_reason: HDF5's reason for a failure */
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoints are written from host memory as little-endian data: little-endian hosts only"
@@ -47,8 +48,6 @@ const char *ckpt_kind_name(int kind);
 static inline const char *ckpt_str(const char *s) { return s ? s : ""; }
 /* XXH64 of the canonical encoding of every field and string (FORMAT.md). */
 int ckpt_header_hash(const CheckpointState *st, uint64_t params_xxh, uint64_t momentum_xxh, uint64_t *out);
-/* The most specific message on HDF5's error stack. */
-const char *ckpt_h5_reason(char msg[256]);
 
 /* ---- the in-memory image (ckpt_image.c) ------------------------------------ */
 

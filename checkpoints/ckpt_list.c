@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include "checkpoints/ckpt_internal.h"
-#include "checkpoints/xxh64.h"
 #include "core/error.h"
 
 /* ---- the checkpoints of a folder ------------------------------------------ */

@@ -29,18 +29,18 @@ static int get_attr(hid_t obj, const char *name, hid_t want, const char *want_na
 {
     char h5[256];
     htri_t exists = H5Aexists(obj, name);
-    if (exists < 0) return BAD("cannot look up attribute '%s': %s", name, ckpt_h5_reason(h5));
+    if (exists < 0) return BAD("cannot look up attribute '%s': %s", name, h5check_reason(h5));
     if (exists == 0) return BAD("attribute '%s' is missing", name);
     int rc = BASIN_OK;
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT), type = H5I_INVALID_HID, space = H5I_INVALID_HID;
     if (attr < 0) {
-        rc = BAD("cannot open attribute '%s': %s", name, ckpt_h5_reason(h5));
+        rc = BAD("cannot open attribute '%s': %s", name, h5check_reason(h5));
         goto cleanup;
     }
     type = H5Aget_type(attr);
     space = H5Aget_space(attr);
     if (type < 0 || space < 0) {
-        rc = BAD("cannot read the type of attribute '%s': %s", name, ckpt_h5_reason(h5));
+        rc = BAD("cannot read the type of attribute '%s': %s", name, h5check_reason(h5));
         goto cleanup;
     }
     if (H5Sget_simple_extent_type(space) != H5S_SCALAR) {
@@ -51,7 +51,7 @@ static int get_attr(hid_t obj, const char *name, hid_t want, const char *want_na
         rc = BAD("attribute '%s' has the wrong type (expected %s)", name, want_name);
         goto cleanup;
     }
-    if (H5Aread(attr, mem_type, value) < 0) rc = BAD("cannot read attribute '%s': %s", name, ckpt_h5_reason(h5));
+    if (H5Aread(attr, mem_type, value) < 0) rc = BAD("cannot read attribute '%s': %s", name, h5check_reason(h5));
 
 cleanup:
     if (space >= 0) H5Sclose(space);
@@ -66,19 +66,19 @@ static int get_string_attr(hid_t obj, const char *name, char **out, char *why, s
     char h5[256];
     *out = NULL;
     htri_t exists = H5Aexists(obj, name);
-    if (exists < 0) return BAD("cannot look up attribute '%s': %s", name, ckpt_h5_reason(h5));
+    if (exists < 0) return BAD("cannot look up attribute '%s': %s", name, h5check_reason(h5));
     if (exists == 0) return BAD("attribute '%s' is missing", name);
     int rc = BASIN_OK;
     char *buf = NULL;
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT), type = H5I_INVALID_HID, space = H5I_INVALID_HID;
     if (attr < 0) {
-        rc = BAD("cannot open attribute '%s': %s", name, ckpt_h5_reason(h5));
+        rc = BAD("cannot open attribute '%s': %s", name, h5check_reason(h5));
         goto cleanup;
     }
     type = H5Aget_type(attr);
     space = H5Aget_space(attr);
     if (type < 0 || space < 0) {
-        rc = BAD("cannot read the type of attribute '%s': %s", name, ckpt_h5_reason(h5));
+        rc = BAD("cannot read the type of attribute '%s': %s", name, h5check_reason(h5));
         goto cleanup;
     }
     size_t size = H5Tget_size(type);
@@ -93,7 +93,7 @@ static int get_string_attr(hid_t obj, const char *name, char **out, char *why, s
         goto cleanup;
     }
     if (H5Aread(attr, type, buf) < 0) {
-        rc = BAD("cannot read attribute '%s': %s", name, ckpt_h5_reason(h5));
+        rc = BAD("cannot read attribute '%s': %s", name, h5check_reason(h5));
         goto cleanup;
     }
     buf[size] = '\0';
@@ -115,18 +115,18 @@ static int check_dataset(hid_t file, const char *name, size_t n, uint64_t file_b
 {
     char h5[256];
     htri_t exists = H5Lexists(file, name, H5P_DEFAULT);
-    if (exists < 0) return BAD("cannot look up dataset /%s: %s", name, ckpt_h5_reason(h5));
+    if (exists < 0) return BAD("cannot look up dataset /%s: %s", name, h5check_reason(h5));
     if (exists == 0) return BAD("dataset /%s is missing", name);
     int rc = BASIN_OK;
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT), type = H5I_INVALID_HID, space = H5I_INVALID_HID;
     if (ds < 0) {
-        rc = BAD("/%s is not a readable dataset: %s", name, ckpt_h5_reason(h5));
+        rc = BAD("/%s is not a readable dataset: %s", name, h5check_reason(h5));
         goto cleanup;
     }
     type = H5Dget_type(ds);
     space = H5Dget_space(ds);
     if (type < 0 || space < 0) {
-        rc = BAD("cannot read the type of dataset /%s: %s", name, ckpt_h5_reason(h5));
+        rc = BAD("cannot read the type of dataset /%s: %s", name, h5check_reason(h5));
         goto cleanup;
     }
     if (H5Tequal(type, H5T_IEEE_F32LE) <= 0) {
@@ -171,7 +171,7 @@ static int read_dataset(hid_t file, const char *name, size_t n, uint64_t stored_
     int rc = BASIN_OK;
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
     if (ds < 0 || H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
-        rc = BAD("cannot read dataset /%s: %s", name, ckpt_h5_reason(h5));
+        rc = BAD("cannot read dataset /%s: %s", name, h5check_reason(h5));
         goto cleanup;
     }
     uint64_t got = xxh64(buf, n * sizeof(float), 0);
@@ -204,7 +204,7 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
     int rc = BASIN_OK;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), file = H5I_INVALID_HID;
     if (fapl < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Pcreate(file access) failed: %s", ckpt_h5_reason(h5));
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Pcreate(file access) failed: %s", h5check_reason(h5));
         goto cleanup;
     }
 #if (H5_VERS_MAJOR == 1 && H5_VERS_MINOR == 10 && H5_VERS_RELEASE >= 7) || \
@@ -215,7 +215,7 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
 #endif
     file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     if (file < 0) {
-        rc = BAD("damaged or truncated HDF5 file (%s)", ckpt_h5_reason(h5));
+        rc = BAD("damaged or truncated HDF5 file (%s)", h5check_reason(h5));
         goto cleanup;
     }
 
@@ -285,7 +285,7 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
     st->momentum = out->momentum;
 
 cleanup:
-    if (file >= 0 && H5Fclose(file) < 0 && !rc) rc = BAD("H5Fclose failed: %s", ckpt_h5_reason(h5));
+    if (file >= 0 && H5Fclose(file) < 0 && !rc) rc = BAD("H5Fclose failed: %s", h5check_reason(h5));
     if (fapl >= 0) H5Pclose(fapl);
     if (rc) checkpoint_free(out);
     return rc;

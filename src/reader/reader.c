@@ -18,6 +18,7 @@
  */
 #include "reader/reader.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 
 #include <pthread.h>
@@ -69,13 +70,6 @@ static char *dup_string(const char *s)
     char *p = basin_malloc(n);
     if (p) memcpy(p, s, n);
     return p;
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void advance(uint64_t *epoch, uint64_t *step, size_t steps)
@@ -286,9 +280,9 @@ static void fill_batch(const Slot *s, Batch *out)
 int reader_next(Reader *r, Batch *out)
 {
     if (!r->cfg.prefetch) {
-        double t0 = now_seconds();
+        double t0 = basin_clock();
         int rc = fill_slot(r, &r->slot[0], r->epoch, r->step);
-        r->wait_s += now_seconds() - t0;
+        r->wait_s += basin_clock() - t0;
         if (rc) return rc;
         advance(&r->epoch, &r->step, r->steps);
         fill_batch(&r->slot[0], out);
@@ -299,9 +293,9 @@ int reader_next(Reader *r, Batch *out)
     pthread_mutex_lock(&r->mu);
     r->held = -1; /* the caller is done with the batch it had */
     if (r->ready < 0 && !r->failed) {
-        double t0 = now_seconds();
+        double t0 = basin_clock();
         while (r->ready < 0 && !r->failed) pthread_cond_wait(&r->cv, &r->mu);
-        r->wait_s += now_seconds() - t0;
+        r->wait_s += basin_clock() - t0;
     }
     int rc = BASIN_OK, s = r->ready;
     if (s < 0) {
