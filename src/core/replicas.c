@@ -23,12 +23,22 @@ static int gather_hashes(Trainer *t, unsigned long long h, unsigned long long **
     return BASIN_OK;
 }
 
-int replicas_check_config(Trainer *t)
+/* Every rank learns whether all ranks hold the same h. */
+static int all_equal(Trainer *t, unsigned long long h, int *equal)
 {
-    unsigned long long h = config_hash(t->cfg), lo = h, hi = h;
+    unsigned long long lo = h, hi = h;
     BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, t->comm));
     BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, t->comm));
-    if (lo == hi) return BASIN_OK;
+    *equal = lo == hi;
+    return BASIN_OK;
+}
+
+int replicas_check_config(Trainer *t)
+{
+    unsigned long long h = config_hash(t->cfg);
+    int equal;
+    TRY(all_equal(t, h, &equal));
+    if (equal) return BASIN_OK;
     unsigned long long *all;
     TRY(gather_hashes(t, h, &all));
     if (t->rank == 0) {
@@ -59,10 +69,10 @@ static uint64_t checksum(const float *x, size_t n)
 int replicas_check(Trainer *t, uint64_t step)
 {
     if (t->world == 1) return BASIN_OK;
-    unsigned long long h = checksum(trainer_host_state(t, t->net->params, 0), t->net->n_params), lo = h, hi = h;
-    BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, t->comm));
-    BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, t->comm));
-    if (lo == hi) return BASIN_OK;
+    unsigned long long h = checksum(trainer_host_state(t, t->net->params, 0), t->net->n_params);
+    int equal;
+    TRY(all_equal(t, h, &equal));
+    if (equal) return BASIN_OK;
     unsigned long long *all;
     TRY(gather_hashes(t, h, &all));
     if (t->rank == 0) {
