@@ -36,7 +36,7 @@ static int all_equal(Trainer *t, unsigned long long h, int *equal)
 int replicas_check_config(Trainer *t)
 {
     unsigned long long h = config_hash(t->cfg);
-    int equal;
+    int equal = 0;
     TRY(all_equal(t, h, &equal));
     if (equal) return BASIN_OK;
     unsigned long long *all;
@@ -70,7 +70,7 @@ int replicas_check(Trainer *t, uint64_t step)
 {
     if (t->world == 1) return BASIN_OK;
     unsigned long long h = checksum(trainer_host_state(t, t->net->params, 0), t->net->n_params);
-    int equal;
+    int equal = 0;
     TRY(all_equal(t, h, &equal));
     if (equal) return BASIN_OK;
     unsigned long long *all;
