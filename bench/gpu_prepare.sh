@@ -10,7 +10,8 @@
 #                              (no maintainer scripts run): HDF5, OpenBLAS, zlib
 #                              and libaec as STATIC archives with their headers
 #                              (linked into the programs: nothing of them is
-#                              loaded at run time), and Open MPI 4.1 as shared
+#                              loaded at run time), the xxHash header (used
+#                              header-only), and Open MPI 4.1 as shared
 #                              libraries with mpirun and every library it
 #                              loads (libevent, hwloc, pmix, libfabric, ucx,
 #                              ...). Bullseye's glibc is 2.31: what is built
@@ -33,7 +34,7 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # Static: headers and archives. Open MPI: libopenmpi3's dependencies minus
 # libc6/libgcc-s1/libstdc++6 (every Linux has them) and minus
 # libhwloc-plugins (optional; it drags X11, libxml2 and OpenCL).
-PACKAGES=(libhdf5-dev libaec-dev zlib1g-dev libopenblas-dev libopenblas-pthread-dev
+PACKAGES=(libhdf5-dev libaec-dev zlib1g-dev libxxhash-dev libopenblas-dev libopenblas-pthread-dev
           libopenmpi-dev libopenmpi3 openmpi-bin openmpi-common libpmix2 libhwloc15
           libevent-core-2.1-7 libevent-pthreads-2.1-7 libfabric1 libucx0 libibverbs1 ibverbs-providers
           librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200 libnuma1 libudev1

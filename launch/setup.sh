@@ -20,7 +20,7 @@ for arg in "$@"; do
 done
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
-          libopenblas-dev zlib1g-dev dataset-fashion-mnist iproute2)
+          libopenblas-dev zlib1g-dev libxxhash-dev dataset-fashion-mnist iproute2)
 # The test suite's fuzz targets (libFuzzer from Debian's clang) and its
 # one-node Slurm (tests/slurm).
 [ "$sanitize" = 1 ] && packages+=(clang libclang-rt-14-dev slurm-wlm munge)
