@@ -1,5 +1,5 @@
-/* One split of a dataset file: validation on open, and reads of arbitrary
- * sample sets as one coalesced hyperslab selection.
+/* One split of a dataset file: opening and validation (dataset_read.c reads
+ * arbitrary sample sets from it).
  *
  * The file and dataset handles stay open for the life of the Dataset. The
  * labels of the split (one byte per sample) are read and range-checked once at
@@ -20,7 +20,7 @@
  * whole validation first (h5guard.h); a file that crashes it is refused with
  * one line before this process lets HDF5 parse it.
  */
-#include "reader/reader.h"
+#include "reader/dataset_internal.h"
 
 #include "core/error.h"
 #include "reader/h5check.h"
@@ -38,39 +38,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* One sample's bytes: 64 MiB is a 4096 x 4096 RGBA image; more is a damaged
- * or mistaken file, and the reader keeps a few batches of samples in memory. */
-#define MAX_SAMPLE_BYTES ((size_t)64 << 20)
-
-typedef struct {
-    uint64_t idx; /* sample index in the file */
-    size_t pos;   /* position in the caller's request */
-} IdxPos;
-
-struct Dataset {
-    char *path;
-    char *split;
-    uint64_t file_bytes;        /* size of the file at open */
-    hid_t file, images, fspace; /* fspace: images' file space, reselected per read */
-    DatasetInfo info;
-    size_t sample_bytes;        /* c * h * w */
-    uint8_t *labels;            /* (count) validated at open */
-    float lut[256];             /* byte value -> normalised float */
-    /* scratch of dataset_read, grown on demand */
-    size_t cap;
-    IdxPos *sorted;             /* (cap) */
-    size_t *slot;               /* (cap) request position -> row of raw */
-    uint8_t *raw;               /* (cap, c, h, w) */
-    /* Contiguous, unfiltered images are read with pread at their offset in
-     * the file, several times faster than hyperslab reads of single samples;
-     * fd < 0 reads through HDF5 (chunked or compressed files). */
-    int fd;
-    uint64_t images_offset;
-};
-
-static int enable_direct_reads(Dataset *d);
-
-static void quiet_hdf5(void)
+void dataset_quiet_hdf5(void)
 {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
 }
@@ -85,8 +53,7 @@ static char *dup_string(const char *s)
 
 /* One line for an HDF5 call that failed on a file that opened: its structure
  * is damaged. Returns BASIN_ERR_USAGE. */
-static int damaged(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int damaged(const char *path, const char *fmt, ...)
+int dataset_damaged(const char *path, const char *fmt, ...)
 {
     char what[320], h5[256];
     va_list ap;
@@ -115,7 +82,7 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
 
     int e = link_exists(file, full);
     if (e < 0) {
-        rc = damaged(path, "H5Lexists(%s)", full);
+        rc = dataset_damaged(path, "H5Lexists(%s)", full);
         goto cleanup;
     }
     if (e == 0) {
@@ -129,14 +96,14 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
     }
     type = H5Dget_type(ds);
     if (type < 0) {
-        rc = damaged(path, "H5Dget_type(%s)", full);
+        rc = dataset_damaged(path, "H5Dget_type(%s)", full);
         goto cleanup;
     }
     H5T_class_t cls = H5Tget_class(type);
     size_t tsize = H5Tget_size(type);
     H5T_sign_t sign = cls == H5T_INTEGER ? H5Tget_sign(type) : H5T_SGN_ERROR;
     if (cls == H5T_NO_CLASS || tsize == 0) {
-        rc = damaged(path, "H5Tget_class/H5Tget_size(%s)", full);
+        rc = dataset_damaged(path, "H5Tget_class/H5Tget_size(%s)", full);
         goto cleanup;
     }
     if (cls != H5T_INTEGER || tsize != 1 || sign != H5T_SGN_NONE) {
@@ -147,12 +114,12 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
     }
     space = H5Dget_space(ds);
     if (space < 0) {
-        rc = damaged(path, "H5Dget_space(%s)", full);
+        rc = dataset_damaged(path, "H5Dget_space(%s)", full);
         goto cleanup;
     }
     int nd = H5Sget_simple_extent_ndims(space);
     if (nd < 0) {
-        rc = damaged(path, "H5Sget_simple_extent_ndims(%s)", full);
+        rc = dataset_damaged(path, "H5Sget_simple_extent_ndims(%s)", full);
         goto cleanup;
     }
     if (nd != rank) {
@@ -161,7 +128,7 @@ static int open_u8_dataset(const char *path, hid_t file, const char *split, cons
         goto cleanup;
     }
     if (H5Sget_simple_extent_dims(space, dims, NULL) < 0) {
-        rc = damaged(path, "H5Sget_simple_extent_dims(%s)", full);
+        rc = dataset_damaged(path, "H5Sget_simple_extent_dims(%s)", full);
         goto cleanup;
     }
     *out = ds;
@@ -183,7 +150,7 @@ static int read_root_attr(const char *path, hid_t file, const char *name, int in
 
     htri_t e = H5Aexists(file, name);
     if (e < 0) {
-        rc = damaged(path, "H5Aexists(%s)", name);
+        rc = dataset_damaged(path, "H5Aexists(%s)", name);
         goto cleanup;
     }
     if (e == 0) {
@@ -192,19 +159,19 @@ static int read_root_attr(const char *path, hid_t file, const char *name, int in
     }
     attr = H5Aopen(file, name, H5P_DEFAULT);
     if (attr < 0) {
-        rc = damaged(path, "H5Aopen(%s)", name);
+        rc = dataset_damaged(path, "H5Aopen(%s)", name);
         goto cleanup;
     }
     type = H5Aget_type(attr);
     space = H5Aget_space(attr);
     if (type < 0 || space < 0) {
-        rc = damaged(path, "H5Aget_type/H5Aget_space(%s)", name);
+        rc = dataset_damaged(path, "H5Aget_type/H5Aget_space(%s)", name);
         goto cleanup;
     }
     H5T_class_t cls = H5Tget_class(type);
     hssize_t npoints = H5Sget_simple_extent_npoints(space);
     if (cls == H5T_NO_CLASS || npoints < 0) {
-        rc = damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
+        rc = dataset_damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
         goto cleanup;
     }
     if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || npoints != 1) {
@@ -220,7 +187,7 @@ static int read_root_attr(const char *path, hid_t file, const char *name, int in
      * exception, so read in double and range-check here. */
     double v = 0.0;
     if (H5Aread(attr, H5T_NATIVE_DOUBLE, &v) < 0) {
-        rc = damaged(path, "H5Aread(%s)", name);
+        rc = dataset_damaged(path, "H5Aread(%s)", name);
         goto cleanup;
     }
     if (mem_type == H5T_NATIVE_INT) {
@@ -254,11 +221,11 @@ static int load_labels(Dataset *d, hid_t labels_ds)
     hsize_t start = 0, n = count;
     fspace = H5Dget_space(labels_ds);
     if (fspace < 0) {
-        rc = damaged(d->path, "H5Dget_space(/%s/labels)", d->split);
+        rc = dataset_damaged(d->path, "H5Dget_space(/%s/labels)", d->split);
         goto cleanup;
     }
     if (H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &start, NULL, &n, NULL) < 0) {
-        rc = damaged(d->path, "H5Sselect_hyperslab(/%s/labels)", d->split);
+        rc = dataset_damaged(d->path, "H5Sselect_hyperslab(/%s/labels)", d->split);
         goto cleanup;
     }
     mspace = H5Screate_simple(1, &n, NULL);
@@ -267,7 +234,7 @@ static int load_labels(Dataset *d, hid_t labels_ds)
         goto cleanup;
     }
     if (H5Dread(labels_ds, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, d->labels) < 0) {
-        rc = damaged(d->path, "H5Dread(/%s/labels)", d->split);
+        rc = dataset_damaged(d->path, "H5Dread(/%s/labels)", d->split);
         goto cleanup;
     }
     for (size_t i = 0; i < count; i++) {
@@ -287,7 +254,7 @@ cleanup:
 static int open_checked(const char *path, const char *split, size_t limit, Dataset **out)
 {
     *out = NULL;
-    quiet_hdf5();
+    dataset_quiet_hdf5();
     int rc = BASIN_OK;
     hid_t labels_ds = H5I_INVALID_HID;
     Dataset *d = basin_calloc(1, sizeof *d);
@@ -338,7 +305,7 @@ static int open_checked(const char *path, const char *split, size_t limit, Datas
     snprintf(group, sizeof group, "/%s", split);
     int e = link_exists(d->file, group);
     if (e < 0) {
-        rc = damaged(path, "H5Lexists(%s)", group);
+        rc = dataset_damaged(path, "H5Lexists(%s)", group);
         goto cleanup;
     }
     if (e == 0) {
@@ -351,7 +318,7 @@ static int open_checked(const char *path, const char *split, size_t limit, Datas
         goto cleanup;
     }
     if (H5Gclose(g) < 0) {
-        rc = damaged(path, "H5Gclose(%s)", group);
+        rc = dataset_damaged(path, "H5Gclose(%s)", group);
         goto cleanup;
     }
 
@@ -421,10 +388,10 @@ static int open_checked(const char *path, const char *split, size_t limit, Datas
 
     d->fspace = H5Dget_space(d->images);
     if (d->fspace < 0) {
-        rc = damaged(path, "H5Dget_space(/%s/images)", split);
+        rc = dataset_damaged(path, "H5Dget_space(/%s/images)", split);
         goto cleanup;
     }
-    if ((rc = enable_direct_reads(d))) goto cleanup;
+    if ((rc = dataset_enable_direct_reads(d))) goto cleanup;
 
 cleanup:
     if (labels_ds >= 0) H5Dclose(labels_ds);
@@ -454,7 +421,7 @@ static int check_in_child(void *arg)
 int dataset_open(const char *path, const char *split, size_t limit, Dataset **out)
 {
     *out = NULL;
-    quiet_hdf5();
+    dataset_quiet_hdf5();
     /* Only a readable regular file reaches HDF5; open_checked words every
      * other case. */
     struct stat st;
@@ -484,7 +451,7 @@ static int split_absent_in_child(void *arg)
 
 int dataset_has_split(const char *path, const char *split)
 {
-    quiet_hdf5();
+    dataset_quiet_hdf5();
     struct stat st;
     if (!path || !*path || !split || !*split || strchr(split, '/') || strlen(split) > 64 || stat(path, &st) != 0 ||
         !S_ISREG(st.st_mode) || access(path, R_OK) != 0)
@@ -496,195 +463,3 @@ int dataset_has_split(const char *path, const char *split)
     return verdict != BASIN_ERR_USAGE;
 }
 
-const DatasetInfo *dataset_info(const Dataset *d)
-{
-    return &d->info;
-}
-
-static int cmp_idxpos(const void *a, const void *b)
-{
-    const IdxPos *x = a, *y = b;
-    if (x->idx != y->idx) return x->idx < y->idx ? -1 : 1;
-    return x->pos < y->pos ? -1 : x->pos > y->pos;
-}
-
-static int grow_scratch(Dataset *d, size_t n)
-{
-    if (n <= d->cap) return BASIN_OK;
-    size_t cap = n > 2 * d->cap ? n : 2 * d->cap;
-    if (cap > SIZE_MAX / (d->sample_bytes ? d->sample_bytes : 1))
-        return BASIN_FAIL(BASIN_ERR_RUNTIME, "dataset_read: %zu samples overflow a buffer size", n);
-    IdxPos *sorted = realloc(d->sorted, cap * sizeof *sorted);
-    if (sorted) d->sorted = sorted;
-    size_t *slot = realloc(d->slot, cap * sizeof *slot);
-    if (slot) d->slot = slot;
-    uint8_t *raw = realloc(d->raw, cap * d->sample_bytes);
-    if (raw) d->raw = raw;
-    if (!sorted || !slot || !raw)
-        return BASIN_FAIL(BASIN_ERR_RUNTIME, "out of memory growing read buffers to %zu samples", cap);
-    d->cap = cap;
-    return BASIN_OK;
-}
-
-/* Runs of consecutive samples per H5Dread. HDF5 1.10 builds a union of
- * hyperslabs in time that grows faster than linearly with the number of
- * blocks: measured on Fashion-MNIST (random batches, 784-byte samples), one
- * union of 1024 runs took ~3.5x as long as reading the runs one by one, while
- * unions of up to 32 runs cost the same per sample as single reads and fewer
- * calls. */
-#define RUNS_PER_READ 32
-
-/* Read the rows of one union selection (already made in d->fspace) into raw.
- * A failure at open means the file is damaged (a bad input); later, it is a
- * failed read. */
-static int read_rows(Dataset *d, uint8_t *raw, size_t rows, int at_open)
-{
-    int rc = BASIN_OK;
-    hsize_t melems = (hsize_t)rows * d->sample_bytes;
-    hid_t mspace = H5Screate_simple(1, &melems, NULL);
-    if (mspace < 0)
-        return BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate_simple(%llu) failed", (unsigned long long)melems);
-    if (H5Dread(d->images, H5T_NATIVE_UINT8, mspace, d->fspace, H5P_DEFAULT, raw) < 0)
-        rc = at_open ? damaged(d->path, "H5Dread(/%s/images, %zu samples)", d->split, rows)
-                     : BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dread(%s, /%s/images, %zu samples) failed", d->path,
-                                  d->split, rows);
-    if (H5Sclose(mspace) < 0 && !rc) rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sclose(memory space) failed");
-    return rc;
-}
-
-static int pread_full(const Dataset *d, uint8_t *buf, size_t bytes, uint64_t offset)
-{
-    while (bytes > 0) {
-        ssize_t got = pread(d->fd, buf, bytes, (off_t)offset);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0)
-            return BASIN_FAIL(BASIN_ERR_RUNTIME, "pread(%s, /%s/images at byte %llu) failed: %s", d->path,
-                              d->split, (unsigned long long)offset, got < 0 ? strerror(errno) : "end of file");
-        buf += got, bytes -= (size_t)got, offset += (uint64_t)got;
-    }
-    return BASIN_OK;
-}
-
-/* Use pread when the images are stored contiguously and unfiltered, which
- * HDF5 tells by giving their address (chunked or compressed data has none).
- * The address is trusted only after it reads the same first and last sample
- * as HDF5 does; otherwise reads stay with HDF5. */
-static int enable_direct_reads(Dataset *d)
-{
-    haddr_t off = H5Dget_offset(d->images);
-    if (off == HADDR_UNDEF || d->info.count == 0) return BASIN_OK;
-    int fd = open(d->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return BASIN_OK;
-    TRY(grow_scratch(d, 4));
-    size_t sb = d->sample_bytes;
-    uint64_t last = d->info.count - 1;
-    hsize_t count[4] = {1, (hsize_t)d->info.c, (hsize_t)d->info.h, (hsize_t)d->info.w};
-    hsize_t start0[4] = {0, 0, 0, 0}, start1[4] = {last, 0, 0, 0};
-    int rc = BASIN_OK;
-    if (H5Sselect_hyperslab(d->fspace, H5S_SELECT_SET, start0, NULL, count, NULL) < 0 ||
-        H5Sselect_hyperslab(d->fspace, H5S_SELECT_OR, start1, NULL, count, NULL) < 0)
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sselect_hyperslab(%s, /%s/images) failed", d->path, d->split);
-    if (!rc) rc = read_rows(d, d->raw, last == 0 ? 1 : 2, 1);
-    if (rc) {
-        close(fd);
-        return rc;
-    }
-    d->fd = fd;
-    d->images_offset = (uint64_t)off;
-    if (pread_full(d, d->raw + 2 * sb, sb, d->images_offset) ||
-        pread_full(d, d->raw + 3 * sb, sb, d->images_offset + last * sb) ||
-        memcmp(d->raw, d->raw + 2 * sb, sb) != 0 || memcmp(d->raw + (last == 0 ? 0 : sb), d->raw + 3 * sb, sb) != 0) {
-        close(fd);
-        d->fd = -1;
-    }
-    return BASIN_OK;
-}
-
-/* Read the unique samples of sorted[0..n) into raw, one row each, in index
- * order, and note in d->slot which row serves each request position. Each run
- * of consecutive indices is one hyperslab block: adjacent samples are adjacent
- * bytes in contiguous storage, so HDF5 reads a run as one range. */
-static int read_sorted(Dataset *d, const IdxPos *sorted, size_t n)
-{
-    size_t row = 0, group_first_row = 0, runs = 0;
-    size_t i = 0;
-    while (i < n) {
-        uint64_t first = sorted[i].idx, next = first + 1;
-        d->slot[sorted[i].pos] = row++;
-        size_t j = i + 1;
-        for (; j < n; j++) {
-            if (sorted[j].idx == next - 1) { /* a duplicate shares the row */
-                d->slot[sorted[j].pos] = row - 1;
-            } else if (sorted[j].idx == next) {
-                d->slot[sorted[j].pos] = row++;
-                next++;
-            } else {
-                break;
-            }
-        }
-        if (d->fd >= 0) {
-            size_t rows = (size_t)(next - first);
-            TRY(pread_full(d, d->raw + (row - rows) * d->sample_bytes, rows * d->sample_bytes,
-                           d->images_offset + first * d->sample_bytes));
-            i = j;
-            continue;
-        }
-        hsize_t start[4] = {first, 0, 0, 0};
-        hsize_t count[4] = {next - first, (hsize_t)d->info.c, (hsize_t)d->info.h, (hsize_t)d->info.w};
-        if (H5Sselect_hyperslab(d->fspace, runs == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count, NULL) < 0)
-            return BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Sselect_hyperslab(%s, /%s/images, rows %llu..%llu) failed",
-                              d->path, d->split, (unsigned long long)first, (unsigned long long)next);
-        i = j;
-        if (++runs == RUNS_PER_READ || i == n) {
-            TRY(read_rows(d, d->raw + group_first_row * d->sample_bytes, row - group_first_row, 0));
-            group_first_row = row;
-            runs = 0;
-        }
-    }
-    return BASIN_OK;
-}
-
-int dataset_read(Dataset *d, const uint64_t *idx, size_t n, float *images, int32_t *labels)
-{
-    if (n == 0) return BASIN_OK;
-    quiet_hdf5();
-    for (size_t i = 0; i < n; i++) {
-        if (idx[i] >= d->info.count)
-            return BASIN_FAIL(BASIN_ERR_RUNTIME, "dataset_read: sample %llu out of range (%s /%s has %zu)",
-                              (unsigned long long)idx[i], d->path, d->split, d->info.count);
-    }
-    TRY(grow_scratch(d, n));
-    for (size_t i = 0; i < n; i++) {
-        d->sorted[i].idx = idx[i];
-        d->sorted[i].pos = i;
-    }
-    qsort(d->sorted, n, sizeof *d->sorted, cmp_idxpos);
-    TRY(read_sorted(d, d->sorted, n));
-
-    /* Scatter into the caller's order, normalising through the table. */
-    const size_t sb = d->sample_bytes;
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *src = d->raw + d->slot[i] * sb;
-        float *dst = images + i * sb;
-        for (size_t k = 0; k < sb; k++) dst[k] = d->lut[src[k]];
-        labels[i] = d->labels[idx[i]];
-    }
-    return BASIN_OK;
-}
-
-void dataset_close(Dataset *d)
-{
-    if (!d) return;
-    quiet_hdf5();
-    if (d->fd >= 0) close(d->fd);
-    if (d->fspace >= 0) H5Sclose(d->fspace);
-    if (d->images >= 0) H5Dclose(d->images);
-    if (d->file >= 0 && H5Fclose(d->file) < 0) basin_warn("H5Fclose(%s) failed", d->path ? d->path : "");
-    free(d->raw);
-    free(d->slot);
-    free(d->sorted);
-    free(d->labels);
-    free(d->split);
-    free(d->path);
-    free(d);
-}
