@@ -390,6 +390,12 @@ int config_resume_check(const char *saved, const TrainConfig *cfg, const char *c
         } else {
             same = strcmp(was, is) == 0;
         }
+        /* On/off options read as such: "--nesterov on (was off)". */
+        int flag = !strcmp(keys[i].key, "nesterov") || !strcmp(keys[i].key, "scale_lr");
+        if (flag) {
+            is = strtod(is, NULL) != 0 ? "on" : "off";
+            was = strtod(was, NULL) != 0 ? "on" : "off";
+        }
         if (!same && used < sizeof diff)
             used += (size_t)snprintf(diff + used, sizeof diff - used, "%s%s %s (was %s)", used ? ", " : "",
                                      keys[i].option, is, was);
