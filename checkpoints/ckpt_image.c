@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "checkpoints/ckpt_internal.h"
+#include "reader/h5attr.h"
 #include "core/error.h"
 
 /* ---- the in-memory metadata driver ---------------------------------------- */
@@ -133,27 +134,7 @@ void ckpt_sink_free(CkptSink *s)
 
 static int put_attr(hid_t obj, const char *name, hid_t file_type, hid_t mem_type, const void *value)
 {
-    int rc = BASIN_OK;
-    char why[256];
-    hid_t space = H5Screate(H5S_SCALAR), attr = H5I_INVALID_HID;
-    if (space < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate(scalar) failed: %s", h5check_reason(why));
-        goto cleanup;
-    }
-    attr = H5Acreate2(obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
-    if (attr < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Acreate2(%s) failed: %s", name, h5check_reason(why));
-        goto cleanup;
-    }
-    if (H5Awrite(attr, mem_type, value) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Awrite(%s) failed: %s", name, h5check_reason(why));
-        goto cleanup;
-    }
-
-cleanup:
-    if (attr >= 0 && H5Aclose(attr) < 0 && !rc) rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aclose(%s) failed", name);
-    if (space >= 0) H5Sclose(space);
-    return rc;
+    return h5attr_write(obj, "checkpoint", name, file_type, mem_type, value);
 }
 
 /* A fixed-length, NUL-terminated ASCII/UTF-8 string of strlen + 1 bytes. */

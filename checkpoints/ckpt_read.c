@@ -16,6 +16,7 @@
 #include "checkpoints/ckpt_internal.h"
 #include "checkpoints/xxh64.h"
 #include "core/error.h"
+#include "reader/h5attr.h"
 #include "reader/h5check.h"
 #include "reader/h5guard.h"
 
@@ -28,35 +29,15 @@ static int get_attr(hid_t obj, const char *name, hid_t want, const char *want_na
                     char *why, size_t why_len)
 {
     char h5[256];
-    htri_t exists = H5Aexists(obj, name);
-    if (exists < 0) return BAD("cannot look up attribute '%s': %s", name, h5check_reason(h5));
-    if (exists == 0) return BAD("attribute '%s' is missing", name);
-    int rc = BASIN_OK;
-    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT), type = H5I_INVALID_HID, space = H5I_INVALID_HID;
-    if (attr < 0) {
-        rc = BAD("cannot open attribute '%s': %s", name, h5check_reason(h5));
-        goto cleanup;
-    }
-    type = H5Aget_type(attr);
-    space = H5Aget_space(attr);
-    if (type < 0 || space < 0) {
-        rc = BAD("cannot read the type of attribute '%s': %s", name, h5check_reason(h5));
-        goto cleanup;
-    }
-    if (H5Sget_simple_extent_type(space) != H5S_SCALAR) {
-        rc = BAD("attribute '%s' is not a scalar", name);
-        goto cleanup;
-    }
-    if (H5Tequal(type, want) <= 0) {
-        rc = BAD("attribute '%s' has the wrong type (expected %s)", name, want_name);
-        goto cleanup;
-    }
-    if (H5Aread(attr, mem_type, value) < 0) rc = BAD("cannot read attribute '%s': %s", name, h5check_reason(h5));
-
-cleanup:
-    if (space >= 0) H5Sclose(space);
-    if (type >= 0) H5Tclose(type);
-    if (attr >= 0) H5Aclose(attr);
+    H5Attr a;
+    int rc = BASIN_OK, st = h5attr_open(obj, name, &a, why, why_len);
+    if (st > 0) rc = BAD("attribute '%s' is missing", name);
+    else if (st < 0) rc = BASIN_ERR_USAGE; /* why says which call */
+    else if (H5Sget_simple_extent_type(a.space) != H5S_SCALAR) rc = BAD("attribute '%s' is not a scalar", name);
+    else if (H5Tequal(a.type, want) <= 0) rc = BAD("attribute '%s' has the wrong type (expected %s)", name, want_name);
+    else if (H5Aread(a.attr, mem_type, value) < 0)
+        rc = BAD("cannot read attribute '%s': %s", name, h5check_reason(h5));
+    h5attr_close(&a);
     return rc;
 }
 
@@ -65,25 +46,20 @@ static int get_string_attr(hid_t obj, const char *name, char **out, char *why, s
 {
     char h5[256];
     *out = NULL;
-    htri_t exists = H5Aexists(obj, name);
-    if (exists < 0) return BAD("cannot look up attribute '%s': %s", name, h5check_reason(h5));
-    if (exists == 0) return BAD("attribute '%s' is missing", name);
-    int rc = BASIN_OK;
+    H5Attr a;
+    int rc = BASIN_OK, st = h5attr_open(obj, name, &a, why, why_len);
     char *buf = NULL;
-    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT), type = H5I_INVALID_HID, space = H5I_INVALID_HID;
-    if (attr < 0) {
-        rc = BAD("cannot open attribute '%s': %s", name, h5check_reason(h5));
+    if (st > 0) {
+        rc = BAD("attribute '%s' is missing", name);
         goto cleanup;
     }
-    type = H5Aget_type(attr);
-    space = H5Aget_space(attr);
-    if (type < 0 || space < 0) {
-        rc = BAD("cannot read the type of attribute '%s': %s", name, h5check_reason(h5));
+    if (st < 0) {
+        rc = BASIN_ERR_USAGE;
         goto cleanup;
     }
-    size_t size = H5Tget_size(type);
-    if (H5Sget_simple_extent_type(space) != H5S_SCALAR || H5Tget_class(type) != H5T_STRING ||
-        H5Tis_variable_str(type) != 0 || size == 0 || size > CKPT_MAX_STRING + 1) {
+    size_t size = H5Tget_size(a.type);
+    if (H5Sget_simple_extent_type(a.space) != H5S_SCALAR || H5Tget_class(a.type) != H5T_STRING ||
+        H5Tis_variable_str(a.type) != 0 || size == 0 || size > CKPT_MAX_STRING + 1) {
         rc = BAD("attribute '%s' has the wrong type (expected a fixed-length string)", name);
         goto cleanup;
     }
@@ -92,7 +68,7 @@ static int get_string_attr(hid_t obj, const char *name, char **out, char *why, s
         rc = BASIN_ERR_RUNTIME;
         goto cleanup;
     }
-    if (H5Aread(attr, type, buf) < 0) {
+    if (H5Aread(a.attr, a.type, buf) < 0) {
         rc = BAD("cannot read attribute '%s': %s", name, h5check_reason(h5));
         goto cleanup;
     }
@@ -102,9 +78,7 @@ static int get_string_attr(hid_t obj, const char *name, char **out, char *why, s
 
 cleanup:
     free(buf);
-    if (space >= 0) H5Sclose(space);
-    if (type >= 0) H5Tclose(type);
-    if (attr >= 0) H5Aclose(attr);
+    h5attr_close(&a);
     return rc;
 }
 

@@ -23,6 +23,7 @@
 #include "reader/dataset_internal.h"
 
 #include "core/error.h"
+#include "reader/h5attr.h"
 #include "reader/h5check.h"
 #include "reader/h5guard.h"
 
@@ -145,31 +146,19 @@ cleanup:
  * integer, it must be stored as an integer (a float would be truncated). */
 static int read_root_attr(const char *path, hid_t file, const char *name, int integer, hid_t mem_type, void *value)
 {
-    int rc = BASIN_OK;
-    hid_t attr = H5I_INVALID_HID, type = H5I_INVALID_HID, space = H5I_INVALID_HID;
-
-    htri_t e = H5Aexists(file, name);
-    if (e < 0) {
-        rc = dataset_damaged(path, "H5Aexists(%s)", name);
+    char why[512];
+    H5Attr a;
+    int rc = BASIN_OK, st = h5attr_open(file, name, &a, why, sizeof why);
+    if (st < 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: damaged HDF5 file: %s", path, why);
         goto cleanup;
     }
-    if (e == 0) {
+    if (st > 0) {
         rc = basin_error(BASIN_ERR_USAGE, "%s: missing root attribute '%s'", path, name);
         goto cleanup;
     }
-    attr = H5Aopen(file, name, H5P_DEFAULT);
-    if (attr < 0) {
-        rc = dataset_damaged(path, "H5Aopen(%s)", name);
-        goto cleanup;
-    }
-    type = H5Aget_type(attr);
-    space = H5Aget_space(attr);
-    if (type < 0 || space < 0) {
-        rc = dataset_damaged(path, "H5Aget_type/H5Aget_space(%s)", name);
-        goto cleanup;
-    }
-    H5T_class_t cls = H5Tget_class(type);
-    hssize_t npoints = H5Sget_simple_extent_npoints(space);
+    H5T_class_t cls = H5Tget_class(a.type);
+    hssize_t npoints = H5Sget_simple_extent_npoints(a.space);
     if (cls == H5T_NO_CLASS || npoints < 0) {
         rc = dataset_damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
         goto cleanup;
@@ -186,7 +175,7 @@ static int read_root_attr(const char *path, hid_t file, const char *name, int in
      * float's NaN, made up): HDF5 reports it only through a conversion
      * exception, so read in double and range-check here. */
     double v = 0.0;
-    if (H5Aread(attr, H5T_NATIVE_DOUBLE, &v) < 0) {
+    if (H5Aread(a.attr, H5T_NATIVE_DOUBLE, &v) < 0) {
         rc = dataset_damaged(path, "H5Aread(%s)", name);
         goto cleanup;
     }
@@ -201,9 +190,7 @@ static int read_root_attr(const char *path, hid_t file, const char *name, int in
     }
 
 cleanup:
-    if (space >= 0) H5Sclose(space);
-    if (type >= 0) H5Tclose(type);
-    if (attr >= 0) H5Aclose(attr);
+    h5attr_close(&a);
     return rc;
 }
 

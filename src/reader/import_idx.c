@@ -13,6 +13,7 @@
 #include "reader/reader.h"
 
 #include "core/error.h"
+#include "reader/h5attr.h"
 #include "core/files.h"
 
 #include <errno.h>
@@ -216,31 +217,6 @@ static int write_split(hid_t file, const char *split, const Split *s, const char
     return BASIN_OK;
 }
 
-static int write_scalar_attr(hid_t file, const char *name, hid_t file_type, hid_t mem_type, const void *value,
-                             const char *path)
-{
-    int rc = BASIN_OK;
-    hid_t space = H5Screate(H5S_SCALAR), attr = H5I_INVALID_HID;
-    if (space < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate(scalar) failed");
-        goto cleanup;
-    }
-    attr = H5Acreate2(file, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
-    if (attr < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Acreate2(%s, %s) failed", path, name);
-        goto cleanup;
-    }
-    if (H5Awrite(attr, mem_type, value) < 0) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Awrite(%s, %s) failed", path, name);
-        goto cleanup;
-    }
-
-cleanup:
-    if (attr >= 0 && H5Aclose(attr) < 0 && !rc) rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Aclose(%s) failed", name);
-    if (space >= 0) H5Sclose(space);
-    return rc;
-}
-
 static int write_class_names(hid_t file, const char *path)
 {
     int rc = BASIN_OK;
@@ -316,9 +292,9 @@ static int build_file_image(const char *label, const Split *train, const Split *
     int classes = IMPORT_CLASSES;
     if ((rc = write_split(file, "train", train, label))) goto cleanup;
     if ((rc = write_split(file, "test", test, label))) goto cleanup;
-    if ((rc = write_scalar_attr(file, "classes", H5T_STD_I32LE, H5T_NATIVE_INT, &classes, label))) goto cleanup;
-    if ((rc = write_scalar_attr(file, "mean", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, &mean, label))) goto cleanup;
-    if ((rc = write_scalar_attr(file, "std", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, &std, label))) goto cleanup;
+    if ((rc = h5attr_write(file, label, "classes", H5T_STD_I32LE, H5T_NATIVE_INT, &classes))) goto cleanup;
+    if ((rc = h5attr_write(file, label, "mean", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, &mean))) goto cleanup;
+    if ((rc = h5attr_write(file, label, "std", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, &std))) goto cleanup;
     if ((rc = write_class_names(file, label))) goto cleanup;
     if (H5Fflush(file, H5F_SCOPE_GLOBAL) < 0) {
         rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fflush(%s) failed", label);
