@@ -47,10 +47,14 @@ rc=${PIPESTATUS[0]}
 # Every report, however it ended: each artifact libFuzzer kept, and each
 # SUMMARY line of a sanitizer or of libFuzzer in the output (fork mode prints
 # the inner process's log on a crash).
-crashes=$(find "$artifacts" -type f | wc -l)
+# Slow inputs (slow-unit-*: one execution over 10 s, which a loaded machine
+# produces; a real hang is a timeout-* after 20 s) are listed, not counted.
+crashes=$(find "$artifacts" -type f ! -name 'slow-unit-*' | wc -l)
+slow=$(find "$artifacts" -type f -name 'slow-unit-*' | wc -l)
 reports=$(grep -cE '^SUMMARY: ' "$log")
 for a in "$artifacts"/*; do
   [ -f "$a" ] || continue
+  case "$(basename "$a")" in slow-unit-*) echo "fuzz: slow input (not a failure): $(basename "$a")"; continue ;; esac
   report=$("$target" -runs=1 -timeout=20 -rss_limit_mb=4096 "$a" 2>&1)
   summary=$(printf '%s\n' "$report" | grep -m1 -E 'SUMMARY|ERROR: libFuzzer' || echo 'no report when rerun alone')
   frame=$(printf '%s\n' "$report" | grep -E '^ +#[0-9]+ ' | grep -vE '__interceptor_|__asan|__sanitizer|__ubsan|fuzzer::' | head -1)
@@ -69,5 +73,5 @@ added=$(find "$corpus" -type f | wc -l)
 result=PASS
 [ "$rc" -eq 0 ] && [ "$crashes" -eq 0 ] && [ "$reports" -eq 0 ] || result=FAIL
 echo "fuzz: $name: executions ${execs:-?}, exec/s ${speed:-?}, crashes $crashes, sanitizer reports $reports," \
-  "corpus ${units:-?} inputs, new files $added, coverage ${cov:-?}, libFuzzer exit $rc, $result"
+  "corpus ${units:-?} inputs, new files $added, coverage ${cov:-?}, slow inputs $slow, libFuzzer exit $rc, $result"
 [ "$result" = PASS ]
