@@ -151,7 +151,7 @@ check_chain timelimit 1
 status_of timelimit | grep -q "^exit=$BASIN_EXIT_PREEMPTED .* lost=0 " || fail "timelimit: status '$(status_of timelimit)'"
 
 checks=$((checks + 2))
-j_pre=$(job preempt-requeue 60 -p low)
+j_pre=$(job preempt-requeue 200 -p low)
 j_prc=$(job preempt-cancel 1000 -p lowc)
 wait_training preempt-requeue 1 "$j_pre"
 wait_training preempt-cancel 1 "$j_prc"
@@ -161,7 +161,7 @@ wait_state "$j_pre" COMPLETED FAILED CANCELLED
 wait_state "$j_big" COMPLETED FAILED CANCELLED
 check_job "$j_pre" preempt-requeue COMPLETED "$BASIN_EXIT_OK" 1
 check_chain preempt-requeue 1
-grep -q 'checkpoint (final) at step 6000' "$work/preempt-requeue.out" || fail "preempt-requeue: did not complete"
+grep -q 'checkpoint (final) at step 20000' "$work/preempt-requeue.out" || fail "preempt-requeue: did not complete"
 check_job "$j_prc" preempt-cancel PREEMPTED "$BASIN_EXIT_PREEMPTED" 0
 check_chain preempt-cancel 1
 status_of preempt-cancel | grep -q "^exit=$BASIN_EXIT_PREEMPTED .* lost=0 " || fail "preempt-cancel: status '$(status_of preempt-cancel)'"
