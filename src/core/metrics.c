@@ -47,8 +47,8 @@ void metrics_step(Metrics *m, const StepRecord *r)
     static const char *const names[5] = {"data_wait", "forward", "backward", "comm_exposed", "optimizer"};
     if (!m->f) return;
     fprintf(m->f,
-            "{\"event\":\"step\",\"epoch\":%d,\"step\":%llu,\"loss\":%.6g,\"accuracy\":%.6g,"
-            "\"lr\":%.6g,\"images_per_s\":%.1f,\"time_s\":%.3f,\"data_wait_s\":%.6f,"
+            "{\"event\":\"step\",\"epoch\":%d,\"step\":%llu,\"loss\":%.9g,\"accuracy\":%.9g,"
+            "\"lr\":%.9g,\"images_per_s\":%.1f,\"time_s\":%.3f,\"data_wait_s\":%.6f,"
             "\"compute_s\":%.6f,\"comm_s\":%.6f",
             r->epoch, (unsigned long long)r->step, r->loss, r->accuracy, r->lr, r->images_per_s,
             r->time_s, r->data_wait_s, r->compute_s, r->comm_s);
@@ -63,8 +63,8 @@ void metrics_eval(Metrics *m, int epoch, uint64_t step, double loss, double accu
 {
     if (!m->f) return;
     fprintf(m->f,
-            "{\"event\":\"eval\",\"epoch\":%d,\"step\":%llu,\"test_loss\":%.6g,"
-            "\"test_accuracy\":%.6g,\"time_s\":%.3f}\n",
+            "{\"event\":\"eval\",\"epoch\":%d,\"step\":%llu,\"test_loss\":%.9g,"
+            "\"test_accuracy\":%.9g,\"time_s\":%.3f}\n",
             epoch, (unsigned long long)step, loss, accuracy, time_s);
     fflush(m->f);
 }

@@ -175,6 +175,10 @@ lines = open(sys.argv[1]).read().split("\n")
 assert lines[-1] == "", "no newline at the end"
 steps = [json.loads(l)["step"] for l in lines[:-1]]
 assert steps == sorted(steps) and len(steps) == len(set(steps)), steps
+# Losses at full precision: 9 significant digits (a float has about 7.2).
+import re
+digits = [len(re.sub(r"[^0-9]", "", v.split("e")[0]).lstrip("0")) for v in re.findall(r"\"loss\":([-0-9.e+]+)", "".join(lines))]
+assert digits and max(digits) >= 8, digits
 ' "$work/shared/metrics.jsonl" || fail "the first run (exit $rc) or its metrics"
 
 # 6. Unfinished files of a writer that died are removed at the next start.
