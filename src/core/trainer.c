@@ -188,9 +188,12 @@ static int train_loop(Trainer *t, TrainResult *res)
 
     t->last_ckpt = basin_clock();
     if (t->start_step >= t->total_steps) {
-        basin_info("basin: the checkpoint is at step %llu of %llu: nothing left to train (raise --epochs "
-                   "to go on, or use another --output-dir for a new run)",
-                   (unsigned long long)t->start_step, (unsigned long long)t->total_steps);
+        /* Say which limit ended the run: --max-steps when it cut the epochs. */
+        const char *limit = cfg->max_steps > 0 && (uint64_t)cfg->max_steps < (uint64_t)cfg->epochs * spe
+                                ? "--max-steps" : "--epochs";
+        basin_info("basin: the checkpoint is at step %llu of %llu: nothing left to train (raise %s to go on, "
+                   "or use another --output-dir for a new run)",
+                   (unsigned long long)t->start_step, (unsigned long long)t->total_steps, limit);
         res->steps = t->start_step;
         return BASIN_OK;
     }

@@ -250,6 +250,12 @@ bounded "$train" "${job[@]}" --epochs 2 --max-steps 4 --output-dir "$work/stale"
 rc=$?
 [ "$rc" = 0 ] && grep -q "the run now ends at step 4, not 2: the cosine schedule is stretched" "$work/out" \
   && grep -q "resumed from .* at step 2" "$work/out" || fail "resume with a longer run: exit $rc"
+# ... and run again, it says that --max-steps, not --epochs, ended it.
+check
+bounded "$train" "${job[@]}" --epochs 2 --max-steps 4 --output-dir "$work/stale" --resume auto >"$work/out" 2>"$work/err"
+rc=$?
+[ "$rc" = 0 ] && grep -q "nothing left to train (raise --max-steps to go on" "$work/out" \
+  || fail "a finished --max-steps run: exit $rc"
 
 echo "faults: $((checks - failures)) passed, $failures failed"
 [ "$failures" = 0 ]
