@@ -7,51 +7,47 @@
 #include "core/error.h"
 #include "core/trainer_internal.h"
 
-/* Rank 0 gathers one value per rank, to name the ones that differ. Every
- * rank learns whether rank 0 could hold them. */
-static int gather_hashes(Trainer *t, unsigned long long h, unsigned long long **all)
-{
-    *all = NULL;
-    int ok = 1;
-    if (t->rank == 0) {
-        *all = basin_calloc((size_t)t->world, sizeof **all);
-        ok = *all != NULL;
-    }
-    BASIN_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, t->comm));
-    if (!ok) return BASIN_ERR_RUNTIME;
-    BASIN_MPI(MPI_Gather(&h, 1, MPI_UNSIGNED_LONG_LONG, *all, 1, MPI_UNSIGNED_LONG_LONG, 0, t->comm));
-    return BASIN_OK;
-}
-
-/* Every rank learns whether all ranks hold the same h. */
-static int all_equal(Trainer *t, unsigned long long h, int *equal)
+/* Do all ranks hold the same h? Every rank learns it (*differ); when they do
+ * not, rank 0 gathers the values and lists the ranks whose value differs
+ * from its own ("1, 3") in list. */
+static int compare_ranks(Trainer *t, unsigned long long h, int *differ, char *list, size_t len)
 {
     unsigned long long lo = h, hi = h;
     BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, t->comm));
     BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, t->comm));
-    *equal = lo == hi;
+    *differ = lo != hi;
+    list[0] = '\0';
+    if (!*differ) return BASIN_OK;
+    /* Every rank learns whether rank 0 could hold the values. */
+    unsigned long long *all = NULL;
+    int ok = 1;
+    if (t->rank == 0) {
+        all = basin_calloc((size_t)t->world, sizeof *all);
+        ok = all != NULL;
+    }
+    BASIN_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, t->comm));
+    if (!ok) return BASIN_ERR_RUNTIME;
+    int rc = MPI_Gather(&h, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, 0, t->comm);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        return basin_mpi_fail(rc, "MPI_Gather(hashes)", __FILE__, __LINE__);
+    }
+    size_t used = 0;
+    for (int r = 1; all && r < t->world && used + 16 < len; r++)
+        if (all[r] != all[0]) used += (size_t)snprintf(list + used, len - used, "%s%d", used ? ", " : "", r);
+    free(all);
     return BASIN_OK;
 }
 
 int replicas_check_config(Trainer *t)
 {
-    unsigned long long h = config_hash(t->cfg);
-    int equal = 0;
-    TRY(all_equal(t, h, &equal));
-    if (equal) return BASIN_OK;
-    unsigned long long *all;
-    TRY(gather_hashes(t, h, &all));
-    if (t->rank == 0) {
-        int other = 0;
-        for (int r = 1; r < t->world; r++)
-            if (all[r] != all[0]) {
-                other = r;
-                break;
-            }
-        basin_error(BASIN_ERR_USAGE, "ranks were started with different options: rank %d's differ from rank 0's",
-                    other);
-    }
-    free(all);
+    int differ = 0;
+    char list[512];
+    TRY(compare_ranks(t, config_hash(t->cfg), &differ, list, sizeof list));
+    if (!differ) return BASIN_OK;
+    if (t->rank == 0)
+        basin_error(BASIN_ERR_USAGE, "ranks were started with different options: rank %s's differ from rank 0's",
+                    list);
     return BASIN_ERR_USAGE;
 }
 
@@ -69,21 +65,14 @@ static uint64_t checksum(const float *x, size_t n)
 int replicas_check(Trainer *t, uint64_t step)
 {
     if (t->world == 1) return BASIN_OK;
-    unsigned long long h = checksum(trainer_host_state(t, t->net->params, 0), t->net->n_params);
-    int equal = 0;
-    TRY(all_equal(t, h, &equal));
-    if (equal) return BASIN_OK;
-    unsigned long long *all;
-    TRY(gather_hashes(t, h, &all));
-    if (t->rank == 0) {
-        char list[512] = "";
-        size_t used = 0;
-        for (int r = 1; r < t->world && used < sizeof list - 16; r++)
-            if (all[r] != all[0]) used += (size_t)snprintf(list + used, sizeof list - used, "%s%d", used ? ", " : "", r);
+    int differ = 0;
+    char list[512];
+    TRY(compare_ranks(t, checksum(trainer_host_state(t, t->net->params, 0), t->net->n_params), &differ, list,
+                      sizeof list));
+    if (!differ) return BASIN_OK;
+    if (t->rank == 0)
         basin_error(BASIN_ERR_RUNTIME,
                     "replicas diverged at step %llu: the parameters of rank(s) %s differ from rank 0's",
                     (unsigned long long)step, list);
-    }
-    free(all);
     return BASIN_ERR_RUNTIME;
 }
