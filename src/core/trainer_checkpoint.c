@@ -13,6 +13,7 @@
 
 #include "core/clock.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "core/preempt.h"
 #include "core/trainer_internal.h"
 
@@ -259,7 +260,24 @@ int ckpt_lock_outputs(Trainer *t)
 {
     int rc = BASIN_OK;
     if (t->rank == 0) {
-        rc = runlock_acquire(&t->lock, t->cfg->output_dir, "--output-dir");
+        /* --status-file is written at exit: its folder must be writable now,
+         * not found wanting after the run (one line, and no status then). */
+        const char *sf = t->cfg->status_file;
+        if (sf) {
+            char dir[4096];
+            snprintf(dir, sizeof dir, "%s", sf);
+            char *slash = strrchr(dir, '/');
+            if (slash == dir) dir[1] = '\0';
+            else if (slash) *slash = '\0';
+            else snprintf(dir, sizeof dir, ".");
+            basin_errors_hold(); /* its own line below names the option */
+            int made = basin_make_dirs(dir);
+            basin_errors_release(0);
+            if (made || access(dir, W_OK | X_OK) != 0)
+                rc = basin_error(BASIN_ERR_USAGE, "--status-file %s: cannot write in %s: %s", sf, dir,
+                                 made ? "not a folder and cannot be made one" : strerror(errno));
+        }
+        if (!rc) rc = runlock_acquire(&t->lock, t->cfg->output_dir, "--output-dir");
         if (!rc) rc = runlock_acquire(&t->lock, t->ckpt_dir, "--checkpoint-dir");
         if (!rc && checkpoint_remove_unfinished(t->ckpt_dir) < 0) rc = BASIN_ERR_RUNTIME;
     }
@@ -272,7 +290,9 @@ int ckpt_lock_outputs(Trainer *t)
 void ckpt_write_status(const Trainer *t, int code)
 {
     const char *path = t->cfg->status_file;
-    if (!path || t->rank != 0 || t->cfg->check_only) return;
+    /* A refused run (2) has nothing to record, and its error may be about
+     * this very file. */
+    if (!path || t->rank != 0 || t->cfg->check_only || code == BASIN_ERR_USAGE) return;
     char line[8400], tmp[4200];
     format_status(t, code, t->steps_done, line, sizeof line);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);

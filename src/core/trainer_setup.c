@@ -1,6 +1,7 @@
 /* Set-up of a training run: everything a user can get wrong is found here,
  * before any file is written (the options that need the data, the model and
  * the world), then the device and its buffers, then the outputs. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

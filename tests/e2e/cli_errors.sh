@@ -49,6 +49,8 @@ expect_usage_error "bad conv algorithm" "BASIN_CONV='fft'" env BASIN_CONV=fft "$
 expect_usage_error "bad device" "--device 'gpu'" "${run[@]}" --data "$good" --device gpu
 expect_usage_error "unknown all-reduce" "--allreduce 'bogus': expected auto, rhd, ring, hier, mpi or nccl" \
   "${run[@]}" --data "$good" --allreduce bogus
+expect_usage_error "status file under a file" "text.h5/status" \
+  "${run[@]}" --data "$good" --status-file "$work/text.h5/status"
 expect_usage_error "nccl on the CPU" "nccl needs --device cuda" "${run[@]}" --data "$good" --allreduce nccl
 expect_usage_error "host all-reduce on the GPU" "device cuda" "${run[@]}" --data "$good" --device cuda --allreduce ring
 # Without a GPU (or without the CUDA backend), --device cuda is refused.
