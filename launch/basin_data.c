@@ -1,7 +1,8 @@
 /* basin-data: prepare and inspect dataset files.
  *
  *   basin-data import fashion-mnist [--source DIR] [--output PATH]
- *   basin-data info PATH
+ *   basin-data import cifar10 --source DIR [--output PATH]
+ *   basin-data info PATH|synthetic:CxHxW:CLASSES[:N]
  *
  * Exit codes: 0 done, 1 a call failed, 2 a usage mistake (one line says which).
  */
@@ -17,20 +18,26 @@
 
 #define DEFAULT_SOURCE "/usr/share/datasets/fashion-mnist"
 #define DEFAULT_OUTPUT "data/fashion-mnist.h5"
+#define DEFAULT_CIFAR_OUTPUT "data/cifar10.h5"
 
 static void usage(FILE *to)
 {
     fprintf(to,
             "usage: basin-data import fashion-mnist [--source DIR] [--output PATH]\n"
-            "       basin-data info PATH\n"
+            "       basin-data import cifar10 --source DIR [--output PATH]\n"
+            "       basin-data info PATH|synthetic:CxHxW:CLASSES[:N]\n"
             "\n"
-            "import   convert Fashion-MNIST's gzip IDX files into one HDF5 dataset file\n"
+            "import fashion-mnist  convert Fashion-MNIST's gzip IDX files into one HDF5 dataset file\n"
             "           --source DIR   folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz\n"
             "                          (default " DEFAULT_SOURCE ",\n"
             "                          from Debian's dataset-fashion-mnist package)\n"
             "           --output PATH  file to write (default " DEFAULT_OUTPUT ");\n"
             "                          replaced only once the new file is complete\n"
-            "info     print the splits of a dataset file: samples, shape, classes, mean and std\n"
+            "import cifar10  convert CIFAR-10's binary version (data_batch_1.bin .. data_batch_5.bin,\n"
+            "                test_batch.bin in --source DIR) into one HDF5 dataset file with\n"
+            "                per-channel mean and std (--output default " DEFAULT_CIFAR_OUTPUT ")\n"
+            "info     print the splits of a dataset file: samples, shape, classes, mean and std;\n"
+            "         or what a synthetic data spec generates\n"
             "\n"
             "  -h, --help   show this help\n");
 }
@@ -43,7 +50,7 @@ static int usage_error(const char *what)
 
 /* getopt_long over argv[0..argc) where argv[0] names the command. Returns 0
  * and fills the options, -1 after printing help, or a usage status. */
-static int parse_import(int argc, char **argv, const char **source, const char **output)
+static int parse_import(int argc, char **argv, const char **dataset, const char **source, const char **output)
 {
     static const struct option opts[] = {
         {"source", required_argument, NULL, 's'},
@@ -54,12 +61,13 @@ static int parse_import(int argc, char **argv, const char **source, const char *
     char msg[256];
     opterr = 0;
     optind = 1;
+    int have_source = 0, have_output = 0;
     for (;;) {
         int c = getopt_long(argc, argv, ":h", opts, NULL);
         if (c == -1) break;
         switch (c) {
-        case 's': *source = optarg; break;
-        case 'o': *output = optarg; break;
+        case 's': *source = optarg, have_source = 1; break;
+        case 'o': *output = optarg, have_output = 1; break;
         case 'h': usage(stdout); return -1;
         case ':':
             snprintf(msg, sizeof msg, "option '%s' needs a value", argv[optind - 1]);
@@ -69,14 +77,19 @@ static int parse_import(int argc, char **argv, const char **source, const char *
             return usage_error(msg);
         }
     }
-    if (optind >= argc) return usage_error("import: name the dataset to import (fashion-mnist)");
-    if (strcmp(argv[optind], "fashion-mnist") != 0) {
-        snprintf(msg, sizeof msg, "import: unknown dataset '%s' (known: fashion-mnist)", argv[optind]);
+    if (optind >= argc) return usage_error("import: name the dataset to import (fashion-mnist or cifar10)");
+    if (strcmp(argv[optind], "fashion-mnist") != 0 && strcmp(argv[optind], "cifar10") != 0) {
+        snprintf(msg, sizeof msg, "import: unknown dataset '%s' (known: fashion-mnist, cifar10)", argv[optind]);
         return usage_error(msg);
     }
+    *dataset = argv[optind];
     if (optind + 1 < argc) {
         snprintf(msg, sizeof msg, "import: unexpected argument '%s'", argv[optind + 1]);
         return usage_error(msg);
+    }
+    if (!strcmp(*dataset, "cifar10")) {
+        if (!have_source) return usage_error("import cifar10: give --source DIR, the folder of data_batch_*.bin");
+        if (!have_output) *output = DEFAULT_CIFAR_OUTPUT;
     }
     if (!**source) return usage_error("--source needs a folder");
     if (!**output) return usage_error("--output needs a file path");
@@ -97,8 +110,19 @@ static int info(const char *path)
         const DatasetInfo *di = dataset_info(d);
         if (!shown) {
             printf("%s\n", path);
-            printf("  classes %d, mean %.6f, std %.6f (of training pixels in [0, 1])\n", di->classes,
-                   (double)di->mean, (double)di->std);
+            if (di->synthetic) {
+                printf("  synthetic: generated by the reader, no file; classes %d, values of mean 0 and std 1 "
+                       "(already normalised)\n", di->classes);
+            } else {
+                char mean[1024], std[1024];
+                size_t um = 0, us = 0;
+                for (int c = 0; c < di->c && um < sizeof mean && us < sizeof std; c++) {
+                    um += (size_t)snprintf(mean + um, sizeof mean - um, "%s%.6f", c ? ", " : "", (double)di->mean[c]);
+                    us += (size_t)snprintf(std + us, sizeof std - us, "%s%.6f", c ? ", " : "", (double)di->std[c]);
+                }
+                printf("  classes %d, mean %s, std %s (of training pixels in [0, 1]%s)\n", di->classes, mean, std,
+                       di->c > 1 ? ", per channel" : "");
+            }
         }
         printf("  %-5s  %zu samples of shape [%d, %d, %d]\n", splits[i], di->count, di->c, di->h, di->w);
         shown++;
@@ -117,11 +141,11 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "import")) {
-        const char *source = DEFAULT_SOURCE, *output = DEFAULT_OUTPUT;
-        int rc = parse_import(argc - 1, argv + 1, &source, &output);
+        const char *dataset = NULL, *source = DEFAULT_SOURCE, *output = DEFAULT_OUTPUT;
+        int rc = parse_import(argc - 1, argv + 1, &dataset, &source, &output);
         if (rc < 0) return 0;
         if (rc) return rc;
-        rc = import_fashion_mnist(source, output);
+        rc = !strcmp(dataset, "cifar10") ? import_cifar10(source, output) : import_fashion_mnist(source, output);
         if (rc) return rc;
         basin_info("basin-data: wrote %s", output);
         return 0;

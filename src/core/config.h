@@ -9,7 +9,8 @@
 
 typedef struct {
     const char *model;        /* preset name or spec (models.h) */
-    const char *data;         /* dataset file (reader.h layout) */
+    const char *data;         /* dataset file (reader.h layout) or synthetic:CxHxW:CLASSES[:N] */
+    const char *augment;      /* --augment SPEC of the training split (reader.h), "none": off */
     const char *output_dir;   /* metrics and, later, checkpoints go here */
     const char *metrics;      /* JSON-lines file; default <output_dir>/metrics.jsonl */
     int epochs;
@@ -72,6 +73,8 @@ void config_describe(const TrainConfig *cfg, char *buf, size_t len);
 /* The value of `key` in a config_describe text (into buf), or NULL. */
 const char *config_describe_value(const char *text, const char *key, char *buf, size_t len);
 int config_resume_check(const char *saved, const TrainConfig *cfg, const char *ckpt_path);
+/* The canonical text of --augment ("none", "crop:4,flip", ...; reader.h). */
+void config_augment_text(const TrainConfig *cfg, char *buf, size_t len);
 /* A hash of every option that must agree between ranks. */
 uint64_t config_hash(const TrainConfig *cfg);
 

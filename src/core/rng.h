@@ -65,4 +65,10 @@ static inline uint64_t rng_u64(uint64_t key, uint64_t stream, uint64_t i)
 /* Standard normal (Box-Muller over one Philox block), the i-th of a sequence. */
 float rng_normal(uint64_t key, uint64_t stream, uint64_t i);
 
+/* Streams of the data reader (reader.h). */
+enum {
+    RNG_STREAM_AUGMENT = 4,   /* low bits: epoch; index: global sample index */
+    RNG_STREAM_SYNTHETIC = 5, /* low bits: split (0 train, 1 test); index: sample * blocks + block */
+};
+
 #endif

@@ -194,6 +194,55 @@ cleanup:
     return rc;
 }
 
+/* Read the float root attribute `name` of the c channels into vals[0..c):
+ * a single number is every channel's value, an array of c numbers one per
+ * channel. *stored receives how many the file holds (1 or c). */
+static int read_channel_attr(const char *path, hid_t file, const char *name, int c, float *vals, int *stored)
+{
+    char why[512];
+    H5Attr a;
+    int rc = BASIN_OK, st = h5attr_open(file, name, &a, why, sizeof why);
+    if (st < 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: damaged HDF5 file: %s", path, why);
+        goto cleanup;
+    }
+    if (st > 0) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: missing root attribute '%s'", path, name);
+        goto cleanup;
+    }
+    H5T_class_t cls = H5Tget_class(a.type);
+    hssize_t npoints = H5Sget_simple_extent_npoints(a.space);
+    if (cls == H5T_NO_CLASS || npoints < 0) {
+        rc = dataset_damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
+        goto cleanup;
+    }
+    if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || (npoints != 1 && npoints != c)) {
+        if (c == 1)
+            rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' must be a single number", path, name);
+        else
+            rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' must be a single number or %d numbers, "
+                             "one per channel (found %lld %s)", path, name, c, (long long)npoints,
+                             cls == H5T_INTEGER || cls == H5T_FLOAT ? "numbers" : "non-numeric values");
+        goto cleanup;
+    }
+    /* Read in double and range-check here (see read_root_attr). npoints <= c
+     * <= BASIN_MAX_CHANNELS. */
+    double v[BASIN_MAX_CHANNELS];
+    if (H5Aread(a.attr, H5T_NATIVE_DOUBLE, v) < 0) {
+        rc = dataset_damaged(path, "H5Aread(%s)", name);
+        goto cleanup;
+    }
+    for (int k = 0; k < c; k++) {
+        double x = v[npoints == 1 ? 0 : k];
+        vals[k] = isnan(x) ? NAN : fabs(x) <= FLT_MAX ? (float)x : x > 0 ? INFINITY : -INFINITY;
+    }
+    *stored = (int)npoints;
+
+cleanup:
+    h5attr_close(&a);
+    return rc;
+}
+
 /* Read labels [0, count) of the split into d->labels and check their range. */
 static int load_labels(Dataset *d, hid_t labels_ds)
 {
@@ -344,19 +393,30 @@ static int open_checked(const char *path, const char *split, size_t limit, Datas
         goto cleanup;
     }
 
-    int classes = 0;
-    float mean = 0.0f, std = 0.0f;
+    if (idims[1] > BASIN_MAX_CHANNELS) {
+        rc = basin_error(BASIN_ERR_USAGE, "%s: /%s/images has %llu channels, more than the %d a sample may have",
+                         path, split, (unsigned long long)idims[1], BASIN_MAX_CHANNELS);
+        goto cleanup;
+    }
+    const int C = (int)idims[1];
+    int classes = 0, mean_n = 0, std_n = 0;
+    float *mean = d->info.mean, *std = d->info.std;
     if ((rc = read_root_attr(path, d->file, "classes", 1, H5T_NATIVE_INT, &classes))) goto cleanup;
-    if ((rc = read_root_attr(path, d->file, "mean", 0, H5T_NATIVE_FLOAT, &mean))) goto cleanup;
-    if ((rc = read_root_attr(path, d->file, "std", 0, H5T_NATIVE_FLOAT, &std))) goto cleanup;
+    if ((rc = read_channel_attr(path, d->file, "mean", C, mean, &mean_n))) goto cleanup;
+    if ((rc = read_channel_attr(path, d->file, "std", C, std, &std_n))) goto cleanup;
     if (classes < 1 || classes > 256) {
         rc = basin_error(BASIN_ERR_USAGE, "%s: attribute classes = %d, must be in [1, 256] for uint8 labels",
                          path, classes);
         goto cleanup;
     }
-    if (!isfinite(mean) || !isfinite(std) || !(std > 0.0f)) {
-        rc = basin_error(BASIN_ERR_USAGE, "%s: attributes mean = %g, std = %g: need finite values, std > 0",
-                         path, (double)mean, (double)std);
+    for (int k = 0; k < C; k++) {
+        if (isfinite(mean[k]) && isfinite(std[k]) && std[k] > 0.0f) continue;
+        if (mean_n == 1 && std_n == 1)
+            rc = basin_error(BASIN_ERR_USAGE, "%s: attributes mean = %g, std = %g: need finite values, std > 0",
+                             path, (double)mean[k], (double)std[k]);
+        else
+            rc = basin_error(BASIN_ERR_USAGE, "%s: attributes mean[%d] = %g, std[%d] = %g: need finite values, "
+                             "std > 0", path, k, (double)mean[k], k, (double)std[k]);
         goto cleanup;
     }
 
@@ -366,10 +426,9 @@ static int open_checked(const char *path, const char *split, size_t limit, Datas
     d->info.h = (int)idims[2];
     d->info.w = (int)idims[3];
     d->info.classes = classes;
-    d->info.mean = mean;
-    d->info.std = std;
     d->sample_bytes = (size_t)idims[1] * (size_t)idims[2] * (size_t)idims[3];
-    for (int v = 0; v < 256; v++) d->lut[v] = ((float)v / 255.0f - mean) / std;
+    for (int k = 0; k < C; k++)
+        for (int v = 0; v < 256; v++) d->lut[k][v] = ((float)v / 255.0f - mean[k]) / std[k];
 
     if ((rc = load_labels(d, labels_ds))) goto cleanup;
 
@@ -405,9 +464,47 @@ static int check_in_child(void *arg)
     return rc;
 }
 
+/* Generated data (synthetic.c): no file, nothing for HDF5 to parse. */
+static int open_synthetic(const char *path, const char *split, size_t limit, Dataset **out)
+{
+    SyntheticSpec spec;
+    TRY(synthetic_parse(path, &spec));
+    int test = split && !strcmp(split, "test");
+    if (!split || (!test && strcmp(split, "train")))
+        return basin_error(BASIN_ERR_USAGE, "%s: synthetic data has the splits train and test, not '%s'", path,
+                           split ? split : "");
+    Dataset *d = basin_calloc(1, sizeof *d);
+    if (!d) return BASIN_ERR_RUNTIME;
+    d->file = d->images = d->fspace = H5I_INVALID_HID;
+    d->fd = -1;
+    d->path = dup_string(path);
+    d->split = dup_string(split);
+    if (!d->path || !d->split) {
+        dataset_close(d);
+        return BASIN_ERR_RUNTIME;
+    }
+    d->syn = spec;
+    d->syn_test = test;
+    size_t n = synthetic_count(&spec, test);
+    d->info.count = limit > 0 && limit < n ? limit : n;
+    d->info.c = spec.c;
+    d->info.h = spec.h;
+    d->info.w = spec.w;
+    d->info.classes = spec.classes;
+    for (int k = 0; k < spec.c; k++) {
+        d->info.mean[k] = 0.0f;
+        d->info.std[k] = 1.0f;
+    }
+    d->info.synthetic = 1;
+    d->sample_bytes = (size_t)spec.c * (size_t)spec.h * (size_t)spec.w;
+    *out = d;
+    return BASIN_OK;
+}
+
 int dataset_open(const char *path, const char *split, size_t limit, Dataset **out)
 {
     *out = NULL;
+    if (synthetic_is(path)) return open_synthetic(path, split, limit, out);
     dataset_quiet_hdf5();
     /* Only a readable regular file reaches HDF5; open_checked words every
      * other case. */
@@ -438,6 +535,7 @@ static int split_absent_in_child(void *arg)
 
 int dataset_has_split(const char *path, const char *split)
 {
+    if (synthetic_is(path)) return split && (!strcmp(split, "train") || !strcmp(split, "test"));
     dataset_quiet_hdf5();
     struct stat st;
     if (!path || !*path || !split || !*split || strchr(split, '/') || strlen(split) > 64 || stat(path, &st) != 0 ||

@@ -1,7 +1,8 @@
 /* Shared by the two files of a Dataset (not part of reader.h):
  *   dataset.c       opening and validating a split (in a guarded child first)
  *   dataset_read.c  reading arbitrary sample sets, as one coalesced selection
- *                   or with pread where the images are contiguous
+ *                   or with pread where the images are contiguous, or
+ *                   generating them (synthetic data, synthetic.c)
  */
 #ifndef BASIN_DATASET_INTERNAL_H
 #define BASIN_DATASET_INTERNAL_H
@@ -29,7 +30,9 @@ struct Dataset {
     DatasetInfo info;
     size_t sample_bytes;        /* c * h * w */
     uint8_t *labels;            /* (count) validated at open */
-    float lut[256];             /* byte value -> normalised float */
+    float lut[BASIN_MAX_CHANNELS][256]; /* channel, byte value -> normalised float */
+    SyntheticSpec syn;          /* info.synthetic: the generated data (synthetic.c) */
+    int syn_test;               /* ... of its test split */
     /* scratch of dataset_read, grown on demand */
     size_t cap;
     IdxPos *sorted;             /* (cap) */

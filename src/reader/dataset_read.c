@@ -1,7 +1,8 @@
 /* Reading samples of an open Dataset (dataset.c opens and validates it):
  * the indices asked for are sorted and read as one coalesced hyperslab
  * selection, or with pread at their offset where the images are contiguous
- * and unfiltered, then put back in the caller's order and normalised. */
+ * and unfiltered, then put back in the caller's order and normalised per
+ * channel. Synthetic data is generated instead (synthetic.c). */
 #include "reader/dataset_internal.h"
 
 #include "core/error.h"
@@ -177,6 +178,11 @@ int dataset_read(Dataset *d, const uint64_t *idx, size_t n, float *images, int32
             return BASIN_FAIL(BASIN_ERR_RUNTIME, "dataset_read: sample %llu out of range (%s /%s has %zu)",
                               (unsigned long long)idx[i], d->path, d->split, d->info.count);
     }
+    if (d->info.synthetic) {
+        for (size_t i = 0; i < n; i++)
+            synthetic_sample(&d->syn, d->syn_test, idx[i], images + i * d->sample_bytes, &labels[i]);
+        return BASIN_OK;
+    }
     TRY(grow_scratch(d, n));
     for (size_t i = 0; i < n; i++) {
         d->sorted[i].idx = idx[i];
@@ -185,12 +191,18 @@ int dataset_read(Dataset *d, const uint64_t *idx, size_t n, float *images, int32
     qsort(d->sorted, n, sizeof *d->sorted, cmp_idxpos);
     TRY(read_sorted(d, d->sorted, n));
 
-    /* Scatter into the caller's order, normalising through the table. */
-    const size_t sb = d->sample_bytes;
+    /* Scatter into the caller's order, normalising through each channel's
+     * table. */
+    const size_t sb = d->sample_bytes, plane = (size_t)d->info.h * (size_t)d->info.w;
     for (size_t i = 0; i < n; i++) {
         const uint8_t *src = d->raw + d->slot[i] * sb;
         float *dst = images + i * sb;
-        for (size_t k = 0; k < sb; k++) dst[k] = d->lut[src[k]];
+        for (int c = 0; c < d->info.c; c++) {
+            const float *lut = d->lut[c];
+            const uint8_t *s = src + (size_t)c * plane;
+            float *o = dst + (size_t)c * plane;
+            for (size_t k = 0; k < plane; k++) o[k] = lut[s[k]];
+        }
         labels[i] = d->labels[idx[i]];
     }
     return BASIN_OK;

@@ -11,6 +11,10 @@
  * reader_next blocks only when the thread has not finished the next batch,
  * and counts that time as data wait.
  *
+ * Augmentation (augment.c) runs where the batch is read, on the prefetch
+ * thread when there is one, sample by sample after normalisation; only the
+ * train split is augmented.
+ *
  * Serial HDF5 is not to be entered from two threads at once on the same file:
  * while prefetch is on, the Dataset (and the epoch permutation) belong to the
  * thread alone, from its start to its join. reader_seek and reader_close stop
@@ -43,6 +47,8 @@ struct Reader {
     size_t steps;     /* per epoch */
     size_t max_n;     /* the most samples this rank gets in one batch */
     size_t sample_floats;
+    Augment aug;      /* none unless the split is "train" */
+    float *aug_scratch; /* (sample_floats) of the reading thread */
 
     uint64_t *perm;   /* (count) order of perm_epoch, when shuffling */
     uint64_t perm_epoch;
@@ -102,7 +108,12 @@ static int fill_slot(Reader *r, Slot *s, uint64_t epoch, uint64_t step)
     s->step = step;
     s->global_n = end - start;
     s->n = n;
-    return dataset_read(r->ds, s->index, n, s->images, s->labels);
+    int rc = dataset_read(r->ds, s->index, n, s->images, s->labels);
+    if (rc || !r->aug_scratch) return rc;
+    for (size_t k = 0; k < n; k++)
+        augment_sample(&r->aug, &r->info, r->cfg.seed, epoch, s->index[k], s->images + k * r->sample_floats,
+                       r->aug_scratch);
+    return BASIN_OK;
 }
 
 static void *prefetch_main(void *arg)
@@ -164,10 +175,17 @@ int reader_open(const ReaderConfig *cfg, Reader **out)
         return basin_error(BASIN_ERR_USAGE, "reader: rank %d is not in a world of %d", cfg->rank, cfg->world);
     if (cfg->global_batch == 0) return basin_error(BASIN_ERR_USAGE, "reader: the global batch size must be >= 1");
 
+    Augment aug;
+    char why[256];
+    if (augment_parse(cfg->augment, &aug, why, sizeof why))
+        return basin_error(BASIN_ERR_USAGE, "--augment '%s': %s", cfg->augment, why);
+
     int rc = BASIN_OK;
     Reader *r = basin_calloc(1, sizeof *r);
     if (!r) return BASIN_ERR_RUNTIME;
     r->cfg = *cfg;
+    r->cfg.augment = NULL; /* not kept: r->aug holds it */
+    if (!strcmp(cfg->split, "train")) r->aug = aug;
     r->path = dup_string(cfg->path);
     r->split = dup_string(cfg->split);
     if (!r->path || !r->split) {
@@ -195,6 +213,13 @@ int reader_open(const ReaderConfig *cfg, Reader **out)
     order_rank_slice(B < N ? B : N, 0, cfg->world, &first, &r->max_n);
     r->sample_floats = (size_t)r->info.c * (size_t)r->info.h * (size_t)r->info.w;
 
+    if (r->aug.crop || r->aug.flip) {
+        r->aug_scratch = basin_malloc(r->sample_floats * sizeof *r->aug_scratch);
+        if (!r->aug_scratch) {
+            rc = BASIN_ERR_RUNTIME;
+            goto cleanup;
+        }
+    }
     if (cfg->shuffle) {
         r->perm = basin_malloc(N * sizeof *r->perm);
         if (!r->perm) {
@@ -333,6 +358,7 @@ void reader_close(Reader *r)
         free(r->slot[i].index);
     }
     free(r->perm);
+    free(r->aug_scratch);
     dataset_close(r->ds);
     free(r->split);
     free(r->path);

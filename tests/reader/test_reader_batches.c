@@ -13,7 +13,7 @@ static char dir[512], path[600];
 
 static ReaderConfig config(size_t batch, int rank, int world, int prefetch)
 {
-    ReaderConfig c = {path, "train", 0, 1234, batch, rank, world, 1, 0, prefetch};
+    ReaderConfig c = {path, "train", 0, 1234, batch, rank, world, 1, 0, prefetch, NULL};
     return c;
 }
 
@@ -26,7 +26,7 @@ static size_t batch_mismatches(const Batch *b, const DatasetInfo *info)
         uint64_t i = b->index[k];
         if (b->labels[k] != fx_label(i, 10)) bad++;
         for (size_t j = 0; j < PER; j++) {
-            float want = ((float)fx_pixel(i, j) / 255.0f - info->mean) / info->std;
+            float want = ((float)fx_pixel(i, j) / 255.0f - info->mean[0]) / info->std[0];
             if (!(fabsf(b->images[k * PER + j] - want) <= 1e-6f)) { bad++; break; }
         }
     }

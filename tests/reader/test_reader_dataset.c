@@ -56,7 +56,7 @@ static void check_read(Dataset *d, const Whole *w, const uint64_t *idx, size_t n
     size_t bad_img = 0, bad_lab = 0;
     for (size_t i = 0; i < n && rc == BASIN_OK; i++) {
         for (size_t j = 0; j < w->per; j++) {
-            float want = ((float)w->images[idx[i] * w->per + j] / 255.0f - info->mean) / info->std;
+            float want = ((float)w->images[idx[i] * w->per + j] / 255.0f - info->mean[0]) / info->std[0];
             if (!(fabsf(img[i * w->per + j] - want) <= 1e-6f)) bad_img++;
         }
         if (lab[i] != w->labels[idx[i]]) bad_lab++;
@@ -88,7 +88,7 @@ static void test_reads(int chunked)
     EXPECT(info->count == 3000, "count %zu", info->count);
     EXPECT(info->c == 3 && info->h == 4 && info->w == 5, "shape %d x %d x %d", info->c, info->h, info->w);
     EXPECT(info->classes == 10, "classes %d", info->classes);
-    EXPECT(info->mean == 0.3f && info->std == 0.7f, "mean %g std %g", (double)info->mean, (double)info->std);
+    EXPECT(info->mean[0] == 0.3f && info->std[0] == 0.7f, "mean %g std %g", (double)info->mean[0], (double)info->std[0]);
 
     uint64_t one[1] = {2999};
     check_read(d, &w, one, 1, "last sample");

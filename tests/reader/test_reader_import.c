@@ -90,8 +90,8 @@ static void check_output(const char *out)
         }
     double mean = sum / (NTRAIN * PER), std = sqrt(sq / (NTRAIN * PER) - mean * mean);
     /* Stored as float: 1e-6 relative is a few float ulps. */
-    EXPECT_NEAR(info->mean, mean, 0, 1e-6, "mean attribute");
-    EXPECT_NEAR(info->std, std, 0, 1e-6, "std attribute");
+    EXPECT_NEAR(info->mean[0], mean, 0, 1e-6, "mean attribute");
+    EXPECT_NEAR(info->std[0], std, 0, 1e-6, "std attribute");
     uint64_t idx[2] = {NTRAIN - 1, 3};
     float img[2 * PER];
     int32_t lab[2];
@@ -102,7 +102,7 @@ static void check_output(const char *out)
     const size_t js[] = {0, 1, 27, 28, 400, PER - 1};
     for (size_t k = 0; k < sizeof js / sizeof js[0]; k++) {
         for (int s = 0; s < 2; s++) {
-            double v = ((double)img[s * PER + js[k]] * info->std + info->mean) * 255.0;
+            double v = ((double)img[s * PER + js[k]] * info->std[0] + info->mean[0]) * 255.0;
             EXPECT(fabs(v - idx_pixel(0, idx[s], js[k])) < 0.01, "train sample %llu pixel %zu: %g, want %u",
                    (unsigned long long)idx[s], js[k], v, idx_pixel(0, idx[s], js[k]));
         }

@@ -57,8 +57,8 @@ int main(void)
         Dataset *d = NULL;
         if (dataset_open(out, "train", 0, &d) == BASIN_OK) {
             /* Published statistics of the training set: mean 0.2860, std 0.3530. */
-            EXPECT_NEAR(dataset_info(d)->mean, 0.2860, 1e-4, 0, "training pixel mean");
-            EXPECT_NEAR(dataset_info(d)->std, 0.3530, 1e-4, 0, "training pixel std");
+            EXPECT_NEAR(dataset_info(d)->mean[0], 0.2860, 1e-4, 0, "training pixel mean");
+            EXPECT_NEAR(dataset_info(d)->std[0], 0.3530, 1e-4, 0, "training pixel std");
             dataset_close(d);
         }
     }
