@@ -65,11 +65,12 @@ int trainer_setup(Trainer *t)
                            "--batch %zu is not divisible by the %d ranks: use a multiple of %d",
                            cfg->batch, t->world, t->world);
     t->rank_batch = cfg->batch / (size_t)t->world;
+    TRY(model_parse(cfg->model, t->specs, MODEL_MAX_LAYERS, &t->n_specs));
 
     ReaderConfig rc = {
         .path = cfg->data, .split = "train", .limit = cfg->limit_train, .seed = cfg->seed,
         .global_batch = cfg->batch, .rank = t->rank, .world = t->world,
-        .shuffle = 1, .drop_last = 1, .prefetch = cfg->prefetch,
+        .shuffle = 1, .drop_last = 1, .prefetch = cfg->prefetch, .augment = cfg->augment,
     };
     TRY(reader_open(&rc, &t->train));
     const DatasetInfo *info = reader_info(t->train);
@@ -85,7 +86,7 @@ int trainer_setup(Trainer *t)
     if (cfg->eval_every > 0) {
         ReaderConfig ec = rc;
         ec.split = "test", ec.limit = cfg->limit_test, ec.global_batch = eval_batch;
-        ec.shuffle = 0, ec.drop_last = 0;
+        ec.shuffle = 0, ec.drop_last = 0, ec.augment = NULL; /* evaluation is never augmented */
         TRY(reader_open(&ec, &t->test));
         const DatasetInfo *ti = reader_info(t->test);
         if (ti->c != info->c || ti->h != info->h || ti->w != info->w || ti->classes != info->classes)
@@ -95,7 +96,6 @@ int trainer_setup(Trainer *t)
         if (eval_rank > max_batch) max_batch = eval_rank;
     }
     Shape in = {info->c, info->h, info->w};
-    TRY(model_parse(cfg->model, in, t->specs, MODEL_MAX_LAYERS, &t->n_specs));
     TRY(select_device(t));
     TRY(net_create(t->specs, t->n_specs, in, info->classes, t->ops, max_batch, &t->net));
     if (t->on_gpu) {
