@@ -163,7 +163,8 @@ static int eval_setup(Eval *e)
 
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_specs = 0;
-    TRY(model_parse(st->model_spec, specs, MODEL_MAX_LAYERS, &n_specs));
+    Shape in = {st->in_c, st->in_h, st->in_w};
+    TRY(model_parse(st->model_spec, in, specs, MODEL_MAX_LAYERS, &n_specs));
     TRY(dataset_open(e->data, o->split, o->limit, &e->ds));
     const DatasetInfo *info = dataset_info(e->ds);
     if (info->c != st->in_c || info->h != st->in_h || info->w != st->in_w || info->classes != st->classes)
@@ -179,7 +180,6 @@ static int eval_setup(Eval *e)
     order_rank_slice(e->samples, e->rank, e->world, &e->first, &e->count);
 
     TRY(eval_select_device(e));
-    Shape in = {info->c, info->h, info->w};
     TRY(net_create(specs, n_specs, in, e->classes, e->ops, o->batch, &e->net));
     if (e->net->n_params != st->n_params)
         return basin_error(BASIN_ERR_USAGE, "%s: %zu parameters, but its model spec needs %zu", o->checkpoint,

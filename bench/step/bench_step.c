@@ -368,13 +368,6 @@ typedef struct {
     double loss_fwd, loss_bwd, sgd;
 } Profile;
 
-/* Output of layer i, flatten layers aliasing their input (as in net.c). */
-static const float *act_of(const Net *net, int i, const float *x)
-{
-    while (i >= 0 && !net->act[i]) i--;
-    return i < 0 ? x : net->act[i];
-}
-
 /* One step in the order net_forward / net_backward / sgd_step_range run it,
  * adding each part's seconds to p. */
 static void profiled_step(Net *net, const Data *d, size_t n, uint64_t step, const SgdConfig *sgd,
@@ -382,11 +375,12 @@ static void profiled_step(Net *net, const Data *d, size_t n, uint64_t step, cons
 {
     const Ops *ops = net->ops;
     ForwardCtx ctx = {.train = 1, .seed = INIT_SEED, .sample_offset = step * n};
+    net->ctx = ctx;
     double t;
     for (int i = 0; i < net->n_layers; i++) {
         if (!net->act[i]) continue;
         t = cpu_s();
-        layer_forward(&net->layers[i], ops, act_of(net, i - 1, d->x), net->act[i], n, &ctx);
+        net_forward_layer(net, i, d->x, n, &ctx);
         ops->sync();
         p->fwd[i] += cpu_s() - t;
     }
@@ -397,23 +391,15 @@ static void profiled_step(Net *net, const Data *d, size_t n, uint64_t step, cons
                           net->probs, &loss, &ok);
     p->loss_fwd += cpu_s() - t;
 
-    int cur = 0;
-    float *dy = net->dbuf[cur];
     t = cpu_s();
-    ops->softmax_xent_bwd(net->probs, d->labels, n, (size_t)net->classes, 1.0f / (float)n, dy);
+    net_loss_backward(net, d->labels, n, 1.0f / (float)n);
     p->loss_bwd += cpu_s() - t;
     for (int i = net->n_layers - 1; i >= 0; i--) {
-        Layer *l = &net->layers[i];
         if (!net->act[i]) continue;
-        float *dx = net->dbuf[cur ^ 1];
         t = cpu_s();
-        layer_backward(l, ops, act_of(net, i - 1, d->x), net->act[i], dy, dx, n);
+        net_backward_layer(net, i, d->x, n);
         ops->sync();
         p->bwd[i] += cpu_s() - t;
-        if (l->need_dx) {
-            cur ^= 1;
-            dy = dx;
-        }
     }
     t = cpu_s();
     sgd_step_range(net, sgd, LR, 0, net->n_params);
@@ -436,7 +422,7 @@ static void winograd_detail(Net *net, int li, const float *x, size_t n, int reps
     wg->profile = &prof;
     for (int r = 0; r < reps; r++) {
         layer_forward(l, ops, x, net->dbuf[1], n, &ctx);
-        layer_backward(l, ops, x, net->dbuf[1], dy, net->dbuf[0], n);
+        layer_backward(l, ops, x, net->dbuf[1], dy, net->dbuf[0], n, &ctx);
     }
     wg->profile = NULL;
     const double ms = 1e3 / reps;
@@ -563,7 +549,7 @@ static int run_profile(Net *net, const Data *d, size_t batch, int steps, uint64_
     printf("  sum of parts %.3f ms; unprofiled step (median, CPU time) %.3f ms\n", total,
            step_s * 1e3);
     for (int i = 0; i < net->n_layers; i++) {
-        if (net->layers[i].kind == LAYER_CONV) conv_detail(net, i, act_of(net, i - 1, d->x), batch, steps);
+        if (net->layers[i].kind == LAYER_CONV) conv_detail(net, i, net_output(net, net->layers[i].src, d->x), batch, steps);
     }
     free(p.fwd);
     free(p.bwd);
@@ -602,7 +588,7 @@ int main(int argc, char **argv)
 
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_layers = 0;
-    if (model_parse(o.model, specs, MODEL_MAX_LAYERS, &n_layers)) return 2;
+    if (model_parse(o.model, INPUT_SHAPE, specs, MODEL_MAX_LAYERS, &n_layers)) return 2;
     Net *net = NULL;
     int rc = net_create(specs, n_layers, INPUT_SHAPE, CLASSES, ops, (size_t)o.batch, &net);
     if (rc) return rc == BASIN_ERR_USAGE ? 2 : 1;

@@ -17,6 +17,10 @@ const char *layer_kind_name(LayerKind kind)
     case LAYER_RELU: return "relu";
     case LAYER_FLATTEN: return "flatten";
     case LAYER_DROPOUT: return "dropout";
+    case LAYER_BATCHNORM: return "bn";
+    case LAYER_ADD: return "add";
+    case LAYER_AVGPOOL: return "avgpool";
+    case LAYER_GAP: return "gap";
     }
     return "?";
 }
@@ -49,23 +53,36 @@ int layer_setup(Layer *l, int index, const LayerSpec *spec, Shape in)
     case LAYER_LINEAR:
         l->out = (Shape){spec->units, 1, 1};
         l->w_count = (size_t)spec->units * shape_size(in);
-        l->b_count = (size_t)spec->units;
+        l->b_count = spec->no_bias ? 0 : (size_t)spec->units;
         break;
     case LAYER_CONV:
         TRY(setup_window(l, in, spec->k, spec->stride, spec->pad));
         l->out = (Shape){spec->units, l->win.oh, l->win.ow};
         l->w_count = (size_t)spec->units * (size_t)in.c * (size_t)spec->k * (size_t)spec->k;
-        l->b_count = (size_t)spec->units;
+        l->b_count = spec->no_bias ? 0 : (size_t)spec->units;
         break;
     case LAYER_MAXPOOL:
-        TRY(setup_window(l, in, spec->k, spec->stride, 0));
+    case LAYER_AVGPOOL:
+        TRY(setup_window(l, in, spec->k, spec->stride, spec->pad));
         l->out = (Shape){in.c, l->win.oh, l->win.ow};
+        break;
+    case LAYER_GAP:
+        l->out = (Shape){in.c, 1, 1};
+        break;
+    case LAYER_BATCHNORM:
+        /* Per channel of a conv output, per feature of a flat one. */
+        l->out = in;
+        l->w_count = l->b_count = (size_t)in.c;
+        l->s_count = 2 * (size_t)in.c;
+        if (l->spec.bn_momentum == 0.0f) l->spec.bn_momentum = LAYER_BN_MOMENTUM_DEFAULT;
+        if (l->spec.bn_eps == 0.0f) l->spec.bn_eps = LAYER_BN_EPS_DEFAULT;
         break;
     case LAYER_FLATTEN:
         l->out = (Shape){(int)shape_size(in), 1, 1};
         break;
     case LAYER_RELU:
     case LAYER_DROPOUT:
+    case LAYER_ADD: /* the second input's shape is checked by the network */
         l->out = in;
         break;
     }
@@ -90,7 +107,14 @@ int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
     size_t out = shape_size(l->out);
     int winograd = 0;
     if (l->kind == LAYER_CONV) TRY(conv_uses_winograd(l, ops, &winograd));
-    if (l->kind == LAYER_DROPOUT) {
+    if (l->kind == LAYER_BATCHNORM) {
+        size_t c = (size_t)l->in.c;
+        l->bn_mean = ops->alloc(c * sizeof(float));
+        l->bn_invstd = ops->alloc(c * sizeof(float));
+        l->bn_sums = ops->alloc(4 * c * sizeof(double));
+        if (!l->bn_mean || !l->bn_invstd || !l->bn_sums)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate batch-norm statistics");
+    } else if (l->kind == LAYER_DROPOUT) {
         l->mask = ops->alloc(max_batch * out * sizeof(float));
         if (!l->mask) return BASIN_FAIL(BASIN_ERR_RUNTIME, "cannot allocate dropout mask");
     } else if (l->kind == LAYER_MAXPOOL) {
@@ -120,6 +144,10 @@ void layer_free(Layer *l, const Ops *ops)
     ops->free(l->arg);
     ops->free(l->col);
     ops->free(l->cols);
+    ops->free(l->bn_mean);
+    ops->free(l->bn_invstd);
+    ops->free(l->bn_sums);
+    l->bn_mean = l->bn_invstd = NULL, l->bn_sums = NULL;
     if (l->wino) winograd_free(l->wino, ops);
     free(l->wino);
     l->mask = NULL, l->arg = NULL, l->col = NULL, l->cols = NULL, l->wino = NULL;
@@ -128,9 +156,15 @@ void layer_free(Layer *l, const Ops *ops)
 void layer_init_params(const Layer *l, uint64_t seed, int relu_follows, float *w, float *b)
 {
     if (!l->w_count) return;
-    size_t fan_in = l->w_count / l->b_count;
-    size_t fan_out = l->b_count;
-    if (l->kind == LAYER_CONV) fan_out = l->b_count * (size_t)l->win.kh * (size_t)l->win.kw;
+    if (l->kind == LAYER_BATCHNORM) { /* the identity: gamma 1, beta 0 */
+        for (size_t i = 0; i < l->w_count; i++) w[i] = 1.0f;
+        memset(b, 0, l->b_count * sizeof *b);
+        return;
+    }
+    size_t units = (size_t)l->spec.units;
+    size_t fan_in = l->w_count / units;
+    size_t fan_out = units;
+    if (l->kind == LAYER_CONV) fan_out = units * (size_t)l->win.kh * (size_t)l->win.kw;
     uint64_t stream = rng_stream(RNG_STREAM_INIT, (uint32_t)l->index);
     if (relu_follows) {
         /* He et al. 2015: keeps the activations' variance through ReLUs. */
@@ -141,7 +175,20 @@ void layer_init_params(const Layer *l, uint64_t seed, int relu_follows, float *w
         float a = sqrtf(6.0f / (float)(fan_in + fan_out));
         for (size_t i = 0; i < l->w_count; i++) w[i] = a * (2.0f * rng_uniform(seed, stream, i) - 1.0f);
     }
-    memset(b, 0, l->b_count * sizeof *b);
+    if (l->b_count) memset(b, 0, l->b_count * sizeof *b);
+}
+
+void layer_init_state(const Layer *l, float *state)
+{
+    if (l->kind != LAYER_BATCHNORM) return;
+    size_t c = (size_t)l->in.c; /* running mean 0, running variance 1 */
+    for (size_t i = 0; i < c; i++) state[i] = 0.0f, state[c + i] = 1.0f;
+}
+
+/* Sum the batch-norm sums across ranks when the context asks for it. */
+static void sum_stats(const ForwardCtx *ctx, double *buf, size_t n)
+{
+    if (ctx && ctx->stats_sum) ctx->stats_sum(ctx->stats_arg, buf, n);
 }
 
 void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
@@ -152,11 +199,11 @@ void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
     case LAYER_LINEAR:
         /* y (n, out) = x (n, in) W^T (in, out) */
         ops->gemm(0, 1, n, out, in, 1.0f, x, in, l->w, in, 0.0f, y, out);
-        ops->add_bias_rows(y, l->b, n, out);
+        if (l->b_count) ops->add_bias_rows(y, l->b, n, out);
         break;
     case LAYER_CONV: {
         if (l->wino) {
-            winograd_forward(l->wino, ops, l->w, l->b, x, y, n);
+            winograd_forward(l->wino, ops, l->w, l->b_count ? l->b : NULL, x, y, n);
             break;
         }
         const Window *g = &l->win;
@@ -168,12 +215,40 @@ void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
             ops->im2col(g, x + i * in, col);
             ops->gemm(0, 0, (size_t)l->spec.units, p, k, 1.0f, l->w, k, col, p, 0.0f, y + i * out, p);
         }
-        ops->add_bias_channels(y, l->b, n, (size_t)l->spec.units, p);
+        if (l->b_count) ops->add_bias_channels(y, l->b, n, (size_t)l->spec.units, p);
         break;
     }
     case LAYER_MAXPOOL:
         ops->maxpool_fwd(&l->win, n, x, y, l->arg);
         break;
+    case LAYER_AVGPOOL:
+        ops->avgpool_fwd(&l->win, n, x, y);
+        break;
+    case LAYER_GAP:
+        ops->gap_fwd(x, y, n, (size_t)l->in.c, (size_t)l->in.h * (size_t)l->in.w);
+        break;
+    case LAYER_ADD: /* the network calls layer_forward_add */
+        break;
+    case LAYER_BATCHNORM: {
+        size_t c = (size_t)l->in.c, hw = (size_t)l->in.h * (size_t)l->in.w;
+        if (ctx->train) {
+            /* Batch statistics: this rank's sums, or every rank's (sync). */
+            double *sum = l->bn_sums, *sumsq = l->bn_sums + c;
+            ops->bn_moments(x, n, c, hw, sum, sumsq);
+            l->bn_count = (double)n * (double)hw;
+            if (ctx->stats_sum) {
+                sum_stats(ctx, l->bn_sums, 2 * c);
+                l->bn_count = (double)ctx->stats_batch * (double)hw;
+            }
+            if (l->bn_count > 0.0)
+                ops->bn_finalize(sum, sumsq, c, l->bn_count, l->spec.bn_eps, l->spec.bn_momentum,
+                                 l->bn_mean, l->bn_invstd, l->state, l->state + c);
+        } else {
+            ops->bn_eval_stats(l->state, l->state + c, c, l->spec.bn_eps, l->bn_mean, l->bn_invstd);
+        }
+        if (n) ops->bn_fwd(x, y, n, c, hw, l->bn_mean, l->bn_invstd, l->w, l->b);
+        break;
+    }
     case LAYER_RELU:
         ops->relu_fwd(x, y, n * out);
         break;
@@ -193,15 +268,17 @@ void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
 }
 
 void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
-                    const float *dy, float *dx, size_t n)
+                    const float *dy, float *dx, size_t n, const ForwardCtx *ctx)
 {
     size_t in = shape_size(l->in), out = shape_size(l->out);
     switch (l->kind) {
     case LAYER_LINEAR:
         /* dW (out, in) = dy^T (out, n) x (n, in); db = column sums of dy */
         ops->gemm(1, 0, out, in, n, 1.0f, dy, out, x, in, 0.0f, l->dw, in);
-        ops->zero(l->db, out);
-        ops->bias_grad_rows(l->db, dy, n, out);
+        if (l->b_count) {
+            ops->zero(l->db, out);
+            ops->bias_grad_rows(l->db, dy, n, out);
+        }
         /* dx (n, in) = dy (n, out) W (out, in) */
         if (l->need_dx) ops->gemm(0, 0, n, in, out, 1.0f, dy, out, l->w, in, 0.0f, dx, in);
         break;
@@ -210,8 +287,10 @@ void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
         size_t co = (size_t)l->spec.units;
         size_t k = (size_t)g->c * g->kh * g->kw;
         size_t p = (size_t)g->oh * g->ow;
-        ops->zero(l->db, co);
-        ops->bias_grad_channels(l->db, dy, n, co, p);
+        if (l->b_count) {
+            ops->zero(l->db, co);
+            ops->bias_grad_channels(l->db, dy, n, co, p);
+        }
         if (l->wino) { /* uses the transforms its forward kept */
             winograd_backward(l->wino, ops, dy, l->dw, l->need_dx ? dx : NULL, n);
             break;
@@ -236,6 +315,27 @@ void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
     case LAYER_MAXPOOL:
         if (l->need_dx) ops->maxpool_bwd(&l->win, n, dy, l->arg, dx);
         break;
+    case LAYER_AVGPOOL:
+        if (l->need_dx) ops->avgpool_bwd(&l->win, n, dy, dx);
+        break;
+    case LAYER_GAP:
+        if (l->need_dx) ops->gap_bwd(dy, dx, n, (size_t)l->in.c, (size_t)l->in.h * (size_t)l->in.w);
+        break;
+    case LAYER_ADD: /* the network routes dy to both inputs */
+        break;
+    case LAYER_BATCHNORM: {
+        size_t c = (size_t)l->in.c, hw = (size_t)l->in.h * (size_t)l->in.w;
+        double *sdy = l->bn_sums + 2 * c, *sdyxhat = l->bn_sums + 3 * c;
+        ops->bn_bwd_sums(dy, x, n, c, hw, l->bn_mean, l->bn_invstd, sdy, sdyxhat);
+        /* This rank's share of dgamma, dbeta: the all-reduce sums them. */
+        ops->bn_param_grads(sdy, sdyxhat, c, l->dw, l->db);
+        if (!l->need_dx) break;
+        /* dx needs the sums over the batch the statistics came from. */
+        if (ctx && ctx->stats_sum) sum_stats(ctx, sdy, 2 * c);
+        if (n) ops->bn_bwd_dx(dy, x, n, c, hw, l->bn_mean, l->bn_invstd, l->w, sdy, sdyxhat,
+                              l->bn_count, dx);
+        break;
+    }
     case LAYER_RELU:
         if (l->need_dx) ops->relu_bwd(y, dy, dx, n * out);
         break;
@@ -258,6 +358,7 @@ double layer_forward_macs(const Layer *l)
     switch (l->kind) {
     case LAYER_LINEAR: return (double)l->w_count;
     case LAYER_CONV: return (double)l->w_count * l->win.oh * l->win.ow;
+    case LAYER_BATCHNORM: return 2.0 * (double)shape_size(l->out); /* normalise, scale */
     default: return 0.0;
     }
 }

@@ -26,6 +26,10 @@ typedef enum {
     LAYER_RELU,    /* relu */
     LAYER_FLATTEN, /* flatten */
     LAYER_DROPOUT, /* dropout:P */
+    LAYER_BATCHNORM, /* bn: per-channel (conv) or per-feature (fc) batch normalization */
+    LAYER_ADD,     /* element-wise sum of two earlier outputs (residual shortcut) */
+    LAYER_AVGPOOL, /* avgpool:K[:S[:P]] */
+    LAYER_GAP,     /* gap: global average pooling, (C, H, W) -> (C, 1, 1) */
 } LayerKind;
 
 /* What a model spec says about one layer (filled by src/models). */
@@ -36,13 +40,37 @@ typedef struct {
     int stride;   /* conv/pool stride */
     int pad;      /* conv zero padding */
     float p;      /* dropout probability */
+    /* Inputs. A layer reads the output of layer (index - 1 - back); -1 is the
+     * network's input. back = 0, the default, is the previous layer: a
+     * sequential network never sets it. An add layer sums the outputs named
+     * by back and back2. */
+    int back, back2;
+    int no_bias;  /* conv/fc without a bias (a conv followed by bn) */
+    float bn_momentum, bn_eps; /* bn; 0 takes the defaults below */
+    int block_last; /* bn: the last bn of a residual block's body, whose
+                       gamma --zero-init-residual starts at 0 */
 } LayerSpec;
 
+#define LAYER_BN_MOMENTUM_DEFAULT 0.1f
+#define LAYER_BN_EPS_DEFAULT 1e-5f
+
+/* Sums per-channel statistics of batch normalization across the ranks that
+ * share them (--sync-bn): buf holds n doubles in backend memory, replaced by
+ * their sum over the ranks, identical on every rank. */
+typedef void (*StatsSumFn)(void *arg, double *buf, size_t n);
+
 typedef struct {
-    int train;              /* 1: dropout active */
+    int train;              /* 1: dropout active, batch norm on batch statistics */
     uint64_t seed;          /* the run's seed */
     uint64_t sample_offset; /* global position of this slice's first sample in
                                the run's sample sequence (dropout draws) */
+    /* Batch norm in training: NULL normalises over this rank's samples;
+     * otherwise every bn layer sums its statistics (forward) and its
+     * backward sums over the ranks with stats_sum, and stats_batch is the
+     * number of samples over all those ranks in this step (--sync-bn). */
+    StatsSumFn stats_sum;
+    void *stats_arg;
+    size_t stats_batch;
 } ForwardCtx;
 
 /* Conv algorithm. On a backend whose memory is the host's (Ops.host_memory:
@@ -79,6 +107,11 @@ typedef struct Layer {
     float *w, *b;           /* views into Net.params */
     float *dw, *db;         /* views into Net.grads */
 
+    /* State that is not a parameter (batch norm's running mean and variance,
+     * (C) each), as an offset into the network's state buffer. */
+    size_t s_off, s_count;
+    float *state;           /* view into Net.state: running mean, then running variance */
+
     /* Scratch owned by the layer (backend memory), sized for max_batch. */
     float *mask;            /* dropout: (max_batch, out) factors */
     int32_t *arg;           /* max-pool: (max_batch, out) argmax */
@@ -88,6 +121,10 @@ typedef struct Layer {
                                exceed LAYER_COL_CACHE_BYTES: then recomputed) */
     struct Winograd *wino;  /* conv by Winograd (then col and cols are NULL);
                                NULL for im2col */
+    float *bn_mean, *bn_invstd; /* bn: (C) statistics the forward pass used */
+    double *bn_sums;        /* bn: (4 C) sum, sumsq / sdy, sdyxhat */
+    double bn_count;        /* bn: values per channel the statistics cover */
+    int src, src2;          /* absolute input layer indices (-1: the data) */
 } Layer;
 
 /* Fill in shapes, geometry and parameter counts from spec and the input
@@ -102,15 +139,22 @@ void layer_free(Layer *l, const Ops *ops);
  * layers followed by a ReLU, Glorot uniform otherwise; biases zero. Draws
  * depend only on (seed, layer index, element). */
 void layer_init_params(const Layer *l, uint64_t seed, int relu_follows, float *w, float *b);
+/* Initial state (host memory, s_count floats): batch norm's running mean 0
+ * and running variance 1. */
+void layer_init_state(const Layer *l, float *state);
 
 /* y (n, out) = layer(x (n, in)). Layers without arithmetic (flatten) are
- * aliased by the network and never called. */
+ * aliased by the network and never called; add layers (two inputs) are the
+ * network's. In training, batch norm normalises with the batch's statistics
+ * and updates its running statistics; in evaluation it uses the running
+ * ones. */
 void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
                    const ForwardCtx *ctx);
 /* Given x, y of the forward pass and dy, write this layer's parameter
- * gradients (overwriting) and, when need_dx, dx (n, in). */
+ * gradients (overwriting) and, when need_dx, dx (n, in). ctx is the one of
+ * the forward pass. */
 void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
-                    const float *dy, float *dx, size_t n);
+                    const float *dy, float *dx, size_t n, const ForwardCtx *ctx);
 
 const char *layer_kind_name(LayerKind kind);
 /* Multiply-adds of forward for one sample (for GFLOP/s reports). */

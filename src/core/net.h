@@ -1,4 +1,11 @@
-/* A sequential network over flat buffers.
+/* A network over flat buffers.
+ *
+ * The layers are listed in an order where every layer comes after its
+ * inputs. Most read the previous layer's output; a residual block's layers
+ * name theirs (LayerSpec.back), and an add layer sums two, so one list
+ * expresses sequential and residual networks alike. Backward visits the
+ * layers in reverse order; an output read by two layers (a block's input)
+ * receives the sum of both gradients.
  *
  * All parameters live in ONE contiguous buffer, the gradients in another and
  * the optimizer's momentum in a third, each of n_params floats; layers hold
@@ -8,6 +15,13 @@
  * and can be reduced while backward continues on earlier layers.
  *
  *   params: | layer L-1: W b | layer L-2: W b | ... | layer 0: W b |
+ *
+ * (a batch-norm layer's W is gamma and its b beta; a conv or fc layer
+ * without a bias has no b). What is neither a parameter nor a gradient,
+ * batch norm's running statistics, lives in a fourth buffer, the state
+ * (n_state floats, same reverse order): it is never all-reduced as a
+ * gradient, and the trainer averages it across ranks where replicas must
+ * agree (core/trainer.h).
  */
 #ifndef BASIN_NET_H
 #define BASIN_NET_H
@@ -36,14 +50,29 @@ typedef struct Net {
     size_t max_batch;
 
     size_t n_params;
+    size_t n_state;      /* floats of state (batch-norm running statistics) */
+    float *state;        /* (n_state) backend memory; NULL when n_state is 0 */
+    int zero_init_residual; /* set before net_init_params: the last bn of each
+                               residual block starts with gamma 0 */
     float *params;       /* (n_params) backend memory */
     float *grads;        /* (n_params) backend memory, maybe not ours */
     float *mom;          /* (n_params) backend memory */
     int owns_grads;
     float *own_params, *own_mom; /* the buffers net_create allocated */
 
-    float **act;         /* act[i]: output of layer i, (max_batch, out_i) */
-    float *dbuf[2];      /* gradients w.r.t. activations, ping-pong */
+    float **act;         /* act[i]: output of layer i, (max_batch, out_i);
+                            NULL for flatten (see net_output) */
+    int *up;             /* up[i]: layer i or one of its inputs, transitively,
+                            has parameters (backward visits only those) */
+    int *dslot_of;       /* dslot_of[i]: the slot holding d(loss)/d(output i) */
+    int n_dslots;
+    float **dslot;       /* gradients w.r.t. outputs, (max_batch, max_out) each,
+                            shared by outputs whose gradients are never live
+                            at once */
+    float *dscratch;     /* a second consumer's dx before it is added */
+    unsigned char *dwritten; /* per pass: dslot_of[i] holds a gradient yet */
+    float *dbuf[2];      /* dslot[0], dslot[1]: scratch for benchmarks */
+    ForwardCtx ctx;      /* of the last net_forward, for its backward */
     float *probs;        /* (max_batch, classes) softmax output */
 
     LayerTimeFn on_layer; /* NULL: no per-layer timing */
@@ -69,8 +98,20 @@ void net_bind_state(Net *net, float *params, float *mom);
 void net_destroy(Net *net);
 
 /* Fill parameters from the seed (weights depend only on the seed), zero the
- * momentum. */
+ * momentum, set the state to its initial values. */
 int net_init_params(Net *net, uint64_t seed);
+
+/* Output of layer i (-1: the data x); flatten layers alias their input. */
+const float *net_output(const Net *net, int i, const float *x);
+/* Forward of layer i alone, reading its inputs' outputs (net_forward runs
+ * these in order; benchmarks time them one by one). */
+void net_forward_layer(Net *net, int i, const float *x, size_t n, const ForwardCtx *ctx);
+/* Backward of layer i alone, in net_backward's order (after the loss's
+ * backward has filled the last layer's slot: net_loss_backward). Layers
+ * that net_backward skips (no parameters at or before them) do nothing. */
+void net_backward_layer(Net *net, int i, const float *x, size_t n);
+/* The loss's backward: the last layer's output gradient, and a new pass. */
+void net_loss_backward(Net *net, const int32_t *labels, size_t n, float scale);
 
 /* Forward n <= max_batch samples x (n, in) in backend memory, then the
  * softmax cross-entropy against labels: adds the SUM of the losses to

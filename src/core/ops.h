@@ -87,6 +87,57 @@ typedef struct Ops {
     /* dx = dy * mask */
     void (*dropout_bwd)(const float *dy, const float *mask, float *dx, size_t n);
 
+    /* ---- batch normalization ------------------------------------------- */
+    /* Per channel, over a batch of n samples of c channels of hw values each
+     * (an fc output is c = features, hw = 1). Sums are accumulated in double
+     * so that per-rank sums can be added across ranks (--sync-bn) before the
+     * statistics are formed. All vectors are (c), in backend memory.
+     *
+     * sum[ch] = sum_{s,i} x[s][ch][i];  sumsq[ch] = sum_{s,i} x[s][ch][i]^2 */
+    void (*bn_moments)(const float *x, size_t n, size_t c, size_t hw, double *sum,
+                       double *sumsq);
+    /* From sums over `count` values per channel:
+     *   mean = sum / count,  var = max(sumsq / count - mean^2, 0)  (biased)
+     *   invstd = 1 / sqrt(var + eps)
+     * and, when running_mean is not NULL, the running statistics:
+     *   running_mean = (1 - momentum) running_mean + momentum mean
+     *   running_var  = (1 - momentum) running_var + momentum var * count / (count - 1)
+     * (the unbiased variance, as PyTorch; count 1 uses var). */
+    void (*bn_finalize)(const double *sum, const double *sumsq, size_t c, double count, float eps,
+                        float momentum, float *mean, float *invstd, float *running_mean,
+                        float *running_var);
+    /* Evaluation: mean = running_mean, invstd = 1 / sqrt(running_var + eps). */
+    void (*bn_eval_stats)(const float *running_mean, const float *running_var, size_t c, float eps,
+                          float *mean, float *invstd);
+    /* y = gamma[ch] * (x - mean[ch]) * invstd[ch] + beta[ch]  (y may be x) */
+    void (*bn_fwd)(const float *x, float *y, size_t n, size_t c, size_t hw, const float *mean,
+                   const float *invstd, const float *gamma, const float *beta);
+    /* Backward sums: sdy[ch] = sum dy;  sdyxhat[ch] = sum dy * (x - mean) * invstd */
+    void (*bn_bwd_sums)(const float *dy, const float *x, size_t n, size_t c, size_t hw,
+                        const float *mean, const float *invstd, double *sdy, double *sdyxhat);
+    /* dgamma[ch] = sdyxhat[ch], dbeta[ch] = sdy[ch] (overwriting, as floats) */
+    void (*bn_param_grads)(const double *sdy, const double *sdyxhat, size_t c, float *dgamma,
+                           float *dbeta);
+    /* dx = gamma * invstd * (dy - sdy / count - xhat * sdyxhat / count),
+     * xhat = (x - mean) * invstd; count is the number of values the
+     * statistics were formed over (all ranks' with --sync-bn). dx may be dy. */
+    void (*bn_bwd_dx)(const float *dy, const float *x, size_t n, size_t c, size_t hw,
+                      const float *mean, const float *invstd, const float *gamma,
+                      const double *sdy, const double *sdyxhat, double count, float *dx);
+
+    /* ---- residual add, average pooling ---------------------------------- */
+    /* y = a + b over n elements (y may be a or b) */
+    void (*add)(const float *a, const float *b, float *y, size_t n);
+    /* Average pooling of n samples; every output divides by kh * kw, padded
+     * positions counting as zeros (PyTorch's count_include_pad). */
+    void (*avgpool_fwd)(const Window *g, size_t n, const float *x, float *y);
+    /* dx = the adjoint of avgpool_fwd applied to dy (dx overwritten) */
+    void (*avgpool_bwd)(const Window *g, size_t n, const float *dy, float *dx);
+    /* Global average pooling: y[s][ch] = mean over i of x[s][ch][i] (hw values) */
+    void (*gap_fwd)(const float *x, float *y, size_t n, size_t c, size_t hw);
+    /* dx[s][ch][i] = dy[s][ch] / hw (dx overwritten) */
+    void (*gap_bwd)(const float *dy, float *dx, size_t n, size_t c, size_t hw);
+
     /* ---- loss ------------------------------------------------------------ */
     /* Softmax cross-entropy of b rows of k logits, numerically stable
      * (log-sum-exp around the row max). Writes probs (b x k); returns through

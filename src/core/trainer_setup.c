@@ -65,7 +65,6 @@ int trainer_setup(Trainer *t)
                            "--batch %zu is not divisible by the %d ranks: use a multiple of %d",
                            cfg->batch, t->world, t->world);
     t->rank_batch = cfg->batch / (size_t)t->world;
-    TRY(model_parse(cfg->model, t->specs, MODEL_MAX_LAYERS, &t->n_specs));
 
     ReaderConfig rc = {
         .path = cfg->data, .split = "train", .limit = cfg->limit_train, .seed = cfg->seed,
@@ -96,6 +95,7 @@ int trainer_setup(Trainer *t)
         if (eval_rank > max_batch) max_batch = eval_rank;
     }
     Shape in = {info->c, info->h, info->w};
+    TRY(model_parse(cfg->model, in, t->specs, MODEL_MAX_LAYERS, &t->n_specs));
     TRY(select_device(t));
     TRY(net_create(t->specs, t->n_specs, in, info->classes, t->ops, max_batch, &t->net));
     if (t->on_gpu) {

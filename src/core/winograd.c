@@ -387,14 +387,14 @@ static void unpack_input(const Winograd *wg, float *dx, size_t s0, size_t g)
         }
 }
 
-/* ys (K, 2 th, 2, tw, g) -> y of images s0 .. s0 + g, plus bias */
+/* ys (K, 2 th, 2, tw, g) -> y of images s0 .. s0 + g, plus bias (b NULL: none) */
 static void unpack_output(const Winograd *wg, const float *b, float *y, size_t s0, size_t g)
 {
     const Window *w = &wg->win;
     const size_t K = (size_t)wg->k, OH = (size_t)w->oh, OW = (size_t)w->ow, tw = (size_t)wg->tw;
     const size_t rows = 2 * (size_t)wg->th, khw = K * OH * OW;
     for (size_t k = 0; k < K; k++) {
-        const float bias = b[k];
+        const float bias = b ? b[k] : 0.0f;
         for (size_t oy = 0; oy < OH; oy++) {
             const float *restrict src = wg->ys + (k * rows + oy) * 2 * tw * g;
             float *dst = y + s0 * khw + (k * OH + oy) * OW;

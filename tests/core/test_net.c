@@ -27,7 +27,7 @@ static void check_model(const char *name)
 {
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n = 0;
-    EXPECT(model_parse(name, specs, MODEL_MAX_LAYERS, &n) == 0, "%s: parse", name);
+    EXPECT(model_parse(name, (Shape){1, 28, 28}, specs, MODEL_MAX_LAYERS, &n) == 0, "%s: parse", name);
     Net *net = NULL;
     EXPECT(net_create(specs, n, (Shape){1, 28, 28}, 10, &ops_cpu, 4, &net) == 0, "%s: create", name);
     if (!net) return;
@@ -105,7 +105,7 @@ int main(void)
     /* An external gradient buffer is adopted, views follow it. */
     LayerSpec specs[4];
     int n;
-    model_parse("fc:5,relu,fc:10", specs, 4, &n);
+    model_parse("fc:5,relu,fc:10", (Shape){3, 1, 1}, specs, 4, &n);
     Net *net = NULL;
     net_create(specs, n, (Shape){3, 1, 1}, 10, &ops_cpu, 2, &net);
     float *ext = calloc(net->n_params, sizeof *ext);
@@ -115,9 +115,8 @@ int main(void)
     free(ext);
 
     /* A last layer that is not fc:<classes> is refused. */
-    model_parse("fc:5,relu,fc:3", specs, 4, &n);
+    model_parse("fc:5,relu,fc:3", (Shape){3, 1, 1}, specs, 4, &n);
     EXPECT(net_create(specs, n, (Shape){3, 1, 1}, 10, &ops_cpu, 2, &net) == 2, "wrong class count accepted");
-    model_parse("conv:4:9:1:0,fc:10", specs, 4, &n);
-    EXPECT(net_create(specs, n, (Shape){1, 5, 5}, 10, &ops_cpu, 2, &net) == 2, "oversized kernel accepted");
+    EXPECT(model_parse("conv:4:9:1:0,fc:10", (Shape){1, 5, 5}, specs, 4, &n) == 2, "oversized kernel accepted");
     return test_finish("test_net");
 }

@@ -34,7 +34,7 @@ int main(void)
 
     LayerSpec specs[8];
     int n;
-    model_parse("fc:7,relu,fc:10", specs, 8, &n);
+    model_parse("fc:7,relu,fc:10", (Shape){5, 1, 1}, specs, 8, &n);
     Net *a = NULL, *b = NULL;
     net_create(specs, n, (Shape){5, 1, 1}, 10, &ops_cpu, 1, &a);
     net_create(specs, n, (Shape){5, 1, 1}, 10, &ops_cpu, 1, &b);

@@ -313,7 +313,7 @@ static LayerRun run_layer(const LayerSpec *spec, Shape in, int index, size_t n, 
     l.w = (float *)w, l.b = (float *)b, l.dw = out.dw, l.db = out.db;
     ForwardCtx ctx = {.train = 1, .seed = 1, .sample_offset = 0};
     layer_forward(&l, &ops_cpu, x, out.y, n, &ctx);
-    layer_backward(&l, &ops_cpu, x, out.y, dy, out.dx, n);
+    layer_backward(&l, &ops_cpu, x, out.y, dy, out.dx, n, &ctx);
     out.winograd = l.wino != NULL;
     layer_free(&l, &ops_cpu);
     return out;
@@ -342,7 +342,7 @@ static double rel_errf(const float *a, const float *b, size_t n)
 static void check_layer(const char *what, int units, int k, int pad, Shape in, size_t n, int first,
                         int default_winograd)
 {
-    const LayerSpec spec = {LAYER_CONV, units, k, 1, pad, 0.0f};
+    const LayerSpec spec = {.kind = LAYER_CONV, .units = units, .k = k, .stride = 1, .pad = pad};
     Layer probe;
     if (layer_setup(&probe, first ? 0 : 1, &spec, in)) {
         EXPECT(0, "%s: layer_setup failed", what);

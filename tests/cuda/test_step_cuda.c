@@ -72,8 +72,8 @@ static void check_model(const char *name, size_t batch)
 {
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_layers = 0;
-    EXPECT(model_parse(name, specs, MODEL_MAX_LAYERS, &n_layers) == 0, "%s: parse", name);
     const Shape in = {1, 28, 28};
+    EXPECT(model_parse(name, in, specs, MODEL_MAX_LAYERS, &n_layers) == 0, "%s: parse", name);
     Net *cpu = NULL, *gpu = NULL;
     EXPECT(net_create(specs, n_layers, in, 10, &ops_cpu, batch, &cpu) == 0, "%s: cpu net", name);
     EXPECT(net_create(specs, n_layers, in, 10, &ops_cuda, batch, &gpu) == 0, "%s: gpu net", name);
