@@ -23,6 +23,8 @@ typedef struct {
     double lr_gamma;
     double momentum;
     int nesterov;
+    int sync_bn;              /* 1: batch norm normalises over the global batch (all ranks) */
+    int zero_init_residual;   /* 1: the last bn of each residual block starts with gamma 0 */
     double weight_decay;
     uint64_t seed;
     int eval_every;           /* evaluate every N epochs (and after the last); 0: never */

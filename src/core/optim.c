@@ -48,7 +48,8 @@ void sgd_step_range(Net *net, const SgdConfig *cfg, float lr, size_t lo, size_t 
     for (int i = 0; i < net->n_layers; i++) {
         const Layer *l = &net->layers[i];
         if (!l->w_count) continue;
-        step_segment(net, &weights, l->w_off, l->w_count, lo, hi);
+        /* Decay shrinks conv and fc weights; batch norm's scale is not one. */
+        step_segment(net, l->kind == LAYER_BATCHNORM ? &biases : &weights, l->w_off, l->w_count, lo, hi);
         step_segment(net, &biases, l->b_off, l->b_count, lo, hi);
     }
 }

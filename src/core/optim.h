@@ -2,7 +2,8 @@
  *
  * Weight decay is decoupled (Loshchilov & Hutter, "Decoupled Weight Decay
  * Regularization", 2019): p -= lr * wd * p is applied beside the gradient
- * step and never enters the momentum. It applies to weights, not to biases.
+ * step and never enters the momentum. It applies to conv and fc weights, not
+ * to biases nor to batch norm's gamma and beta.
  */
 #ifndef BASIN_OPTIM_H
 #define BASIN_OPTIM_H

@@ -67,8 +67,12 @@ int replicas_check(Trainer *t, uint64_t step)
     if (t->world == 1) return BASIN_OK;
     int differ = 0;
     char list[512];
-    TRY(compare_ranks(t, checksum(trainer_host_state(t, t->net->params, 0), t->net->n_params), &differ, list,
-                      sizeof list));
+    unsigned long long h = checksum(trainer_host_state(t, t->net->params, 0), t->net->n_params);
+    if (t->net->n_state) { /* batch-norm running statistics, averaged before this */
+        t->net->ops->to_host(t->state_host, t->net->state, t->net->n_state * sizeof(float));
+        h ^= checksum(t->state_host, t->net->n_state) * 0x9e3779b97f4a7c15ull;
+    }
+    TRY(compare_ranks(t, h, &differ, list, sizeof list));
     if (!differ) return BASIN_OK;
     if (t->rank == 0)
         basin_error(BASIN_ERR_RUNTIME,

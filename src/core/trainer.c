@@ -58,6 +58,7 @@ static void batch_to_device(Trainer *t, Batch *b)
 static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
 {
     double t0 = basin_clock();
+    TRY(bn_average_state(t)); /* every replica evaluates the same network */
     TRY(reader_seek(t->test, 0, 0));
     size_t steps = reader_steps_per_epoch(t->test);
     ForwardCtx ctx = {.train = 0, .seed = t->cfg->seed};
@@ -123,6 +124,9 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
         fputc('\n', t->samples_log);
     }
     ForwardCtx ctx = {.train = 1, .seed = cfg->seed, .sample_offset = gs * cfg->batch + first};
+    if (cfg->sync_bn && t->world > 1 && net->n_state)
+        ctx.stats_sum = bn_stats_sum, ctx.stats_arg = t, ctx.stats_batch = b.global_n;
+    t->bn_status = BASIN_OK;
     float lr = (float)schedule_lr(&t->schedule, gs);
     t->lr = lr;
     batch_to_device(t, &b);
@@ -143,6 +147,7 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     trace_event(&t->trace, "data", "data", 0, c0, c1);
 
     TRY(grads_finish(t, c3, tm));
+    if (t->bn_status) return t->bn_status;
     trace_event(&t->trace, "step", "step", 2, c0, basin_clock());
     if ((long)gs == t->corrupt_step && t->rank == t->corrupt_rank) {
         float p0;
@@ -220,8 +225,10 @@ static int train_loop(Trainer *t, TrainResult *res)
         uint64_t done = gs + 1;
         t->steps_done = done;
         int end_of_epoch = done % spe == 0 || done == t->total_steps;
-        if ((cfg->check_every > 0 && done % (uint64_t)cfg->check_every == 0) || done == t->total_steps)
+        if ((cfg->check_every > 0 && done % (uint64_t)cfg->check_every == 0) || done == t->total_steps) {
+            TRY(bn_average_state(t));
             TRY(replicas_check(t, done));
+        }
 
         /* Step boundary: ranks agree whether any was told to stop, and follow
          * rank 0's clock for timed checkpoints (one tiny all-reduce). */
@@ -231,11 +238,14 @@ static int train_loop(Trainer *t, TrainResult *res)
         BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, &flags, 1, MPI_INT, MPI_BOR, t->comm));
         if (flags & 1) {
             res->steps = done;
+            TRY(bn_average_state(t));
             return ckpt_preempted_stop(t, done);
         }
         if (done < t->total_steps &&
-            ((flags & 2) || (cfg->checkpoint_steps > 0 && done % (uint64_t)cfg->checkpoint_steps == 0)))
+            ((flags & 2) || (cfg->checkpoint_steps > 0 && done % (uint64_t)cfg->checkpoint_steps == 0))) {
+            TRY(bn_average_state(t));
             TRY(ckpt_periodic(t, done, (flags & 2) ? "timed" : "periodic"));
+        }
         if (done % (uint64_t)cfg->log_every == 0 || end_of_epoch) {
             TRY(sum_doubles(t, iv, 3));
             double tnow = basin_clock(), dt = tnow - interval_t0;
@@ -264,6 +274,7 @@ static int train_loop(Trainer *t, TrainResult *res)
         }
     }
     res->steps = t->total_steps;
+    TRY(bn_average_state(t));
     TRY(ckpt_final(t));
     res->seconds = basin_clock() - run_t0;
     res->images_per_s = train_time > 0 ? (double)images / train_time : 0.0;
@@ -272,7 +283,7 @@ static int train_loop(Trainer *t, TrainResult *res)
 
 int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
 {
-    Trainer t = {.cfg = cfg, .comm = comm, .lock = RUNLOCK_INIT, .good_step = -1};
+    Trainer t = {.cfg = cfg, .comm = comm, .lock = RUNLOCK_INIT, .good_step = -1, .bn_comm = MPI_COMM_NULL};
     TrainResult res = {0};
     res.test_loss = res.test_accuracy = NAN;
     int rc;
@@ -315,6 +326,7 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     }
 
     rc = grads_setup(&t);
+    if (!rc) rc = bn_sync_setup(&t);
     if (rc) goto done;
     char metrics_path[4096];
     t.t_start = basin_clock();
@@ -327,6 +339,7 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
         goto done;
     }
 
+    t.net->zero_init_residual = cfg->zero_init_residual;
     rc = net_init_params(t.net, cfg->seed);
     if (!rc && t.resuming) rc = ckpt_resume_apply(&t);
     if (rc) goto done;
@@ -337,9 +350,10 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
                info->count, t.test ? reader_info(t.test)->count : (size_t)0, info->c, info->h, info->w,
                info->classes, (unsigned long long)t.total_steps, cfg->batch, t.rank_batch,
                (unsigned long long)t.steps_per_epoch);
-    net_describe(t.net, desc, sizeof desc);
+    char layers[32768];
+    net_describe(t.net, layers, sizeof layers);
     basin_info("basin: %zu parameters, %.1f MFLOP per sample forward\n%s", t.net->n_params,
-               2e-6 * net_forward_macs(t.net), desc);
+               2e-6 * net_forward_macs(t.net), layers);
     rc = train_loop(&t, &res);
     if (rc == BASIN_OK && t.start_step < t.total_steps)
         basin_info("basin: trained %llu steps in %.1f s (%.0f images/s); metrics in %s%s%s",
@@ -351,6 +365,13 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
             t.ops->to_host(res.params, t.net->params, t.net->n_params * sizeof(float));
             res.n_params = t.net->n_params;
         }
+        if (t.net->n_state) {
+            res.state = malloc(t.net->n_state * sizeof(float));
+            if (res.state) {
+                t.ops->to_host(res.state, t.net->state, t.net->n_state * sizeof(float));
+                res.n_state = t.net->n_state;
+            }
+        }
     }
 done:
     ckpt_write_status(&t, rc);
@@ -359,6 +380,7 @@ done:
     metrics_close(&t.metrics);
     trace_close(&t.trace);
     grads_free(&t);
+    bn_sync_free(&t);
     trainer_free_device(&t);
     net_destroy(t.net);
     if (t.test) reader_close(t.test);

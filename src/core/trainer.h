@@ -18,6 +18,9 @@ typedef struct {
     float *params;               /* with cfg->keep_params: a malloc'd copy of the final
                                     parameters (the caller frees it) */
     size_t n_params;
+    float *state;                /* with cfg->keep_params: the final state (batch-norm
+                                    running statistics; NULL when the model has none) */
+    size_t n_state;
 } TrainResult;
 
 /* Train as configured on the ranks of comm (every rank calls it). Returns

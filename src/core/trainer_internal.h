@@ -86,6 +86,12 @@ typedef struct Trainer {
     Bucket *buckets;
     int n_buckets, next_bucket;
 
+    /* Batch norm across ranks (bn_sync.c). */
+    MPI_Comm bn_comm;     /* its own communicator; MPI_COMM_NULL: none needed */
+    int bn_status;        /* the first failure of a --sync-bn sum in this step */
+    double *bn_host, *bn_all;   /* staging of one layer's sums, and every rank's */
+    float *state_host, *state_all; /* staging of the state, and every rank's */
+
     /* Test hooks, read once in trainer_setup.c from the environment, so that
      * they never appear among the options a user sees. */
     long corrupt_rank, corrupt_step; /* BASIN_TEST_CORRUPT=RANK:STEP */
@@ -124,6 +130,15 @@ int grads_finish(Trainer *t, double c3, double tm[T_COUNT]);
 int grads_gather_momentum(Trainer *t);
 /* One line on the all-reduce set-up, for the start of the log. */
 void grads_describe(const Trainer *t);
+
+/* bn_sync.c */
+int bn_sync_setup(Trainer *t);
+void bn_sync_free(Trainer *t);
+/* StatsSumFn of --sync-bn (arg: the Trainer). */
+void bn_stats_sum(void *arg, double *buf, size_t n);
+/* Without --sync-bn: replace every rank's running statistics by their mean
+ * over the ranks (before checkpoints, evaluations and replica checks). */
+int bn_average_state(Trainer *t);
 
 /* trainer_checkpoint.c */
 int ckpt_lock_outputs(Trainer *t);
