@@ -343,6 +343,305 @@ static void cpu_dropout_bwd(const float *dy, const float *mask, float *dx, size_
     for (size_t i = 0; i < n; i++) dx[i] = dy[i] * mask[i];
 }
 
+/* ---- batch normalization ------------------------------------------------------- */
+
+/* Sums of x and x^2 over n floats, in double, with 8 independent partial
+ * sums each, added up in lane order at the end (in this form the compiler
+ * vectorizes the widening and both sums without reassociating anything). */
+static void moments_f64(const float *restrict x, size_t n, double *s1, double *s2)
+{
+    double a[8] = {0}, b[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int l = 0; l < 8; l++) {
+            const double v = (double)x[i + (size_t)l];
+            a[l] += v;
+            b[l] += v * v;
+        }
+    }
+    double ta = 0.0, tb = 0.0;
+    for (int l = 0; l < 8; l++) ta += a[l], tb += b[l];
+    for (; i < n; i++) {
+        const double v = (double)x[i];
+        ta += v;
+        tb += v * v;
+    }
+    *s1 = ta;
+    *s2 = tb;
+}
+
+/* Sums of dy and dy * (x - m) over n values, in double, the same way. */
+static void dot_centered_f64(const float *restrict dy, const float *restrict x, size_t n, double m,
+                             double *s1, double *s2)
+{
+    double a[8] = {0}, b[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int l = 0; l < 8; l++) {
+            const double g = (double)dy[i + (size_t)l];
+            a[l] += g;
+            b[l] += g * ((double)x[i + (size_t)l] - m);
+        }
+    }
+    double ta = 0.0, tb = 0.0;
+    for (int l = 0; l < 8; l++) ta += a[l], tb += b[l];
+    for (; i < n; i++) {
+        const double g = (double)dy[i];
+        ta += g;
+        tb += g * ((double)x[i] - m);
+    }
+    *s1 = ta;
+    *s2 = tb;
+}
+
+/* hw = 1 (fc features) runs along the rows, over the channels, so that the
+ * inner loop is long and contiguous; otherwise one plane at a time. */
+static void cpu_bn_moments(const float *x, size_t n, size_t c, size_t hw, double *sum,
+                           double *sumsq)
+{
+    double *restrict s1 = sum, *restrict s2 = sumsq;
+    for (size_t ch = 0; ch < c; ch++) s1[ch] = 0.0, s2[ch] = 0.0;
+    if (hw == 1) {
+        for (size_t s = 0; s < n; s++) {
+            const float *restrict row = x + s * c;
+            for (size_t ch = 0; ch < c; ch++) {
+                const double v = row[ch];
+                s1[ch] += v;
+                s2[ch] += v * v;
+            }
+        }
+        return;
+    }
+    for (size_t s = 0; s < n; s++) {
+        for (size_t ch = 0; ch < c; ch++) {
+            double a, b;
+            moments_f64(x + (s * c + ch) * hw, hw, &a, &b);
+            s1[ch] += a;
+            s2[ch] += b;
+        }
+    }
+}
+
+static void cpu_bn_finalize(const double *sum, const double *sumsq, size_t c, double count,
+                            float eps, float momentum, float *mean, float *invstd,
+                            float *running_mean, float *running_var)
+{
+    const double mom = momentum, keep = 1.0 - mom;
+    const double unbias = count > 1.0 ? count / (count - 1.0) : 1.0;
+    for (size_t ch = 0; ch < c; ch++) {
+        const double m = sum[ch] / count;
+        double var = sumsq[ch] / count - m * m;
+        var = var < 0.0 ? 0.0 : var; /* rounding can take it below 0; NaN stays NaN */
+        mean[ch] = (float)m;
+        invstd[ch] = (float)(1.0 / sqrt(var + (double)eps));
+        if (running_mean) {
+            running_mean[ch] = (float)(keep * running_mean[ch] + mom * m);
+            running_var[ch] = (float)(keep * running_var[ch] + mom * (var * unbias));
+        }
+    }
+}
+
+static void cpu_bn_eval_stats(const float *running_mean, const float *running_var, size_t c,
+                              float eps, float *mean, float *invstd)
+{
+    for (size_t ch = 0; ch < c; ch++) {
+        mean[ch] = running_mean[ch];
+        invstd[ch] = (float)(1.0 / sqrt((double)running_var[ch] + (double)eps));
+    }
+}
+
+/* y = (x - mean) * (gamma * invstd) + beta. y may be x: every element is
+ * read before it is written, in the same iteration. */
+static void cpu_bn_fwd(const float *x, float *y, size_t n, size_t c, size_t hw, const float *mean,
+                       const float *invstd, const float *gamma, const float *beta)
+{
+    if (hw == 1) {
+        for (size_t s = 0; s < n; s++) {
+            const float *xr = x + s * c;
+            float *yr = y + s * c;
+            for (size_t ch = 0; ch < c; ch++)
+                yr[ch] = (xr[ch] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch];
+        }
+        return;
+    }
+    for (size_t s = 0; s < n; s++) {
+        for (size_t ch = 0; ch < c; ch++) {
+            const float m = mean[ch], a = gamma[ch] * invstd[ch], b = beta[ch];
+            const float *xp = x + (s * c + ch) * hw;
+            float *yp = y + (s * c + ch) * hw;
+            for (size_t i = 0; i < hw; i++) yp[i] = (xp[i] - m) * a + b;
+        }
+    }
+}
+
+/* sdyxhat = invstd * sum dy (x - mean): the invstd factor once per channel. */
+static void cpu_bn_bwd_sums(const float *dy, const float *x, size_t n, size_t c, size_t hw,
+                            const float *mean, const float *invstd, double *sdy, double *sdyxhat)
+{
+    double *restrict s1 = sdy, *restrict s2 = sdyxhat;
+    for (size_t ch = 0; ch < c; ch++) s1[ch] = 0.0, s2[ch] = 0.0;
+    if (hw == 1) {
+        for (size_t s = 0; s < n; s++) {
+            const float *restrict gr = dy + s * c;
+            const float *restrict xr = x + s * c;
+            for (size_t ch = 0; ch < c; ch++) {
+                const double g = gr[ch];
+                s1[ch] += g;
+                s2[ch] += g * ((double)xr[ch] - (double)mean[ch]);
+            }
+        }
+    } else {
+        for (size_t s = 0; s < n; s++) {
+            for (size_t ch = 0; ch < c; ch++) {
+                double a, b;
+                const size_t at = (s * c + ch) * hw;
+                dot_centered_f64(dy + at, x + at, hw, (double)mean[ch], &a, &b);
+                s1[ch] += a;
+                s2[ch] += b;
+            }
+        }
+    }
+    for (size_t ch = 0; ch < c; ch++) s2[ch] *= (double)invstd[ch];
+}
+
+static void cpu_bn_param_grads(const double *sdy, const double *sdyxhat, size_t c, float *dgamma,
+                               float *dbeta)
+{
+    for (size_t ch = 0; ch < c; ch++) {
+        dgamma[ch] = (float)sdyxhat[ch];
+        dbeta[ch] = (float)sdy[ch];
+    }
+}
+
+/* dx = a ((dy - mdy) - (x - mean) invstd k) with, per channel, a = gamma
+ * invstd, mdy = sdy / count and k = sdyxhat / count (the last two in double,
+ * then rounded). dx may be dy: each element is read before it is written. */
+static void cpu_bn_bwd_dx(const float *dy, const float *x, size_t n, size_t c, size_t hw,
+                          const float *mean, const float *invstd, const float *gamma,
+                          const double *sdy, const double *sdyxhat, double count, float *dx)
+{
+    const double inv_count = 1.0 / count;
+    if (hw == 1) {
+        for (size_t s = 0; s < n; s++) {
+            const float *gr = dy + s * c, *xr = x + s * c;
+            float *dr = dx + s * c;
+            for (size_t ch = 0; ch < c; ch++) {
+                const float is = invstd[ch], a = gamma[ch] * is;
+                const float mdy = (float)(sdy[ch] * inv_count), k = (float)(sdyxhat[ch] * inv_count);
+                dr[ch] = a * ((gr[ch] - mdy) - (xr[ch] - mean[ch]) * is * k);
+            }
+        }
+        return;
+    }
+    for (size_t s = 0; s < n; s++) {
+        for (size_t ch = 0; ch < c; ch++) {
+            const float m = mean[ch], is = invstd[ch], a = gamma[ch] * is;
+            const float mdy = (float)(sdy[ch] * inv_count), k = (float)(sdyxhat[ch] * inv_count);
+            const size_t at = (s * c + ch) * hw;
+            const float *gp = dy + at, *xp = x + at;
+            float *dp = dx + at;
+            for (size_t i = 0; i < hw; i++) dp[i] = a * ((gp[i] - mdy) - (xp[i] - m) * is * k);
+        }
+    }
+}
+
+/* ---- residual add, average pooling --------------------------------------------- */
+
+/* y may be a or b: each element is read before it is written. */
+static void cpu_add(const float *a, const float *b, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* One plane: every output row is built as a sum of whole input row spans,
+ * window row by window row and column by column (the window's row order),
+ * so the inner loop runs along the output row; padding adds nothing. Then
+ * each output is divided by the window's area. */
+static void avgpool_plane(const Window *g, const float *restrict x, float *restrict y)
+{
+    const int h = g->h, w = g->w, s = g->stride, pad = g->pad, ow = g->ow;
+    const float area = (float)(g->kh * g->kw);
+    for (int oy = 0; oy < g->oh; oy++) {
+        float *restrict yo = y + (size_t)oy * (size_t)ow;
+        for (int ox = 0; ox < ow; ox++) yo[ox] = 0.0f;
+        for (int ki = 0; ki < g->kh; ki++) {
+            const int iy = oy * s - pad + ki;
+            if (iy < 0 || iy >= h) continue;
+            const float *restrict xr = x + (size_t)iy * (size_t)w;
+            for (int kj = 0; kj < g->kw; kj++) {
+                int lo, hi;
+                valid_range(kj, w, s, pad, ow, &lo, &hi);
+                const int shift = kj - pad;
+                if (s == 1) {
+                    for (int ox = lo; ox < hi; ox++) yo[ox] += xr[ox + shift];
+                } else {
+                    for (int ox = lo; ox < hi; ox++) yo[ox] += xr[ox * s + shift];
+                }
+            }
+        }
+        for (int ox = 0; ox < ow; ox++) yo[ox] /= area;
+    }
+}
+
+static void cpu_avgpool_fwd(const Window *g, size_t n, const float *x, float *y)
+{
+    const size_t in_plane = (size_t)g->h * (size_t)g->w;
+    const size_t out_plane = (size_t)g->oh * (size_t)g->ow;
+    const size_t planes = n * (size_t)g->c;
+    for (size_t p = 0; p < planes; p++) avgpool_plane(g, x + p * in_plane, y + p * out_plane);
+}
+
+/* The adjoint of avgpool_plane: each output's dy / area goes back to the
+ * inputs of its window, as whole spans of input rows. */
+static void avgpool_bwd_plane(const Window *g, const float *restrict dy, float *restrict dx)
+{
+    const int h = g->h, w = g->w, s = g->stride, pad = g->pad, ow = g->ow;
+    const float area = (float)(g->kh * g->kw);
+    memset(dx, 0, (size_t)h * (size_t)w * sizeof *dx);
+    for (int oy = 0; oy < g->oh; oy++) {
+        const float *restrict go = dy + (size_t)oy * (size_t)ow;
+        for (int ki = 0; ki < g->kh; ki++) {
+            const int iy = oy * s - pad + ki;
+            if (iy < 0 || iy >= h) continue;
+            float *restrict dr = dx + (size_t)iy * (size_t)w;
+            for (int kj = 0; kj < g->kw; kj++) {
+                int lo, hi;
+                valid_range(kj, w, s, pad, ow, &lo, &hi);
+                const int shift = kj - pad;
+                if (s == 1) {
+                    for (int ox = lo; ox < hi; ox++) dr[ox + shift] += go[ox] / area;
+                } else {
+                    for (int ox = lo; ox < hi; ox++) dr[ox * s + shift] += go[ox] / area;
+                }
+            }
+        }
+    }
+}
+
+static void cpu_avgpool_bwd(const Window *g, size_t n, const float *dy, float *dx)
+{
+    const size_t in_plane = (size_t)g->h * (size_t)g->w;
+    const size_t out_plane = (size_t)g->oh * (size_t)g->ow;
+    const size_t planes = n * (size_t)g->c;
+    for (size_t p = 0; p < planes; p++) avgpool_bwd_plane(g, dy + p * out_plane, dx + p * in_plane);
+}
+
+static void cpu_gap_fwd(const float *x, float *y, size_t n, size_t c, size_t hw)
+{
+    const float div = (float)hw;
+    for (size_t p = 0; p < n * c; p++) y[p] = sum_f32(x + p * hw, hw) / div;
+}
+
+static void cpu_gap_bwd(const float *dy, float *dx, size_t n, size_t c, size_t hw)
+{
+    const float div = (float)hw;
+    for (size_t p = 0; p < n * c; p++) {
+        const float v = dy[p] / div;
+        float *restrict d = dx + p * hw;
+        for (size_t i = 0; i < hw; i++) d[i] = v;
+    }
+}
+
 /* ---- loss --------------------------------------------------------------------- */
 
 static void cpu_softmax_xent_fwd(const float *logits, const int32_t *labels, size_t b, size_t k,
@@ -451,6 +750,18 @@ const Ops ops_cpu = {
     .maxpool_bwd = cpu_maxpool_bwd,
     .dropout_fwd = cpu_dropout_fwd,
     .dropout_bwd = cpu_dropout_bwd,
+    .bn_moments = cpu_bn_moments,
+    .bn_finalize = cpu_bn_finalize,
+    .bn_eval_stats = cpu_bn_eval_stats,
+    .bn_fwd = cpu_bn_fwd,
+    .bn_bwd_sums = cpu_bn_bwd_sums,
+    .bn_param_grads = cpu_bn_param_grads,
+    .bn_bwd_dx = cpu_bn_bwd_dx,
+    .add = cpu_add,
+    .avgpool_fwd = cpu_avgpool_fwd,
+    .avgpool_bwd = cpu_avgpool_bwd,
+    .gap_fwd = cpu_gap_fwd,
+    .gap_bwd = cpu_gap_bwd,
     .softmax_xent_fwd = cpu_softmax_xent_fwd,
     .softmax_xent_bwd = cpu_softmax_xent_bwd,
     .sgd_step = cpu_sgd_step,
