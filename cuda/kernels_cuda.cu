@@ -342,6 +342,421 @@ void cuda_dropout_bwd(const float *dy, const float *mask, float *dx, size_t n)
     if (n) LAUNCH(k_dropout_bwd, blocks_for(n), THREADS, dy, mask, dx, n);
 }
 
+/* ---- batch normalization ------------------------------------------------------------------------ */
+
+/* The per-channel sums (bn_moments, bn_bwd_sums) run on a grid of (channel,
+ * part) blocks. A channel's n * hw values, taken in (sample, pixel) order,
+ * are cut into `parts` contiguous ranges, one per block; thread t of a block
+ * takes values t, t + BN_THREADS, ... of its range, so that neighbouring
+ * threads read neighbouring pixels. Each thread sums in double, the block
+ * adds its threads' sums in a fixed tree, and the parts, when there is more
+ * than one, are added in part order by k_bn_combine: the same bits on every
+ * run, without atomics. A channel gets several parts only when there are
+ * few channels and many values (the early layers of a CNN), so that the
+ * grid still fills the GPU; c * parts stays within BN_MAX_PARTS, the size
+ * of the partial-sum buffer. */
+enum { BN_THREADS = 256, BN_PART_MIN = 8192 };
+
+/* The walk of one thread over its values of channel blockIdx.x: off is the
+ * value's offset in the batch. The pixel index i is carried along, so the
+ * step needs no division. */
+struct ChannelWalk {
+    size_t j, end;       /* index within the channel's n * hw values; end of the part */
+    size_t i, off;       /* pixel of j, offset of the value */
+    size_t di, step;     /* BN_THREADS % hw, and the offset step without a wrap */
+    size_t hw, wrap;     /* pixels per plane; the offset step of a wrap to the next sample */
+
+    __device__ ChannelWalk(size_t n, size_t c, size_t hw_, unsigned parts)
+    {
+        const size_t m = n * hw_, chunk = (m + parts - 1) / parts;
+        const size_t j0 = (size_t)blockIdx.y * chunk, sample = c * hw_;
+        hw = hw_;
+        j = j0 + threadIdx.x;
+        end = j0 + chunk < m ? j0 + chunk : m;
+        i = j % hw;
+        off = (size_t)blockIdx.x * hw + j / hw * sample + i;
+        di = BN_THREADS % hw;
+        step = BN_THREADS / hw * sample + di;
+        wrap = sample - hw;
+    }
+    __device__ bool more() const { return j < end; }
+    __device__ void next()
+    {
+        j += BN_THREADS;
+        i += di;
+        off += step;
+        if (i >= hw) i -= hw, off += wrap;
+    }
+};
+
+/* The sums of a and b over the block, in a fixed order, in thread 0. Every
+ * thread of the block calls it. */
+__device__ static void block_sum2(double &a, double &b)
+{
+    __shared__ double sa[BN_THREADS / 32], sb[BN_THREADS / 32];
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int d = 16; d > 0; d /= 2) {
+        a += __shfl_down_sync(0xffffffffu, a, d);
+        b += __shfl_down_sync(0xffffffffu, b, d);
+    }
+    if (lane == 0) sa[warp] = a, sb[warp] = b;
+    __syncthreads();
+    if (warp == 0) {
+        a = lane < BN_THREADS / 32 ? sa[lane] : 0.0;
+        b = lane < BN_THREADS / 32 ? sb[lane] : 0.0;
+        for (int d = 16; d > 0; d /= 2) {
+            a += __shfl_down_sync(0xffffffffu, a, d);
+            b += __shfl_down_sync(0xffffffffu, b, d);
+        }
+    }
+}
+
+/* Thread 0's result of a (channel, part) block: the channel's sums when it
+ * has one part (b times scale_b[ch] when scale_b is given), else the part's
+ * slot in the partial-sum buffer. */
+__device__ static void put_sums(unsigned parts, double a, double b, const float *scale_b,
+                                double *out_a, double *out_b, double *part)
+{
+    if (threadIdx.x != 0) return;
+    const size_t ch = blockIdx.x;
+    if (parts == 1) {
+        out_a[ch] = a;
+        out_b[ch] = scale_b ? b * (double)scale_b[ch] : b;
+    } else {
+        double *slot = part + 2 * (ch * parts + blockIdx.y);
+        slot[0] = a;
+        slot[1] = b;
+    }
+}
+
+/* One thread per channel adds its parts in part order. */
+__global__ void k_bn_combine(const double *part, size_t c, unsigned parts, const float *scale_b,
+                             double *out_a, double *out_b)
+{
+    GRID_STRIDE(ch, c)
+    {
+        const double *p = part + 2 * ch * parts;
+        double a = 0.0, b = 0.0;
+        for (unsigned k = 0; k < parts; k++) a += p[2 * k], b += p[2 * k + 1];
+        out_a[ch] = a;
+        out_b[ch] = scale_b ? b * (double)scale_b[ch] : b;
+    }
+}
+
+__global__ void k_bn_moments(const float *x, size_t n, size_t c, size_t hw, unsigned parts,
+                             double *sum, double *sumsq, double *part)
+{
+    double a = 0.0, b = 0.0;
+    for (ChannelWalk w(n, c, hw, parts); w.more(); w.next()) {
+        const double v = x[w.off];
+        a += v;
+        b += v * v;
+    }
+    block_sum2(a, b);
+    put_sums(parts, a, b, NULL, sum, sumsq, part);
+}
+
+/* sdyxhat = invstd * sum dy (x - mean), the invstd factor once per channel
+ * at the end, as on the CPU. */
+__global__ void k_bn_bwd_sums(const float *dy, const float *x, size_t n, size_t c, size_t hw,
+                              unsigned parts, const float *mean, const float *invstd, double *sdy,
+                              double *sdyxhat, double *part)
+{
+    const double m = mean[blockIdx.x];
+    double a = 0.0, b = 0.0;
+    for (ChannelWalk w(n, c, hw, parts); w.more(); w.next()) {
+        const double g = dy[w.off];
+        a += g;
+        b += g * ((double)x[w.off] - m);
+    }
+    block_sum2(a, b);
+    put_sums(parts, a, b, invstd, sdy, sdyxhat, part);
+}
+
+/* Parts per channel: enough blocks of at least BN_PART_MIN values to fill
+ * the GPU, within the partial-sum buffer. */
+static unsigned bn_parts(size_t c, size_t m)
+{
+    const size_t by_size = (m + BN_PART_MIN - 1) / BN_PART_MIN;
+    const size_t by_room = BN_MAX_PARTS / c;
+    const size_t p = by_size < by_room ? by_size : by_room;
+    return p < 1 ? 1u : (unsigned)p;
+}
+
+/* Launch of a per-channel reduction; with n or hw 0 the sums are 0. */
+static void zero_doubles(double *a, double *b, size_t c)
+{
+    CudaState *s = st();
+    CUDA_CHECK(cudaMemsetAsync(a, 0, c * sizeof *a, s->stream)); /* all-zero bits = +0.0 */
+    CUDA_CHECK(cudaMemsetAsync(b, 0, c * sizeof *b, s->stream));
+}
+
+void cuda_bn_moments(const float *x, size_t n, size_t c, size_t hw, double *sum, double *sumsq)
+{
+    if (!c) return;
+    if (!n || !hw) return zero_doubles(sum, sumsq, c);
+    if (c > (size_t)INT_MAX) FATAL("bn_moments: more channels than a grid holds");
+    CudaState *s = st();
+    const unsigned parts = bn_parts(c, n * hw);
+    LAUNCH(k_bn_moments, dim3((unsigned)c, parts), BN_THREADS, x, n, c, hw, parts, sum, sumsq,
+           s->bn_part);
+    if (parts > 1)
+        LAUNCH(k_bn_combine, blocks_for(c), THREADS, s->bn_part, c, parts, (const float *)NULL, sum,
+               sumsq);
+}
+
+void cuda_bn_bwd_sums(const float *dy, const float *x, size_t n, size_t c, size_t hw,
+                      const float *mean, const float *invstd, double *sdy, double *sdyxhat)
+{
+    if (!c) return;
+    if (!n || !hw) return zero_doubles(sdy, sdyxhat, c);
+    if (c > (size_t)INT_MAX) FATAL("bn_bwd_sums: more channels than a grid holds");
+    CudaState *s = st();
+    const unsigned parts = bn_parts(c, n * hw);
+    LAUNCH(k_bn_bwd_sums, dim3((unsigned)c, parts), BN_THREADS, dy, x, n, c, hw, parts, mean,
+           invstd, sdy, sdyxhat, s->bn_part);
+    if (parts > 1)
+        LAUNCH(k_bn_combine, blocks_for(c), THREADS, s->bn_part, c, parts, invstd, sdy, sdyxhat);
+}
+
+/* The CPU's double operations, one by one (the _rn intrinsics keep nvcc
+ * from fusing them into FMAs), so the statistics are the CPU's from the
+ * same sums. */
+__global__ void k_bn_finalize(const double *sum, const double *sumsq, size_t c, double count,
+                              float eps, float momentum, float *mean, float *invstd,
+                              float *running_mean, float *running_var)
+{
+    const double mom = momentum, keep = 1.0 - mom;
+    const double unbias = count > 1.0 ? count / (count - 1.0) : 1.0;
+    GRID_STRIDE(ch, c)
+    {
+        const double m = sum[ch] / count;
+        double var = __dsub_rn(sumsq[ch] / count, __dmul_rn(m, m));
+        var = var < 0.0 ? 0.0 : var; /* rounding can take it below 0; NaN stays NaN */
+        mean[ch] = (float)m;
+        invstd[ch] = (float)(1.0 / sqrt(var + (double)eps));
+        if (running_mean) {
+            running_mean[ch] =
+                (float)__dadd_rn(__dmul_rn(keep, (double)running_mean[ch]), __dmul_rn(mom, m));
+            running_var[ch] = (float)__dadd_rn(__dmul_rn(keep, (double)running_var[ch]),
+                                               __dmul_rn(mom, __dmul_rn(var, unbias)));
+        }
+    }
+}
+
+void cuda_bn_finalize(const double *sum, const double *sumsq, size_t c, double count, float eps,
+                      float momentum, float *mean, float *invstd, float *running_mean,
+                      float *running_var)
+{
+    if (c)
+        LAUNCH(k_bn_finalize, blocks_for(c), THREADS, sum, sumsq, c, count, eps, momentum, mean,
+               invstd, running_mean, running_var);
+}
+
+__global__ void k_bn_eval_stats(const float *running_mean, const float *running_var, size_t c,
+                                float eps, float *mean, float *invstd)
+{
+    GRID_STRIDE(ch, c)
+    {
+        mean[ch] = running_mean[ch];
+        invstd[ch] = (float)(1.0 / sqrt((double)running_var[ch] + (double)eps));
+    }
+}
+
+void cuda_bn_eval_stats(const float *running_mean, const float *running_var, size_t c, float eps,
+                        float *mean, float *invstd)
+{
+    if (c)
+        LAUNCH(k_bn_eval_stats, blocks_for(c), THREADS, running_mean, running_var, c, eps, mean,
+               invstd);
+}
+
+__global__ void k_bn_param_grads(const double *sdy, const double *sdyxhat, size_t c,
+                                 float *dgamma, float *dbeta)
+{
+    GRID_STRIDE(ch, c)
+    {
+        dgamma[ch] = (float)sdyxhat[ch];
+        dbeta[ch] = (float)sdy[ch];
+    }
+}
+
+void cuda_bn_param_grads(const double *sdy, const double *sdyxhat, size_t c, float *dgamma,
+                         float *dbeta)
+{
+    if (c) LAUNCH(k_bn_param_grads, blocks_for(c), THREADS, sdy, sdyxhat, c, dgamma, dbeta);
+}
+
+/* Element-wise kernels that need each element's channel (i / hw % c) or
+ * plane (i / hw): with index type I = uint32_t whenever the batch has at
+ * most INT32_MAX elements (the grid-stride step, at most 2^24, cannot wrap
+ * it then), since 64-bit divisions cost several times more. */
+#define GRID_STRIDE_I(i, n) \
+    for (I i = (I)(blockIdx.x * blockDim.x + threadIdx.x); i < (n); i += (I)(gridDim.x * blockDim.x))
+
+#define LAUNCH_INDEXED(kernel, total, ...)                                                         \
+    do {                                                                                           \
+        if ((total) <= (size_t)INT32_MAX)                                                          \
+            LAUNCH(kernel<uint32_t>, blocks_for(total), THREADS, (uint32_t)(total), __VA_ARGS__); \
+        else                                                                                       \
+            LAUNCH(kernel<size_t>, blocks_for(total), THREADS, (size_t)(total), __VA_ARGS__);     \
+    } while (0)
+
+/* y = (x - mean) (gamma invstd) + beta, as the CPU writes it; y may be x. */
+template <typename I>
+__global__ void k_bn_fwd(I total, I hw, I c, const float *x, float *y, const float *mean,
+                         const float *invstd, const float *gamma, const float *beta)
+{
+    GRID_STRIDE_I(i, total)
+    {
+        const I ch = i / hw % c;
+        y[i] = (x[i] - mean[ch]) * (gamma[ch] * invstd[ch]) + beta[ch];
+    }
+}
+
+void cuda_bn_fwd(const float *x, float *y, size_t n, size_t c, size_t hw, const float *mean,
+                 const float *invstd, const float *gamma, const float *beta)
+{
+    const size_t total = n * c * hw;
+    if (total) LAUNCH_INDEXED(k_bn_fwd, total, hw, c, x, y, mean, invstd, gamma, beta);
+}
+
+/* dx = a ((dy - mdy) - (x - mean) invstd k), a = gamma invstd, mdy = sdy /
+ * count, k = sdyxhat / count, as the CPU writes it; dx may be dy. */
+template <typename I>
+__global__ void k_bn_bwd_dx(I total, I hw, I c, const float *dy, const float *x,
+                            const float *mean, const float *invstd, const float *gamma,
+                            const double *sdy, const double *sdyxhat, double inv_count, float *dx)
+{
+    GRID_STRIDE_I(i, total)
+    {
+        const I ch = i / hw % c;
+        const float is = invstd[ch], a = gamma[ch] * is;
+        const float mdy = (float)(sdy[ch] * inv_count), k = (float)(sdyxhat[ch] * inv_count);
+        const float g = dy[i];
+        dx[i] = a * ((g - mdy) - (x[i] - mean[ch]) * is * k);
+    }
+}
+
+void cuda_bn_bwd_dx(const float *dy, const float *x, size_t n, size_t c, size_t hw,
+                    const float *mean, const float *invstd, const float *gamma, const double *sdy,
+                    const double *sdyxhat, double count, float *dx)
+{
+    const size_t total = n * c * hw;
+    const double inv_count = 1.0 / count; /* as the CPU computes it */
+    if (total)
+        LAUNCH_INDEXED(k_bn_bwd_dx, total, hw, c, dy, x, mean, invstd, gamma, sdy, sdyxhat,
+                       inv_count, dx);
+}
+
+/* ---- residual add, average pooling ----------------------------------------------------------------- */
+
+/* y may be a or b: each thread reads its elements before writing. */
+__global__ void k_add(const float *a, const float *b, float *y, size_t n)
+{
+    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+}
+
+void cuda_add(const float *a, const float *b, float *y, size_t n)
+{
+    if (n) LAUNCH(k_add, blocks_for(n), THREADS, a, b, y, n);
+}
+
+/* One thread per output: the window's inputs inside the image added from
+ * 0 in row order, then divided by the area -- the CPU's additions in the
+ * CPU's order, so the CPU's bits. */
+__global__ void k_avgpool_fwd(Window g, size_t n, const float *x, float *y)
+{
+    const size_t out_plane = (size_t)g.oh * g.ow, in_plane = (size_t)g.h * g.w;
+    const float area = (float)(g.kh * g.kw);
+    GRID_STRIDE(i, n * g.c * out_plane)
+    {
+        const int ox = (int)(i % g.ow), oy = (int)(i / g.ow % g.oh);
+        const float *xp = x + i / out_plane * in_plane;
+        const int y0 = oy * g.stride - g.pad, x0 = ox * g.stride - g.pad;
+        const int ya = y0 < 0 ? 0 : y0, yb = y0 + g.kh > g.h ? g.h : y0 + g.kh;
+        const int xa = x0 < 0 ? 0 : x0, xb = x0 + g.kw > g.w ? g.w : x0 + g.kw;
+        float acc = 0.0f;
+        for (int iy = ya; iy < yb; iy++)
+            for (int ix = xa; ix < xb; ix++) acc += xp[iy * g.w + ix];
+        y[i] = acc / area;
+    }
+}
+
+void cuda_avgpool_fwd(const Window *g, size_t n, const float *x, float *y)
+{
+    size_t outs = n * (size_t)g->c * g->oh * g->ow;
+    if (outs) LAUNCH(k_avgpool_fwd, blocks_for(outs), THREADS, *g, n, x, y);
+}
+
+/* Backward as a gather: one thread per input adds dy / area of every output
+ * whose window covers it, writing every dx element without atomics. The
+ * order is the CPU's scatter order for that input (output rows ascending,
+ * and within a row the window columns ascending, i.e. the output columns
+ * descending), so the sums are the CPU's bits. */
+__global__ void k_avgpool_bwd(Window g, size_t n, const float *dy, float *dx)
+{
+    const size_t out_plane = (size_t)g.oh * g.ow, in_plane = (size_t)g.h * g.w;
+    const float area = (float)(g.kh * g.kw);
+    GRID_STRIDE(i, n * g.c * in_plane)
+    {
+        const int ix = (int)(i % g.w), iy = (int)(i / g.w % g.h);
+        /* Windows oy with oy*s - pad <= iy < oy*s - pad + kh, and so for x. */
+        const int ly = iy + g.pad - g.kh + 1, lx = ix + g.pad - g.kw + 1;
+        const int oy0 = ly <= 0 ? 0 : (ly + g.stride - 1) / g.stride;
+        const int ox0 = lx <= 0 ? 0 : (lx + g.stride - 1) / g.stride;
+        const int oy1 = min((iy + g.pad) / g.stride, g.oh - 1);
+        const int ox1 = min((ix + g.pad) / g.stride, g.ow - 1);
+        const float *dyp = dy + i / in_plane * out_plane;
+        float acc = 0.0f;
+        for (int oy = oy0; oy <= oy1; oy++)
+            for (int ox = ox1; ox >= ox0; ox--) acc += dyp[(size_t)oy * g.ow + ox] / area;
+        dx[i] = acc;
+    }
+}
+
+void cuda_avgpool_bwd(const Window *g, size_t n, const float *dy, float *dx)
+{
+    size_t ins = n * (size_t)g->c * g->h * g->w;
+    if (ins) LAUNCH(k_avgpool_bwd, blocks_for(ins), THREADS, *g, n, dy, dx);
+}
+
+/* One warp per (sample, channel) plane: lanes sum a stride of the plane,
+ * then a shuffle tree adds the lanes. Every lane of a warp runs the same
+ * planes, so the full-mask shuffles are safe. */
+__global__ void k_gap_fwd(const float *x, float *y, size_t planes, size_t hw, float div)
+{
+    const unsigned lane = threadIdx.x % 32;
+    const size_t warps = (size_t)gridDim.x * blockDim.x / 32;
+    for (size_t p = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; p < planes; p += warps) {
+        const float *xp = x + p * hw;
+        float acc = 0.0f;
+        for (size_t i = lane; i < hw; i += 32) acc += xp[i];
+        for (int d = 16; d > 0; d /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, d);
+        if (lane == 0) y[p] = acc / div;
+    }
+}
+
+void cuda_gap_fwd(const float *x, float *y, size_t n, size_t c, size_t hw)
+{
+    const size_t planes = n * c;
+    if (!planes) return;
+    LAUNCH(k_gap_fwd, blocks_for(planes * 32), THREADS, x, y, planes, hw, (float)hw);
+}
+
+/* dx = dy / hw, one division per element, as on the CPU. */
+template <typename I>
+__global__ void k_gap_bwd(I total, I hw, const float *dy, float *dx, float div)
+{
+    GRID_STRIDE_I(i, total) dx[i] = dy[i / hw] / div;
+}
+
+void cuda_gap_bwd(const float *dy, float *dx, size_t n, size_t c, size_t hw)
+{
+    const size_t total = n * c * hw;
+    if (total) LAUNCH_INDEXED(k_gap_bwd, total, hw, dy, dx, (float)hw);
+}
+
 /* ---- loss ------------------------------------------------------------------------------------------ */
 
 /* One block for the whole batch, one warp per row (rows strided over the

@@ -6,14 +6,20 @@
  *
  * Determinism: every kernel here gives the same bits for the same inputs on
  * every run. No op uses atomics; reductions run in a fixed order (col2im and
- * the max-pool backward gather per input instead of scattering per output).
+ * the max- and average-pool backward gather per input instead of scattering
+ * per output; the batch-norm sums add per-thread, per-block and per-part
+ * sums in a fixed tree and order).
  * Several ops also give exactly the CPU's bits, because they perform the same
  * float operations in the same order: im2col, col2im, relu, max-pool
- * (values, argmax and backward), dropout (the same Philox draws), the bias
- * additions, scale, softmax backward and the SGD step (written with _rn
- * intrinsics so that nvcc cannot contract them into FMAs). gemm, the bias
- * gradients and the softmax forward sum in another order than the CPU and
- * agree with it to float rounding.
+ * (values, argmax and backward), average pooling (forward and backward),
+ * dropout (the same Philox draws), the bias additions, add, scale, the
+ * global-average-pool backward, softmax backward, the batch-norm evaluation
+ * statistics and parameter gradients, and the SGD step (written with _rn
+ * intrinsics so that nvcc cannot contract them into FMAs; bn_finalize is
+ * written so too). gemm, the bias gradients, the softmax forward, the
+ * batch-norm sums and the global-average-pool forward sum in another order
+ * than the CPU, and bn_fwd and bn_bwd_dx may be contracted into FMAs: they
+ * agree with the CPU to rounding.
  */
 #include <atomic>
 #include <pthread.h>
@@ -46,6 +52,7 @@ static void state_init(void)
      * with the CPU to float rounding. */
     CUBLAS_CHECK(cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH));
     CUDA_CHECK(cudaMalloc((void **)&s->result, sizeof *s->result));
+    CUDA_CHECK(cudaMalloc((void **)&s->bn_part, 2 * BN_MAX_PARTS * sizeof *s->bn_part));
     g_ready.store(1, std::memory_order_release);
 }
 
@@ -299,18 +306,18 @@ extern "C" const Ops ops_cuda = {
     /* maxpool_bwd */ cuda_maxpool_bwd,
     /* dropout_fwd */ cuda_dropout_fwd,
     /* dropout_bwd */ cuda_dropout_bwd,
-    /* bn_moments */ NULL,
-    /* bn_finalize */ NULL,
-    /* bn_eval_stats */ NULL,
-    /* bn_fwd */ NULL,
-    /* bn_bwd_sums */ NULL,
-    /* bn_param_grads */ NULL,
-    /* bn_bwd_dx */ NULL,
-    /* add */ NULL,
-    /* avgpool_fwd */ NULL,
-    /* avgpool_bwd */ NULL,
-    /* gap_fwd */ NULL,
-    /* gap_bwd */ NULL,
+    /* bn_moments */ cuda_bn_moments,
+    /* bn_finalize */ cuda_bn_finalize,
+    /* bn_eval_stats */ cuda_bn_eval_stats,
+    /* bn_fwd */ cuda_bn_fwd,
+    /* bn_bwd_sums */ cuda_bn_bwd_sums,
+    /* bn_param_grads */ cuda_bn_param_grads,
+    /* bn_bwd_dx */ cuda_bn_bwd_dx,
+    /* add */ cuda_add,
+    /* avgpool_fwd */ cuda_avgpool_fwd,
+    /* avgpool_bwd */ cuda_avgpool_bwd,
+    /* gap_fwd */ cuda_gap_fwd,
+    /* gap_bwd */ cuda_gap_bwd,
     /* softmax_xent_fwd */ cuda_softmax_xent_fwd,
     /* softmax_xent_bwd */ cuda_softmax_xent_bwd,
     /* sgd_step */ cuda_sgd_step,

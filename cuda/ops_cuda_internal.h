@@ -82,7 +82,16 @@ struct CudaState {
     unsigned char released_set[OPS_CUDA_SLOTS], copied_set[OPS_CUDA_SLOTS];
     cublasHandle_t blas;
     XentResult *result; /* device memory, one XentResult */
+    /* Device memory, 2 * BN_MAX_PARTS doubles: the per-part sums of the
+     * per-channel reductions (bn_moments, bn_bwd_sums) before they are
+     * added up. Only ops on the stream use it, one after another. */
+    double *bn_part;
 };
+
+/* Most (channel, part) blocks of one per-channel reduction that write
+ * partial sums (kernels_cuda.cu splits a channel into parts only while
+ * c * parts stays within this). */
+enum { BN_MAX_PARTS = 2048 };
 
 /* The state of this process, created on first use (ops_cuda.cu). */
 CudaState *ops_cuda_state(void);
@@ -122,6 +131,18 @@ void cuda_maxpool_fwd(const Window *g, size_t n, const float *x, float *y, int32
 void cuda_maxpool_bwd(const Window *g, size_t n, const float *dy, const int32_t *arg, float *dx);
 void cuda_dropout_fwd(const float *x, float *y, float *mask, size_t n, float p, uint64_t seed, uint64_t stream, uint64_t offset);
 void cuda_dropout_bwd(const float *dy, const float *mask, float *dx, size_t n);
+void cuda_bn_moments(const float *x, size_t n, size_t c, size_t hw, double *sum, double *sumsq);
+void cuda_bn_finalize(const double *sum, const double *sumsq, size_t c, double count, float eps, float momentum, float *mean, float *invstd, float *running_mean, float *running_var);
+void cuda_bn_eval_stats(const float *running_mean, const float *running_var, size_t c, float eps, float *mean, float *invstd);
+void cuda_bn_fwd(const float *x, float *y, size_t n, size_t c, size_t hw, const float *mean, const float *invstd, const float *gamma, const float *beta);
+void cuda_bn_bwd_sums(const float *dy, const float *x, size_t n, size_t c, size_t hw, const float *mean, const float *invstd, double *sdy, double *sdyxhat);
+void cuda_bn_param_grads(const double *sdy, const double *sdyxhat, size_t c, float *dgamma, float *dbeta);
+void cuda_bn_bwd_dx(const float *dy, const float *x, size_t n, size_t c, size_t hw, const float *mean, const float *invstd, const float *gamma, const double *sdy, const double *sdyxhat, double count, float *dx);
+void cuda_add(const float *a, const float *b, float *y, size_t n);
+void cuda_avgpool_fwd(const Window *g, size_t n, const float *x, float *y);
+void cuda_avgpool_bwd(const Window *g, size_t n, const float *dy, float *dx);
+void cuda_gap_fwd(const float *x, float *y, size_t n, size_t c, size_t hw);
+void cuda_gap_bwd(const float *dy, float *dx, size_t n, size_t c, size_t hw);
 void cuda_softmax_xent_fwd(const float *logits, const int32_t *labels, size_t b, size_t k, float *probs, double *loss_sum, size_t *correct);
 void cuda_softmax_xent_bwd(const float *probs, const int32_t *labels, size_t b, size_t k, float scale, float *dlogits);
 void cuda_sgd_step(float *params, const float *grads, float *mom, size_t n, const SgdStep *s);

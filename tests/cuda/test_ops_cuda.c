@@ -787,6 +787,436 @@ static void test_scale(void)
     free(got);
 }
 
+/* ---- batch normalization ---------------------------------------------------------------------------------- */
+
+static double *new_d(size_t n)
+{
+    return xmalloc(n * sizeof(double));
+}
+
+static double *up_d(const double *h, size_t n)
+{
+    double *d = dev_alloc(n * sizeof(double));
+    GPU->to_device(d, h, n * sizeof(double));
+    return d;
+}
+
+static double *down_d(const double *d, size_t n)
+{
+    double *h = new_d(n);
+    GPU->to_host(h, d, n * sizeof(double));
+    return h;
+}
+
+/* Normal values around a per-channel mean in [-2, 2]. */
+static void fill_channels(Gen *g, float *x, size_t n, size_t c, size_t hw, float sd)
+{
+    for (size_t s = 0; s < n; s++)
+        for (size_t ch = 0; ch < c; ch++) {
+            const float shift = c > 1 ? -2.0f + 4.0f * (float)ch / (float)(c - 1) : 1.5f;
+            for (size_t i = 0; i < hw; i++) x[(s * c + ch) * hw + i] = shift + sd * gen_normal(g);
+        }
+}
+
+static void fill_uniform(Gen *g, float *x, size_t n, float lo, float hi)
+{
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)gen_unit(g);
+}
+
+/* Every op of a training and an evaluation step of batch norm on one batch,
+ * each from the same inputs on both devices: the statistics and sums that
+ * an op reads are the CPU's, uploaded, so each op is compared alone. */
+static void check_bn(Gen *g, size_t n, size_t c, size_t hw)
+{
+    const size_t len = n * c * hw;
+    const double count = (double)(n * hw);
+    const float eps = 1e-5f, mom = 0.1f;
+    float *x = new_f(len), *dy = new_f(len), *y = new_f(len), *dx = new_f(len);
+    float *gamma = new_f(c), *beta = new_f(c), *mean = new_f(c), *invstd = new_f(c);
+    float *rm = new_f(c), *rv = new_f(c), *dgamma = new_f(c), *dbeta = new_f(c);
+    double *sum = new_d(c), *sumsq = new_d(c), *sdy = new_d(c), *sdyxhat = new_d(c);
+    double *mag1 = new_d(c), *mag2 = new_d(c);
+    fill_channels(g, x, n, c, hw, 1.5f);
+    fill_normal(g, dy, len, 1.0f);
+    fill_normal(g, gamma, c, 1.0f);
+    fill_normal(g, beta, c, 1.0f);
+    fill_uniform(g, rm, c, -1.0f, 1.0f);
+    fill_uniform(g, rv, c, 0.5f, 2.0f);
+    float *d_x = up(x, len), *d_dy = up(dy, len), *d_y = dev_alloc(len * sizeof(float));
+    float *d_dx = dev_alloc(len * sizeof(float)), *d_gamma = up(gamma, c), *d_beta = up(beta, c);
+    float *d_rm = up(rm, c), *d_rv = up(rv, c);
+    float *d_mean = dev_alloc(c * sizeof(float)), *d_invstd = dev_alloc(c * sizeof(float));
+    double *d_a = dev_alloc(c * sizeof(double)), *d_b = dev_alloc(c * sizeof(double));
+
+    /* Moments: double sums of m = n hw exact terms in two orders, each
+     * within m u of the sum of magnitudes: 2 m u apart, m DBL_EPSILON. */
+    GPU->bn_moments(d_x, n, c, hw, d_a, d_b);
+    CPU->bn_moments(x, n, c, hw, sum, sumsq);
+    double *ga = down_d(d_a, c), *gb = down_d(d_b, c);
+    for (size_t ch = 0; ch < c; ch++) mag1[ch] = 0.0, mag2[ch] = 0.0;
+    for (size_t s = 0; s < n; s++)
+        for (size_t ch = 0; ch < c; ch++)
+            for (size_t i = 0; i < hw; i++) {
+                const double v = x[(s * c + ch) * hw + i];
+                mag1[ch] += fabs(v);
+                mag2[ch] += v * v;
+            }
+    Cmp ms = {0}, mq = {0};
+    for (size_t ch = 0; ch < c; ch++) {
+        cmp_add(&ms, ga[ch], sum[ch], (count + 1.0) * DBL_EPSILON * mag1[ch]);
+        cmp_add(&mq, gb[ch], sumsq[ch], (count + 1.0) * DBL_EPSILON * mag2[ch]);
+    }
+    EXPECT_CMP(ms, "bn_moments sum n=%zu c=%zu hw=%zu", n, c, hw);
+    EXPECT_CMP(mq, "bn_moments sumsq n=%zu c=%zu hw=%zu", n, c, hw);
+    free(ga);
+    free(gb);
+
+    /* Finalize from the CPU's sums: the same double operations on both
+     * (the kernel keeps nvcc from fusing them), then one rounding to float:
+     * one float ulp (FLT_EPSILON of the value) is all the difference allowed. */
+    GPU->to_device(d_a, sum, c * sizeof(double));
+    GPU->to_device(d_b, sumsq, c * sizeof(double));
+    GPU->bn_finalize(d_a, d_b, c, count, eps, mom, d_mean, d_invstd, d_rm, d_rv);
+    CPU->bn_finalize(sum, sumsq, c, count, eps, mom, mean, invstd, rm, rv);
+    float *gm = down(d_mean, c), *gi = down(d_invstd, c), *grm = down(d_rm, c), *grv = down(d_rv, c);
+    Cmp fm = {0}, fi = {0}, frm = {0}, frv = {0};
+    for (size_t ch = 0; ch < c; ch++) {
+        cmp_add(&fm, gm[ch], mean[ch], FLT_EPSILON * fabs(mean[ch]));
+        cmp_add(&fi, gi[ch], invstd[ch], FLT_EPSILON * fabs(invstd[ch]));
+        cmp_add(&frm, grm[ch], rm[ch], FLT_EPSILON * fabs(rm[ch]));
+        cmp_add(&frv, grv[ch], rv[ch], FLT_EPSILON * fabs(rv[ch]));
+    }
+    EXPECT_CMP(fm, "bn_finalize mean n=%zu c=%zu hw=%zu", n, c, hw);
+    EXPECT_CMP(fi, "bn_finalize invstd n=%zu c=%zu hw=%zu", n, c, hw);
+    EXPECT_CMP(frm, "bn_finalize running_mean n=%zu c=%zu hw=%zu", n, c, hw);
+    EXPECT_CMP(frv, "bn_finalize running_var n=%zu c=%zu hw=%zu", n, c, hw);
+    free(gm);
+    free(gi);
+    free(grm);
+    free(grv);
+
+    /* Evaluation statistics from the CPU's running statistics: a copy, and
+     * a double sum, root and quotient (each correctly rounded on both)
+     * rounded to float: exact. */
+    float *d_rm2 = up(rm, c), *d_rv2 = up(rv, c), *em = new_f(c), *ei = new_f(c);
+    GPU->bn_eval_stats(d_rm2, d_rv2, c, eps, d_mean, d_invstd);
+    CPU->bn_eval_stats(rm, rv, c, eps, em, ei);
+    gm = down(d_mean, c);
+    gi = down(d_invstd, c);
+    Cmp es = {0};
+    cmp_bits_n(&es, gm, em, c);
+    cmp_bits_n(&es, gi, ei, c);
+    EXPECT_CMP(es, "bn_eval_stats c=%zu", c);
+    free(gm);
+    free(gi);
+    free(em);
+    free(ei);
+    GPU->free(d_rm2);
+    GPU->free(d_rv2);
+
+    /* Forward with the CPU's batch statistics. Each side is within 2
+     * FLT_EPSILON (|p| + |beta|) of the exact value, p = gamma (x - mean)
+     * invstd (test_ops_bn.c; the GPU may fuse the last multiply-add, which
+     * only removes a rounding): 4 FLT_EPSILON apart. */
+    GPU->to_device(d_mean, mean, c * sizeof(float));
+    GPU->to_device(d_invstd, invstd, c * sizeof(float));
+    GPU->bn_fwd(d_x, d_y, n, c, hw, d_mean, d_invstd, d_gamma, d_beta);
+    CPU->bn_fwd(x, y, n, c, hw, mean, invstd, gamma, beta);
+    float *got = down(d_y, len);
+    Cmp f = {0};
+    for (size_t s = 0; s < n; s++)
+        for (size_t ch = 0; ch < c; ch++)
+            for (size_t i = 0; i < hw; i++) {
+                const size_t k = (s * c + ch) * hw + i;
+                const double p = (double)gamma[ch] * ((double)x[k] - mean[ch]) * invstd[ch];
+                cmp_add(&f, got[k], y[k], 4.0 * FLT_EPSILON * (fabs(p) + fabs(beta[ch])));
+            }
+    EXPECT_CMP(f, "bn_fwd n=%zu c=%zu hw=%zu", n, c, hw);
+    /* In place (y is x) on the GPU: its own out-of-place bits. */
+    float *d_t = up(x, len);
+    GPU->bn_fwd(d_t, d_t, n, c, hw, d_mean, d_invstd, d_gamma, d_beta);
+    float *got2 = down(d_t, len);
+    Cmp fi2 = {0};
+    cmp_bits_n(&fi2, got2, got, len);
+    EXPECT_CMP(fi2, "bn_fwd in place n=%zu c=%zu hw=%zu", n, c, hw);
+    free(got);
+    free(got2);
+
+    /* Backward sums with the CPU's statistics: double sums of m terms,
+     * each term within 3 roundings, in two orders. */
+    GPU->bn_bwd_sums(d_dy, d_x, n, c, hw, d_mean, d_invstd, d_a, d_b);
+    CPU->bn_bwd_sums(dy, x, n, c, hw, mean, invstd, sdy, sdyxhat);
+    ga = down_d(d_a, c);
+    gb = down_d(d_b, c);
+    for (size_t ch = 0; ch < c; ch++) mag1[ch] = 0.0, mag2[ch] = 0.0;
+    for (size_t s = 0; s < n; s++)
+        for (size_t ch = 0; ch < c; ch++)
+            for (size_t i = 0; i < hw; i++) {
+                const size_t k = (s * c + ch) * hw + i;
+                mag1[ch] += fabs(dy[k]);
+                mag2[ch] += fabs((double)dy[k] * ((double)x[k] - mean[ch]) * invstd[ch]);
+            }
+    Cmp bs = {0}, bx = {0};
+    for (size_t ch = 0; ch < c; ch++) {
+        cmp_add(&bs, ga[ch], sdy[ch], (count + 1.0) * DBL_EPSILON * mag1[ch]);
+        cmp_add(&bx, gb[ch], sdyxhat[ch], (count + 4.0) * DBL_EPSILON * mag2[ch]);
+    }
+    EXPECT_CMP(bs, "bn_bwd_sums sdy n=%zu c=%zu hw=%zu", n, c, hw);
+    EXPECT_CMP(bx, "bn_bwd_sums sdyxhat n=%zu c=%zu hw=%zu", n, c, hw);
+    free(ga);
+    free(gb);
+
+    /* Parameter gradients from the CPU's sums: a rounding each, exact. */
+    float *d_dg = dev_alloc(c * sizeof(float)), *d_db = dev_alloc(c * sizeof(float));
+    GPU->to_device(d_a, sdy, c * sizeof(double));
+    GPU->to_device(d_b, sdyxhat, c * sizeof(double));
+    GPU->bn_param_grads(d_a, d_b, c, d_dg, d_db);
+    CPU->bn_param_grads(sdy, sdyxhat, c, dgamma, dbeta);
+    float *gdg = down(d_dg, c), *gdb = down(d_db, c);
+    Cmp pg = {0};
+    cmp_bits_n(&pg, gdg, dgamma, c);
+    cmp_bits_n(&pg, gdb, dbeta, c);
+    EXPECT_CMP(pg, "bn_param_grads c=%zu", c);
+    free(gdg);
+    free(gdb);
+    GPU->free(d_dg);
+    GPU->free(d_db);
+
+    /* dx from the CPU's sums: each side within 4 FLT_EPSILON |gamma
+     * invstd| (|dy| + |sdy / count| + |xhat sdyxhat / count|) of the exact
+     * value (test_ops_bn.c): 8 FLT_EPSILON apart. */
+    GPU->bn_bwd_dx(d_dy, d_x, n, c, hw, d_mean, d_invstd, d_gamma, d_a, d_b, count, d_dx);
+    CPU->bn_bwd_dx(dy, x, n, c, hw, mean, invstd, gamma, sdy, sdyxhat, count, dx);
+    got = down(d_dx, len);
+    Cmp d = {0};
+    for (size_t s = 0; s < n; s++)
+        for (size_t ch = 0; ch < c; ch++)
+            for (size_t i = 0; i < hw; i++) {
+                const size_t k = (s * c + ch) * hw + i;
+                const double xhat = ((double)x[k] - mean[ch]) * invstd[ch];
+                const double t = fabs(dy[k]) + fabs(sdy[ch] / count) + fabs(xhat * sdyxhat[ch] / count);
+                cmp_add(&d, got[k], dx[k], 8.0 * FLT_EPSILON * fabs((double)gamma[ch] * invstd[ch]) * t);
+            }
+    EXPECT_CMP(d, "bn_bwd_dx n=%zu c=%zu hw=%zu", n, c, hw);
+    /* In place (dx is dy) on the GPU: its own out-of-place bits. */
+    GPU->to_device(d_t, dy, len * sizeof(float));
+    GPU->bn_bwd_dx(d_t, d_x, n, c, hw, d_mean, d_invstd, d_gamma, d_a, d_b, count, d_t);
+    got2 = down(d_t, len);
+    Cmp di = {0};
+    cmp_bits_n(&di, got2, got, len);
+    EXPECT_CMP(di, "bn_bwd_dx in place n=%zu c=%zu hw=%zu", n, c, hw);
+    free(got);
+    free(got2);
+
+    GPU->free(d_x);
+    GPU->free(d_dy);
+    GPU->free(d_y);
+    GPU->free(d_dx);
+    GPU->free(d_gamma);
+    GPU->free(d_beta);
+    GPU->free(d_rm);
+    GPU->free(d_rv);
+    GPU->free(d_mean);
+    GPU->free(d_invstd);
+    GPU->free(d_a);
+    GPU->free(d_b);
+    GPU->free(d_t);
+    free(x);
+    free(dy);
+    free(y);
+    free(dx);
+    free(gamma);
+    free(beta);
+    free(mean);
+    free(invstd);
+    free(rm);
+    free(rv);
+    free(dgamma);
+    free(dbeta);
+    free(sum);
+    free(sumsq);
+    free(sdy);
+    free(sdyxhat);
+    free(mag1);
+    free(mag2);
+}
+
+static void test_bn(void)
+{
+    /* n, c, hw. The per-channel sums split a channel into parts when there
+     * are few channels and many values: one part ({64, 2048, 1}, {3, 2048,
+     * 49}), several with planes longer than a block ({16, 8, 3136}, {8, 3,
+     * 12544}, {2, 1, 100000}), as long as a block ({64, 4, 256}), shorter
+     * ({4096, 4, 7}), and fc features ({20000, 3, 1}). */
+    static const size_t shapes[][3] = {
+        {1, 3, 1},      {7, 5, 1},     {256, 10, 1},   {64, 2048, 1}, {2, 3, 7},
+        {4, 16, 49},    {5, 3, 1031},  {16, 8, 3136},  {8, 3, 12544}, {2, 1, 100000},
+        {64, 4, 256},   {4096, 4, 7},  {20000, 3, 1},  {3, 2048, 49}, {32, 64, 196},
+    };
+    Gen g = {12};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
+        check_bn(&g, shapes[t][0], shapes[t][1], shapes[t][2]);
+
+    /* n = 0: zero sums, like the CPU. */
+    double nan2[2] = {NAN, NAN}, back[2];
+    double *d_a = up_d(nan2, 2), *d_b = up_d(nan2, 2);
+    float *d_x = dev_alloc(sizeof(float));
+    GPU->bn_moments(d_x, 0, 2, 5, d_a, d_b);
+    GPU->to_host(back, d_a, sizeof back);
+    EXPECT(back[0] == 0.0 && back[1] == 0.0, "bn_moments n=0: sum %g %g", back[0], back[1]);
+    GPU->to_host(back, d_b, sizeof back);
+    EXPECT(back[0] == 0.0 && back[1] == 0.0, "bn_moments n=0: sumsq %g %g", back[0], back[1]);
+    GPU->free(d_a);
+    GPU->free(d_b);
+    GPU->free(d_x);
+}
+
+/* ---- residual add, average pooling --------------------------------------------------------------------------- */
+
+static void test_add(void)
+{
+    const size_t n = 100003;
+    Gen g = {13};
+    float *a = new_f(n), *b = new_f(n), *y = new_f(n);
+    fill_normal(&g, a, n, 1.0f);
+    fill_normal(&g, b, n, 3.0f);
+    float *da = up(a, n), *db = up(b, n), *dy = dev_alloc(n * sizeof(float));
+    /* One addition per element: exact, in place too. */
+    GPU->add(da, db, dy, n);
+    CPU->add(a, b, y, n);
+    float *got = down(dy, n);
+    Cmp c = {0}, ia = {0}, ib = {0};
+    cmp_bits_n(&c, got, y, n);
+    EXPECT_CMP(c, "add");
+    free(got);
+    GPU->add(da, db, da, n); /* y is a */
+    got = down(da, n);
+    cmp_bits_n(&ia, got, y, n);
+    EXPECT_CMP(ia, "add in place (y is a)");
+    free(got);
+    GPU->to_device(da, a, n * sizeof(float));
+    GPU->add(da, db, db, n); /* y is b */
+    got = down(db, n);
+    cmp_bits_n(&ib, got, y, n);
+    EXPECT_CMP(ib, "add in place (y is b)");
+    free(got);
+    GPU->free(da);
+    GPU->free(db);
+    GPU->free(dy);
+    free(a);
+    free(b);
+    free(y);
+}
+
+static void check_avgpool(Gen *gen, const Window *g, size_t n)
+{
+    size_t in_n = n * g->c * g->h * g->w, out_n = n * g->c * g->oh * g->ow;
+    float *x = new_f(in_n), *y = new_f(out_n), *dy = new_f(out_n), *dx = new_f(in_n);
+    fill_normal(gen, x, in_n, 1.0f);
+    fill_normal(gen, dy, out_n, 1.0f);
+    fill_value(dx, in_n, NAN); /* backward must overwrite dx */
+    float *d_x = up(x, in_n), *d_y = dev_alloc(out_n * sizeof(float)), *d_dy = up(dy, out_n);
+    float *d_dx = up(dx, in_n);
+    /* Forward: the window's inputs added from 0 in row order, then one
+     * division, on both: exact. */
+    GPU->avgpool_fwd(g, n, d_x, d_y);
+    CPU->avgpool_fwd(g, n, x, y);
+    float *got = down(d_y, out_n);
+    Cmp f = {0};
+    cmp_bits_n(&f, got, y, out_n);
+    EXPECT_CMP(f, "avgpool_fwd c=%d h=%d w=%d k=%dx%d s=%d p=%d", g->c, g->h, g->w, g->kh, g->kw,
+               g->stride, g->pad);
+    free(got);
+    /* Backward: each input adds dy / area of its windows in the CPU's
+     * scatter order on both (cuda/kernels_cuda.cu): exact. */
+    GPU->avgpool_bwd(g, n, d_dy, d_dx);
+    CPU->avgpool_bwd(g, n, dy, dx);
+    got = down(d_dx, in_n);
+    Cmp b = {0};
+    cmp_bits_n(&b, got, dx, in_n);
+    EXPECT_CMP(b, "avgpool_bwd c=%d h=%d w=%d k=%dx%d s=%d p=%d", g->c, g->h, g->w, g->kh, g->kw,
+               g->stride, g->pad);
+    free(got);
+    GPU->free(d_x);
+    GPU->free(d_y);
+    GPU->free(d_dy);
+    GPU->free(d_dx);
+    free(x);
+    free(y);
+    free(dy);
+    free(dx);
+}
+
+static void test_avgpool(void)
+{
+    /* c, h, w, kh, kw, stride, pad, batch */
+    static const int geo[][8] = {
+        {16, 32, 32, 2, 2, 2, 0, 4}, /* the usual 2x2/2 */
+        {2, 7, 7, 2, 2, 2, 0, 3},    /* odd size */
+        {2, 7, 9, 3, 3, 2, 1, 3},    /* overlapping windows with padding */
+        {2, 6, 6, 3, 3, 1, 1, 3},    /* stride 1: up to 9 windows share an input */
+        {1, 13, 11, 3, 2, 3, 1, 3},  /* rectangular window, gaps */
+        {2, 5, 5, 1, 1, 1, 0, 3},    /* 1x1 */
+        {8, 14, 14, 1, 1, 2, 0, 3},  /* 1x1 stride 2 */
+        {64, 7, 7, 7, 7, 1, 0, 4},   /* global window */
+        {2, 4, 5, 4, 5, 1, 0, 3},    /* global rectangular window */
+        {3, 4, 4, 2, 2, 1, 2, 2},    /* corner windows over padding only */
+        {1, 9, 9, 5, 5, 3, 2, 3},
+        {2, 3, 7, 2, 2, 2, 1, 3},
+    };
+    Gen gen = {14};
+    for (size_t i = 0; i < sizeof geo / sizeof geo[0]; i++) {
+        const int *q = geo[i];
+        Window g = make_window(q[0], q[1], q[2], q[3], q[4], q[5], q[6]);
+        check_avgpool(&gen, &g, (size_t)q[7]);
+    }
+}
+
+static void test_gap(void)
+{
+    static const size_t shapes[][3] = {{1, 1, 1},  {3, 5, 1},   {2, 4, 49},  {3, 7, 13},
+                                       {32, 512, 49}, {4, 64, 64}, {2, 8, 3136}, {1, 2, 100000}};
+    Gen gen = {15};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const size_t n = shapes[t][0], c = shapes[t][1], hw = shapes[t][2];
+        const size_t planes = n * c, len = planes * hw;
+        float *x = new_f(len), *y = new_f(planes), *dy = new_f(planes), *dx = new_f(len);
+        fill_channels(&gen, x, n, c, hw, 1.0f);
+        fill_normal(&gen, dy, planes, 1.0f);
+        float *d_x = up(x, len), *d_y = dev_alloc(planes * sizeof(float)), *d_dy = up(dy, planes);
+        float *d_dx = dev_alloc(len * sizeof(float));
+        /* Float sums of hw terms in two orders, then one division: each
+         * within (hw + 1) u of sum |x| / hw of the exact mean. */
+        GPU->gap_fwd(d_x, d_y, n, c, hw);
+        CPU->gap_fwd(x, y, n, c, hw);
+        float *got = down(d_y, planes);
+        Cmp f = {0};
+        for (size_t p = 0; p < planes; p++) {
+            double mag = 0.0;
+            for (size_t i = 0; i < hw; i++) mag += fabs(x[p * hw + i]);
+            cmp_add(&f, got[p], y[p], ((double)hw + 1.0) * FLT_EPSILON * mag / (double)hw);
+        }
+        EXPECT_CMP(f, "gap_fwd n=%zu c=%zu hw=%zu", n, c, hw);
+        free(got);
+        /* One division per element: exact. */
+        GPU->gap_bwd(d_dy, d_dx, n, c, hw);
+        CPU->gap_bwd(dy, dx, n, c, hw);
+        got = down(d_dx, len);
+        Cmp b = {0};
+        cmp_bits_n(&b, got, dx, len);
+        EXPECT_CMP(b, "gap_bwd n=%zu c=%zu hw=%zu", n, c, hw);
+        free(got);
+        GPU->free(d_x);
+        GPU->free(d_y);
+        GPU->free(d_dy);
+        GPU->free(d_dx);
+        free(x);
+        free(y);
+        free(dy);
+        free(dx);
+    }
+}
+
 int main(void)
 {
     require_cuda_device();
@@ -800,6 +1230,10 @@ int main(void)
     test_softmax();
     test_sgd();
     test_scale();
+    test_bn();
+    test_add();
+    test_avgpool();
+    test_gap();
     GPU->sync();
     return test_finish("test_ops_cuda");
 }
