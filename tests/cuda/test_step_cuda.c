@@ -142,6 +142,11 @@ static void check_model(const char *name, size_t batch)
             expect_close_norm(gg + l->b_off, cpu->grads + l->b_off, l->b_count, 1e-3, 1e-6,
                               "bias gradient", name, step, i);
         }
+        if (cpu->n_state) { /* batch norm's running statistics after this step */
+            float *gs = to_host(&ops_cuda, gpu->state, cpu->n_state);
+            expect_close_norm(gs, cpu->state, cpu->n_state, 1e-4, 1e-7, "running statistics", name, step, -1);
+            free(gs);
+        }
         if (step == 0) {
             grads0 = gg;
         } else {
@@ -197,6 +202,11 @@ int main(void)
                 16);
     check_model("cnn", 8);
     check_model("mlp", 32);
+    /* Residual networks: batch norm (conv and fc), identity and projection
+     * shortcuts, a bottleneck, padded max and average pooling, global
+     * average pooling; then the resnet20 preset. */
+    check_model("conv:8:3:2:1,bn,relu,pool:3:2:1,basic:8,bottleneck:4:2,avgpool:3:1:1,gap,fc:16,bn,relu,fc:10", 8);
+    check_model("resnet20", 8);
     ops_cuda.sync();
     return test_finish("test_step_cuda");
 }
