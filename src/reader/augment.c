@@ -52,7 +52,7 @@ int augment_parse(const char *spec, Augment *out, char *why, size_t why_len)
             char *end;
             errno = 0;
             long v = strtol(num, &end, 10);
-            if (!*num || *end || errno || *num == '+' || *num == '-' || v < 1 || v > AUGMENT_MAX_PAD) {
+            if (*num < '0' || *num > '9' || *end || errno || v < 1 || v > AUGMENT_MAX_PAD) {
                 snprintf(why, why_len, "crop:%s: the padding P must be an integer in [1, %d]", num, AUGMENT_MAX_PAD);
                 return -1;
             }

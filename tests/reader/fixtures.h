@@ -154,11 +154,15 @@ typedef struct {
     long bad_label_at;    /* >= 0: this sample's label is `classes` */
     const char *split;
     int images_chunked;   /* chunked, deflate-compressed images (read through HDF5) */
+    const float *mean_c;  /* non-NULL: mean and std as arrays of n_stats values */
+    const float *std_c;
+    int n_stats;
+    int append;           /* add this split to an existing file (no attributes) */
 } FxSpec;
 
 static inline FxSpec fx_spec(size_t n, int c, int h, int w)
 {
-    FxSpec s = {n, n, c, h, w, 10, 0.25f, 0.5f, 0, 4, 0, 0, -1, "train", 0};
+    FxSpec s = {n, n, c, h, w, 10, 0.25f, 0.5f, 0, 4, 0, 0, -1, "train", 0, NULL, NULL, 0, 0};
     return s;
 }
 
@@ -180,11 +184,23 @@ static inline void fx_attr(hid_t file, const char *name, hid_t type, const void 
     H5Sclose(sp);
 }
 
+/* A 1-D float attribute of n values. */
+static inline void fx_attr_array(hid_t file, const char *name, const float *v, int n)
+{
+    hsize_t dims = (hsize_t)n;
+    hid_t sp = H5Screate_simple(1, &dims, NULL);
+    hid_t a = H5Acreate2(file, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    fx_check(a, "H5Acreate2");
+    fx_check(H5Awrite(a, H5T_NATIVE_FLOAT, v), "H5Awrite");
+    H5Aclose(a);
+    H5Sclose(sp);
+}
+
 static inline void fx_write_dataset_file(const char *path, const FxSpec *s)
 {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     size_t per = (size_t)s->c * s->h * s->w;
-    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t f = s->append ? H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT) : H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     fx_check(f, "H5Fcreate");
     char name[128];
     snprintf(name, sizeof name, "/%s", s->split);
@@ -237,9 +253,18 @@ static inline void fx_write_dataset_file(const char *path, const FxSpec *s)
         H5Sclose(sp);
         free(lab);
     }
+    if (s->append) {
+        fx_check(H5Fclose(f), "H5Fclose");
+        return;
+    }
     fx_attr(f, "classes", H5T_NATIVE_INT, &s->classes);
-    if (!s->no_mean) fx_attr(f, "mean", H5T_NATIVE_FLOAT, &s->mean);
-    fx_attr(f, "std", H5T_NATIVE_FLOAT, &s->std);
+    if (s->mean_c) {
+        fx_attr_array(f, "mean", s->mean_c, s->n_stats);
+        fx_attr_array(f, "std", s->std_c, s->n_stats);
+    } else {
+        if (!s->no_mean) fx_attr(f, "mean", H5T_NATIVE_FLOAT, &s->mean);
+        fx_attr(f, "std", H5T_NATIVE_FLOAT, &s->std);
+    }
     fx_check(H5Fclose(f), "H5Fclose");
 }
 
