@@ -212,10 +212,10 @@ static void check_refusals(void)
     fx_write_bytes(path, keep, n - 100);
     expect_refused("short", "data_batch_4.bin");
     expect_refused("short (message)", "not a whole number of 3073-byte records");
-    fx_write_bytes(path, keep, n + 1);
-    expect_refused("one byte more", "data_batch_4.bin");
-    uint8_t *bad = malloc(n);
+    uint8_t *bad = calloc(n + 1, 1);
     memcpy(bad, keep, n);
+    fx_write_bytes(path, bad, n + 1);
+    expect_refused("one byte more", "data_batch_4.bin");
     bad[2 * REC] = 10;
     fx_write_bytes(path, bad, n);
     expect_refused("label 10", "data_batch_4.bin: record 2 has label 10");
