@@ -102,6 +102,14 @@ static int conv_uses_winograd(const Layer *l, const Ops *ops, int *use)
     return BASIN_OK;
 }
 
+/* A 1x1 convolution at stride 1 without padding: a plain matrix product
+ * per sample, with no im2col. */
+static int conv_pointwise(const Layer *l)
+{
+    const Window *g = &l->win;
+    return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0;
+}
+
 int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
 {
     size_t out = shape_size(l->out);
@@ -124,6 +132,8 @@ int layer_alloc(Layer *l, const Ops *ops, size_t max_batch)
         l->wino = basin_calloc(1, sizeof *l->wino);
         if (!l->wino) return BASIN_ERR_RUNTIME;
         TRY(winograd_plan(l->wino, ops, &l->win, l->spec.units, max_batch));
+    } else if (l->kind == LAYER_CONV && conv_pointwise(l)) {
+        /* 1x1, stride 1, no padding: a sample is its own im2col */
     } else if (l->kind == LAYER_CONV) {
         size_t rows = (size_t)l->win.c * (size_t)l->win.kh * (size_t)l->win.kw;
         size_t bytes = rows * (size_t)l->win.oh * (size_t)l->win.ow * sizeof(float);
@@ -209,10 +219,15 @@ void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
         const Window *g = &l->win;
         size_t k = in / ((size_t)g->h * g->w) * (size_t)g->kh * g->kw; /* C_in K K */
         size_t p = (size_t)g->oh * g->ow;
+        int pointwise = conv_pointwise(l);
         for (size_t i = 0; i < n; i++) {
             /* y_i (C_out, OH OW) = W (C_out, C_in K K) col (C_in K K, OH OW) */
-            float *col = l->cols ? l->cols + i * k * p : l->col;
-            ops->im2col(g, x + i * in, col);
+            const float *col = x + i * in;
+            if (!pointwise) {
+                float *c = l->cols ? l->cols + i * k * p : l->col;
+                ops->im2col(g, x + i * in, c);
+                col = c;
+            }
             ops->gemm(0, 0, (size_t)l->spec.units, p, k, 1.0f, l->w, k, col, p, 0.0f, y + i * out, p);
         }
         if (l->b_count) ops->add_bias_channels(y, l->b, n, (size_t)l->spec.units, p);
@@ -296,14 +311,18 @@ void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
             break;
         }
         if (n == 0) ops->zero(l->dw, l->w_count);
+        int pointwise = conv_pointwise(l);
         for (size_t i = 0; i < n; i++) {
             const float *dyi = dy + i * out;
             /* dW (C_out, K') += dy_i (C_out, P) col_i^T (P, K'); col_i from
              * forward when it was kept */
-            const float *col = l->cols ? l->cols + i * k * p : l->col;
-            if (!l->cols) ops->im2col(g, x + i * in, l->col);
+            const float *col = pointwise ? x + i * in : l->cols ? l->cols + i * k * p : l->col;
+            if (!pointwise && !l->cols) ops->im2col(g, x + i * in, l->col);
             ops->gemm(0, 1, co, k, p, 1.0f, dyi, p, col, p, i ? 1.0f : 0.0f, l->dw, k);
-            if (l->need_dx) {
+            if (l->need_dx && pointwise) {
+                /* dx_i (C_in, P) = W^T (C_in, C_out) dy_i (C_out, P) */
+                ops->gemm(1, 0, k, p, co, 1.0f, l->w, k, dyi, p, 0.0f, dx + i * in, p);
+            } else if (l->need_dx) {
                 /* dcol (K', P) = W^T (K', C_out) dy_i (C_out, P); dx_i = col2im(dcol) */
                 ops->gemm(1, 0, k, p, co, 1.0f, l->w, k, dyi, p, 0.0f, l->col, p);
                 ops->zero(dx + i * in, in);
