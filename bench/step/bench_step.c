@@ -54,8 +54,9 @@
 #include "ops_cuda.h"
 #endif
 
-#define INPUT_SHAPE ((Shape){1, 28, 28})
-#define CLASSES 10
+#define INPUT_SHAPE ((Shape){1, 28, 28}) /* --input default */
+#define CLASSES 10                       /* --classes default */
+#define INPUT_MAX_FLOATS ((size_t)1 << 24) /* --input: at most this many values per sample */
 #define DATA_SEED 1234u
 #define INIT_SEED 42u
 #define LR 0.01f
@@ -70,10 +71,12 @@ typedef struct {
     const char *device;
     int batch, steps, repeats, warmup, threads;
     int profile;
+    Shape in;    /* per-sample input shape (--input) */
+    int classes; /* --classes */
 } Options;
 
 typedef struct {
-    float *x;        /* (batch, 1, 28, 28) */
+    float *x;        /* (batch, C, H, W) */
     int32_t *labels; /* (batch) */
     float *host_x;   /* the same in host memory */
     int32_t *host_labels;
@@ -100,7 +103,11 @@ static void usage(FILE *f)
             "usage: basin-bench-step [options]\n"
             "Time full training steps (forward + backward + SGD) of a model on one process.\n"
             "\n"
-            "  --model NAME|SPEC  preset (mlp, cnn, cnn-small) or layer spec (default mlp)\n"
+            "  --model NAME|SPEC  preset (mlp, cnn, cnn-small, resnet20, resnet56, resnet50)\n"
+            "                     or layer spec (default mlp)\n"
+            "  --input CxHxW      shape of one input image (default 1x28x28)\n"
+            "  --classes N        classes, the last fc layer's width (default 10; resnet50\n"
+            "                     wants 1000)\n"
             "  --batch N          samples per step (default 64)\n"
             "  --steps N          timed steps per repeat (default 20)\n"
             "  --repeats R        timed repeats; the median is reported (default 5)\n"
@@ -113,6 +120,35 @@ static void usage(FILE *f)
             "  --help             this text\n"
             "\n"
             "The last line of output is one JSON object with the results.\n");
+}
+
+/* "CxHxW", each a positive integer, at most INPUT_MAX_FLOATS values in all;
+ * or -1 after one line naming the option. */
+static int parse_shape(const char *s, Shape *out)
+{
+    long v[3];
+    const char *p = s;
+    for (int i = 0; i < 3; i++) {
+        char *end;
+        errno = 0;
+        if (*p < '0' || *p > '9') goto bad;
+        v[i] = strtol(p, &end, 10);
+        if (errno || v[i] < 1 || v[i] > 65536) goto bad;
+        if (i < 2 && *end != 'x') goto bad;
+        if (i == 2 && *end) goto bad;
+        p = end + 1;
+    }
+    if ((size_t)v[0] * (size_t)v[1] * (size_t)v[2] > INPUT_MAX_FLOATS) {
+        basin_error(BASIN_ERR_USAGE, "--input %s: more than %zu values per image", s,
+                    INPUT_MAX_FLOATS);
+        return -1;
+    }
+    *out = (Shape){(int)v[0], (int)v[1], (int)v[2]};
+    return 0;
+bad:
+    basin_error(BASIN_ERR_USAGE, "--input wants CxHxW with positive integers (e.g. 3x32x32), not '%s'",
+                s);
+    return -1;
 }
 
 /* A whole-string integer in [lo, hi], or -1 after one line naming the option. */
@@ -133,14 +169,15 @@ static int parse_count(const char *opt, const char *s, long lo, long hi, int *ou
 static int parse_args(int argc, char **argv, Options *o)
 {
     *o = (Options){.model = "mlp", .device = "cpu", .batch = 64, .steps = 20, .repeats = 5, .warmup = 3,
-                   .threads = 1};
-    enum { OPT_PROFILE = 256 };
+                   .threads = 1, .in = INPUT_SHAPE, .classes = CLASSES};
+    enum { OPT_PROFILE = 256, OPT_INPUT, OPT_CLASSES };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},   {"batch", required_argument, NULL, 'b'},
         {"steps", required_argument, NULL, 's'},   {"repeats", required_argument, NULL, 'r'},
         {"warmup", required_argument, NULL, 'w'},  {"threads", required_argument, NULL, 't'},
         {"profile", no_argument, NULL, OPT_PROFILE}, {"help", no_argument, NULL, 'h'},
         {"device", required_argument, NULL, 'd'},
+        {"input", required_argument, NULL, OPT_INPUT}, {"classes", required_argument, NULL, OPT_CLASSES},
         {NULL, 0, NULL, 0},
     };
     opterr = 0;
@@ -155,6 +192,8 @@ static int parse_args(int argc, char **argv, Options *o)
         case 'w': if (parse_count("warmup", optarg, 0, 1 << 20, &o->warmup)) return -1; break;
         case 't': if (parse_count("threads", optarg, 1, 1024, &o->threads)) return -1; break;
         case OPT_PROFILE: o->profile = 1; break;
+        case OPT_INPUT: if (parse_shape(optarg, &o->in)) return -1; break;
+        case OPT_CLASSES: if (parse_count("classes", optarg, 2, 1 << 20, &o->classes)) return -1; break;
         case 'd':
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
                 basin_error(BASIN_ERR_USAGE, "--device wants cpu or cuda, not '%s'", optarg);
@@ -293,9 +332,9 @@ done:
 
 /* ---- the step ----------------------------------------------------------------- */
 
-static int data_create(const Ops *ops, size_t batch, Data *d)
+static int data_create(const Ops *ops, size_t batch, Shape shape, int classes, Data *d)
 {
-    size_t in = shape_size(INPUT_SHAPE);
+    size_t in = shape_size(shape);
     float *x = d->host_x = basin_malloc(batch * in * sizeof(float));
     int32_t *y = d->host_labels = basin_malloc(batch * sizeof(int32_t));
     d->x = ops->alloc(batch * in * sizeof(float));
@@ -304,7 +343,7 @@ static int data_create(const Ops *ops, size_t batch, Data *d)
     if (!x || !y || !d->x || !d->labels) goto done;
     /* Pixel-like values in [0, 1), labels uniform over the classes. */
     for (size_t i = 0; i < batch * in; i++) x[i] = rng_uniform(DATA_SEED, 1, i);
-    for (size_t i = 0; i < batch; i++) y[i] = (int32_t)(rng_u64(DATA_SEED, 2, i) % CLASSES);
+    for (size_t i = 0; i < batch; i++) y[i] = (int32_t)(rng_u64(DATA_SEED, 2, i) % (uint64_t)classes);
     ops->to_device(d->x, x, batch * in * sizeof(float));
     ops->to_device(d->labels, y, batch * sizeof(int32_t));
     rc = BASIN_OK;
@@ -321,9 +360,9 @@ static void data_destroy(const Ops *ops, Data *d)
 }
 
 /* --device cuda: the batch's copy from host memory, as the trainer makes it. */
-static void data_upload(const Ops *ops, const Data *d, size_t batch)
+static void data_upload(const Ops *ops, const Data *d, size_t batch, Shape shape)
 {
-    ops->to_device(d->x, d->host_x, batch * shape_size(INPUT_SHAPE) * sizeof(float));
+    ops->to_device(d->x, d->host_x, batch * shape_size(shape) * sizeof(float));
     ops->to_device(d->labels, d->host_labels, batch * sizeof(int32_t));
     ops->sync();
 }
@@ -472,8 +511,10 @@ static void conv_detail(Net *net, int li, const float *x, size_t n, int reps)
             TIMED(F_GEMM, ops->gemm(0, 0, co, p, k, 1.0f, l->w, k, l->col, p, 0.0f,
                                     net->dbuf[1] + i * out, p));
         }
-        TIMED(F_BIAS, ops->add_bias_channels(net->dbuf[1], l->b, n, co, p));
-        TIMED(B_BIAS, (ops->zero(l->db, co), ops->bias_grad_channels(l->db, dy, n, co, p)));
+        if (l->b_count) { /* a conv followed by bn has no bias */
+            TIMED(F_BIAS, ops->add_bias_channels(net->dbuf[1], l->b, n, co, p));
+            TIMED(B_BIAS, (ops->zero(l->db, co), ops->bias_grad_channels(l->db, dy, n, co, p)));
+        }
         for (size_t i = 0; i < n; i++) {
             const float *dyi = dy + i * out;
             TIMED(B_IM2COL, ops->im2col(g, x + i * in, l->col));
@@ -488,11 +529,16 @@ static void conv_detail(Net *net, int li, const float *x, size_t n, int reps)
     }
 #undef TIMED
     const double ms = 1e3 / reps, gf = 2e-6 * (double)(co * p * k) * (double)n;
-    printf("  conv %d (gemm %zux%zux%zu per sample), CPU ms per step:\n", li + 1, co, p, k);
-    printf("    forward : im2col %.3f, gemm %.3f (%.1f GF/s), bias %.3f\n", t[F_IM2COL] * ms,
-           t[F_GEMM] * ms, gf / (t[F_GEMM] * ms), t[F_BIAS] * ms);
-    printf("    backward: db %.3f, im2col %.3f, dW gemm %.3f (%.1f GF/s)", t[B_BIAS] * ms,
-           t[B_IM2COL] * ms, t[B_DW] * ms, gf / (t[B_DW] * ms));
+    printf("  conv %d (%dx%d stride %d, gemm %zux%zux%zu per sample%s), CPU ms per step:\n", li + 1,
+           g->kh, g->kw, g->stride, co, p, k,
+           l->cols ? "; the step's backward reuses forward's im2col" : "");
+    printf("    forward : im2col %.3f, gemm %.3f (%.1f GF/s)", t[F_IM2COL] * ms, t[F_GEMM] * ms,
+           gf / (t[F_GEMM] * ms));
+    if (l->b_count) printf(", bias %.3f", t[F_BIAS] * ms);
+    printf("\n    backward: ");
+    if (l->b_count) printf("db %.3f, ", t[B_BIAS] * ms);
+    printf("im2col %.3f, dW gemm %.3f (%.1f GF/s)", t[B_IM2COL] * ms, t[B_DW] * ms,
+           gf / (t[B_DW] * ms));
     if (l->need_dx)
         printf(", dx gemm %.3f (%.1f GF/s), zero dx %.3f, col2im %.3f", t[B_DX] * ms,
                gf / (t[B_DX] * ms), t[B_ZERO] * ms, t[B_COL2IM] * ms);
@@ -588,14 +634,14 @@ int main(int argc, char **argv)
 
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_layers = 0;
-    if (model_parse(o.model, INPUT_SHAPE, specs, MODEL_MAX_LAYERS, &n_layers)) return 2;
+    if (model_parse(o.model, o.in, specs, MODEL_MAX_LAYERS, &n_layers)) return 2;
     Net *net = NULL;
-    int rc = net_create(specs, n_layers, INPUT_SHAPE, CLASSES, ops, (size_t)o.batch, &net);
+    int rc = net_create(specs, n_layers, o.in, o.classes, ops, (size_t)o.batch, &net);
     if (rc) return rc == BASIN_ERR_USAGE ? 2 : 1;
     Data d = {0};
     double *wall = basin_calloc((size_t)o.repeats, sizeof *wall);
     double *cpu = basin_calloc((size_t)o.repeats, sizeof *cpu);
-    if (!wall || !cpu || net_init_params(net, INIT_SEED) || data_create(ops, (size_t)o.batch, &d)) {
+    if (!wall || !cpu || net_init_params(net, INIT_SEED) || data_create(ops, (size_t)o.batch, o.in, o.classes, &d)) {
         rc = 1;
         goto done;
     }
@@ -615,7 +661,7 @@ int main(int argc, char **argv)
         double w0 = basin_clock(), c0 = cpu_s();
         for (int s = 0; s < o.steps; s++) {
             double t0 = basin_clock();
-            if (gpu) data_upload(ops, &d, batch);
+            if (gpu) data_upload(ops, &d, batch, o.in);
             double t1 = basin_clock();
             loss = train_step(net, &d, batch, step++, &sgd);
             copy_s += t1 - t0;
@@ -641,10 +687,10 @@ int main(int argc, char **argv)
         goto done;
     }
 
-    char desc[4096];
+    static char desc[1 << 16]; /* resnet50's ~180 layers take ~10 KB */
     net_describe(net, desc, sizeof desc);
-    printf("basin-bench-step: model %s, batch %d, %d BLAS threads, %s\n", o.model, o.batch,
-           o.threads, openblas_get_config());
+    printf("basin-bench-step: model %s, input %dx%dx%d, %d classes, batch %d, %d BLAS threads, %s\n",
+           o.model, o.in.c, o.in.h, o.in.w, o.classes, o.batch, o.threads, openblas_get_config());
     printf("%s", desc);
     printf("parameters %zu; forward %.3f MMAC/sample; useful step %.3f MFLOP/sample\n",
            net->n_params, 1e-6 * net_forward_macs(net), 1e-6 * flops);
@@ -678,14 +724,16 @@ int main(int argc, char **argv)
 
     printf("{\"bench\":\"step\",\"impl\":\"basin\",\"device\":\"%s\",\"copy_ms\":%.4f,\"compute_ms\":%.4f,"
            "\"device_forward_ms\":%.4f,\"device_backward_ms\":%.4f,\"device_sgd_ms\":%.4f,"
-           "\"model\":\"%s\",\"batch\":%d,\"threads\":%d,"
+           "\"model\":\"%s\",\"input\":\"%dx%dx%d\",\"classes\":%d,\"params\":%zu,"
+           "\"batch\":%d,\"threads\":%d,"
            "\"warmup\":%d,\"steps\":%d,\"repeats\":%d,\"flop_per_sample\":%.0f,"
            "\"img_s_cpu\":%.3f,\"img_s_wall\":%.3f,\"gflops_cpu\":%.4f,\"gflops_wall\":%.4f,"
            "\"sgemm_gflops_cpu\":%.4f,\"sgemm_gflops_wall\":%.4f,\"sgemm_fraction_cpu\":%.4f,"
            "\"sgemm_fraction_wall\":%.4f,\"layer_gemm\":[%zu,%zu,%zu],"
            "\"layer_gemm_gflops_cpu\":%.4f}\n",
            o.device, copy_s * per_step, compute_s * per_step, dev[0] * per_step, dev[1] * per_step,
-           dev[2] * per_step, o.model, o.batch, o.threads, o.warmup,
+           dev[2] * per_step, o.model, o.in.c, o.in.h, o.in.w, o.classes, net->n_params, o.batch,
+           o.threads, o.warmup,
            o.steps, o.repeats, flops, img.cpu, img.wall,
            gf.cpu, gf.wall, sq.cpu, sq.wall, gf.cpu / sq.cpu, gf.wall / sq.wall, lg.m, lg.n, lg.k,
            lg_rate.cpu);

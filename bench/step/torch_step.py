@@ -20,13 +20,16 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from torch_models import build, positive  # noqa: E402
+from torch_models import MODELS, build, positive, shape  # noqa: E402
 
 
 def parse_args():
     p = argparse.ArgumentParser(
         description="Time full PyTorch training steps (forward + backward + SGD) on one process.")
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--input", type=shape, default=(1, 28, 28), metavar="CxHxW",
+                   help="shape of one input image (default 1x28x28)")
+    p.add_argument("--classes", type=positive(2), default=10, help="classes (default 10)")
     p.add_argument("--batch", type=positive(1), default=64, help="samples per step")
     p.add_argument("--steps", type=positive(1), default=20, help="timed steps per repeat")
     p.add_argument("--repeats", type=positive(1), default=5, help="timed repeats (median reported)")
@@ -49,23 +52,30 @@ import torch  # noqa: E402  (after the thread environment is set)
 from torch import nn  # noqa: E402
 
 
-def flop_per_sample(net):
-    """2 * (forward MACs + backward MACs), counted as basin-bench-step does."""
-    fwd = bwd = 0.0
-    first = True
-    h = w = 28
-    for m in net:
+def flop_per_sample(net, in_shape):
+    """2 * (forward MACs + backward MACs), counted as basin-bench-step does:
+    every conv and fc layer's forward MACs once for dW and once more for dx,
+    except the first one run, whose dx nobody needs. The MACs are read from
+    one forward pass of a single sample (hooks on Conv2d and Linear)."""
+    macs = []
+
+    def hook(m, _inputs, out):
+        n = m.weight.numel()
         if isinstance(m, nn.Conv2d):
-            macs = m.weight.numel() * h * w  # stride 1, "same" padding here
-        elif isinstance(m, nn.Linear):
-            macs = m.weight.numel()
-        else:
-            if isinstance(m, nn.MaxPool2d):
-                h, w = h // 2, w // 2
-            continue
-        fwd += macs
-        bwd += macs if first else 2 * macs
-        first = False
+            n *= out.shape[-2] * out.shape[-1] // m.groups
+        macs.append(float(n))
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, *in_shape, device=next(net.parameters()).device))
+    net.train(was_training)
+    for h in hooks:
+        h.remove()
+    fwd = sum(macs)
+    bwd = 2 * fwd - (macs[0] if macs else 0.0)
     return 2 * (fwd + bwd)
 
 
@@ -84,13 +94,14 @@ def main():
     torch.manual_seed(42)
     dev = torch.device(ARGS.device)
     gpu = ARGS.device == "cuda"
-    net = build(ARGS.model).to(dev)
+    net = build(ARGS.model, ARGS.input, ARGS.classes).to(dev)
+    params = sum(p.numel() for p in net.parameters())
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=ARGS.lr, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(1234)
-    x_host = torch.rand(ARGS.batch, 1, 28, 28, generator=g)
-    y_host = torch.randint(0, 10, (ARGS.batch,), generator=g)
+    x_host = torch.rand(ARGS.batch, *ARGS.input, generator=g)
+    y_host = torch.randint(0, ARGS.classes, (ARGS.batch,), generator=g)
     x, y = x_host.to(dev), y_host.to(dev)
     times = {"copy": 0.0, "compute": 0.0}
 
@@ -124,11 +135,14 @@ def main():
         wall.append(images / (time.perf_counter() - w0))
 
     img_cpu, img_wall = statistics.median(cpu), statistics.median(wall)
-    flops = flop_per_sample(net)
-    print(f"torch {torch.__version__} ({sys.executable}), model {ARGS.model}, batch {ARGS.batch}, "
+    flops = flop_per_sample(net, ARGS.input)
+    in_txt = "x".join(str(d) for d in ARGS.input)
+    print(f"torch {torch.__version__} ({sys.executable}), model {ARGS.model}, input {in_txt}, "
+          f"{ARGS.classes} classes, batch {ARGS.batch}, "
           f"{torch.get_num_threads()} threads, mkldnn {torch.backends.mkldnn.is_available()}, "
           f"TF32 {ARGS.tf32} (cudnn {torch.backends.cudnn.allow_tf32}, "
           f"matmul {torch.backends.cuda.matmul.allow_tf32})")
+    print(f"parameters {params}; useful step {flops * 1e-6:.3f} MFLOP/sample")
     print(f"warm-up {ARGS.warmup} steps, then {ARGS.repeats} repeats of {ARGS.steps} steps; "
           f"medians (min..max):")
     print(f"  by CPU time  {img_cpu:9.1f} img/s ({min(cpu):.1f}..{max(cpu):.1f}), "
@@ -144,7 +158,8 @@ def main():
         "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "copy_ms": round(times["copy"] * per_step, 4), "compute_ms": round(times["compute"] * per_step, 4),
-        "model": ARGS.model, "batch": ARGS.batch,
+        "model": ARGS.model, "input": in_txt, "classes": ARGS.classes, "params": params,
+        "batch": ARGS.batch,
         "threads": torch.get_num_threads(), "warmup": ARGS.warmup, "steps": ARGS.steps,
         "repeats": ARGS.repeats, "flop_per_sample": flops,
         "img_s_cpu": round(img_cpu, 3), "img_s_wall": round(img_wall, 3),
