@@ -900,6 +900,89 @@ void cuda_sgd_step(float *params, const float *grads, float *mom, size_t n,
            s->nesterov);
 }
 
+/* Adam: the CPU's operations in its order, each rounded alone. */
+__global__ void k_adam_step(float *p, const float *g, float *m, float *v, size_t n, float b1, float b2,
+                            float c1, float c2, float wd, float lr, float lr_wd, float bc1, float bc2, float eps)
+{
+    GRID_STRIDE(i, n)
+    {
+        const float pi = p[i];
+        const float gi = wd != 0.0f ? __fadd_rn(g[i], __fmul_rn(wd, pi)) : g[i];
+        const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(c1, gi));
+        const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(c2, gi), gi));
+        m[i] = mi;
+        v[i] = vi;
+        const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, bc2)), eps);
+        p[i] = __fsub_rn(__fsub_rn(pi, __fmul_rn(lr_wd, pi)), __fmul_rn(lr, __fdiv_rn(__fdiv_rn(mi, bc1), den)));
+    }
+}
+
+void cuda_adam_step(float *params, const float *grads, float *m, float *v, size_t n, const AdamStep *s)
+{
+    if (!n) return;
+    /* The float constants as the CPU rounds them. */
+    const float c1 = 1.0f - s->beta1, c2 = 1.0f - s->beta2;
+    const float wd = s->decoupled ? 0.0f : s->weight_decay;
+    const float lr_wd = s->decoupled ? s->lr * s->weight_decay : 0.0f;
+    LAUNCH(k_adam_step, blocks_for(n), THREADS, params, grads, m, v, n, s->beta1, s->beta2, c1, c2, wd, s->lr,
+           lr_wd, s->bc1, s->bc2, s->eps);
+}
+
+/* Sum of squares: SUMSQ_BLOCKS blocks each leave one double in bn_part
+ * (a tree in shared memory, fixed order); the host adds them in block order. */
+enum { SUMSQ_BLOCKS = 256 };
+
+__global__ void k_sumsq(const float *x, size_t n, double *part)
+{
+    __shared__ double sh[THREADS];
+    double a = 0.0;
+    GRID_STRIDE(i, n) a += (double)x[i] * (double)x[i];
+    sh[threadIdx.x] = a;
+    __syncthreads();
+    for (unsigned d = THREADS / 2; d > 0; d /= 2) {
+        if (threadIdx.x < d) sh[threadIdx.x] += sh[threadIdx.x + d];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+
+double cuda_sumsq(const float *x, size_t n)
+{
+    if (!n) return 0.0;
+    CudaState *s = st();
+    LAUNCH(k_sumsq, SUMSQ_BLOCKS, THREADS, x, n, s->bn_part);
+    double part[SUMSQ_BLOCKS];
+    CUDA_CHECK(cudaMemcpyAsync(part, s->bn_part, sizeof part, cudaMemcpyDeviceToHost, s->stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    double sum = 0.0;
+    for (int b = 0; b < SUMSQ_BLOCKS; b++) sum += part[b];
+    return sum;
+}
+
+__global__ void k_lars_step(float *p, const float *g, float *v, size_t n, float lr, float wd, float mu,
+                            int nesterov, float ratio)
+{
+    GRID_STRIDE(i, n)
+    {
+        const float pi = p[i];
+        const float u = __fmul_rn(ratio, __fadd_rn(g[i], __fmul_rn(wd, pi)));
+        float step = u;
+        if (mu != 0.0f) {
+            const float vi = __fadd_rn(__fmul_rn(mu, v[i]), u);
+            v[i] = vi;
+            step = nesterov ? __fadd_rn(u, __fmul_rn(mu, vi)) : vi;
+        }
+        p[i] = __fsub_rn(pi, __fmul_rn(lr, step));
+    }
+}
+
+void cuda_lars_step(float *params, const float *grads, float *mom, size_t n, const SgdStep *s, float ratio)
+{
+    if (!n) return;
+    LAUNCH(k_lars_step, blocks_for(n), THREADS, params, grads, mom, n, s->lr, s->weight_decay, s->momentum,
+           s->nesterov, ratio);
+}
+
 __global__ void k_scale(float *x, size_t n, float a)
 {
     GRID_STRIDE(i, n) x[i] *= a;

@@ -322,6 +322,9 @@ extern "C" const Ops ops_cuda = {
     /* softmax_xent_bwd */ cuda_softmax_xent_bwd,
     /* sgd_step */ cuda_sgd_step,
     /* scale */ cuda_scale,
+    /* adam_step */ cuda_adam_step,
+    /* sumsq */ cuda_sumsq,
+    /* lars_step */ cuda_lars_step,
     /* host_memory */ 0,
 };
 

@@ -147,5 +147,8 @@ void cuda_softmax_xent_fwd(const float *logits, const int32_t *labels, size_t b,
 void cuda_softmax_xent_bwd(const float *probs, const int32_t *labels, size_t b, size_t k, float scale, float *dlogits);
 void cuda_sgd_step(float *params, const float *grads, float *mom, size_t n, const SgdStep *s);
 void cuda_scale(float *x, size_t n, float a);
+void cuda_adam_step(float *params, const float *grads, float *m, float *v, size_t n, const AdamStep *s);
+double cuda_sumsq(const float *x, size_t n);
+void cuda_lars_step(float *params, const float *grads, float *mom, size_t n, const SgdStep *s, float ratio);
 
 #endif

@@ -26,6 +26,11 @@ void config_defaults(TrainConfig *cfg)
     cfg->lr_gamma = 0.1;
     cfg->momentum = 0.9;
     cfg->weight_decay = 5e-4;
+    cfg->optimizer = OPTIM_SGD;
+    cfg->lars_eta = 0.001;
+    cfg->adam_beta1 = 0.9;
+    cfg->adam_beta2 = 0.999;
+    cfg->adam_eps = 1e-8;
     cfg->seed = 42;
     cfg->eval_every = 1;
     cfg->log_every = 100;
@@ -70,6 +75,12 @@ void config_usage(const char *prog, const char *algorithms)
            "  --momentum X            SGD momentum, 0 for none (default 0.9)\n"
            "  --nesterov              Nesterov momentum\n"
            "  --weight-decay X        decoupled weight decay, not on biases (default 5e-4)\n"
+           "  --optimizer NAME        sgd (momentum), lars (layer-wise trust ratio), adam (L2\n"
+           "                          decay in the gradient) or adamw (decoupled decay); default sgd\n"
+           "  --lars-eta X            LARS trust coefficient (default 0.001)\n"
+           "  --adam-beta1 X          Adam first-moment decay (default 0.9)\n"
+           "  --adam-beta2 X          Adam second-moment decay (default 0.999)\n"
+           "  --adam-eps X            Adam epsilon (default 1e-8)\n"
            "  --seed N                initial weights, sample order, dropout (default 42)\n"
            "  --sync-bn               batch norm over the global batch: statistics summed over\n"
            "                          all ranks every step (default: each rank's own samples)\n"
@@ -160,6 +171,7 @@ enum {
     OPT_CKPT_DIR, OPT_CKPT_STEPS, OPT_CKPT_SECONDS, OPT_KEEP, OPT_CKPT_FAILURE, OPT_RESUME, OPT_GRACE,
     OPT_STATUS,
     OPT_AUGMENT, OPT_SYNC_BN, OPT_ZERO_INIT_RESIDUAL,
+    OPT_OPTIMIZER, OPT_LARS_ETA, OPT_ADAM_BETA1, OPT_ADAM_BETA2, OPT_ADAM_EPS,
 };
 
 static const struct option long_options[] = {
@@ -209,6 +221,11 @@ static const struct option long_options[] = {
     {"augment", required_argument, NULL, OPT_AUGMENT},
     {"sync-bn", no_argument, NULL, OPT_SYNC_BN},
     {"zero-init-residual", no_argument, NULL, OPT_ZERO_INIT_RESIDUAL},
+    {"optimizer", required_argument, NULL, OPT_OPTIMIZER},
+    {"lars-eta", required_argument, NULL, OPT_LARS_ETA},
+    {"adam-beta1", required_argument, NULL, OPT_ADAM_BETA1},
+    {"adam-beta2", required_argument, NULL, OPT_ADAM_BETA2},
+    {"adam-eps", required_argument, NULL, OPT_ADAM_EPS},
     {NULL, 0, NULL, 0},
 };
 
@@ -249,6 +266,18 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
         case OPT_NESTEROV: cfg->nesterov = 1; break;
         case OPT_SYNC_BN: cfg->sync_bn = 1; break;
         case OPT_ZERO_INIT_RESIDUAL: cfg->zero_init_residual = 1; break;
+        case OPT_OPTIMIZER:
+            if (optim_parse(optarg, &cfg->optimizer)) return bad_value(name, optarg, "expected sgd, lars, adam or adamw");
+            break;
+        case OPT_LARS_ETA: TRY(parse_double(name, optarg, 0.0, 1e3, 1, &cfg->lars_eta)); break;
+        case OPT_ADAM_BETA1:
+        case OPT_ADAM_BETA2:
+            TRY(parse_double(name, optarg, 0.0, 1.0, 0, &d));
+            if (d >= 1.0) return bad_value(name, optarg, "expected a number in [0, 1)");
+            if (c == OPT_ADAM_BETA1) cfg->adam_beta1 = d;
+            else cfg->adam_beta2 = d;
+            break;
+        case OPT_ADAM_EPS: TRY(parse_double(name, optarg, 0.0, 1.0, 1, &cfg->adam_eps)); break;
         case OPT_WD: TRY(parse_double(name, optarg, 0.0, 1.0, 0, &cfg->weight_decay)); break;
         case OPT_SEED: TRY(parse_long(name, optarg, 0, 0x7fffffffffffffffL, &v)); cfg->seed = (uint64_t)v; break;
         case OPT_MAX_STEPS: TRY(parse_long(name, optarg, 1, 0x7fffffffffffffffL, &v)); cfg->max_steps = v; break;
@@ -372,6 +401,15 @@ void config_describe(const TrainConfig *cfg, char *buf, size_t len)
     used = strlen(buf);
     if (used < len)
         snprintf(buf + used, len - used, " sync_bn=%d zero_init_residual=%d", cfg->sync_bn, cfg->zero_init_residual);
+    char eta[32], b1[32], b2[32], eps[32];
+    format_exact(cfg->lars_eta, eta, sizeof eta);
+    format_exact(cfg->adam_beta1, b1, sizeof b1);
+    format_exact(cfg->adam_beta2, b2, sizeof b2);
+    format_exact(cfg->adam_eps, eps, sizeof eps);
+    used = strlen(buf);
+    if (used < len)
+        snprintf(buf + used, len - used, " optimizer=%s lars_eta=%s adam_beta1=%s adam_beta2=%s adam_eps=%s",
+                 optim_name(cfg->optimizer), eta, b1, b2, eps);
 }
 
 /* The value of `key` in a config_describe text, or NULL. Values hold no
@@ -401,6 +439,8 @@ int config_resume_check(const char *saved, const TrainConfig *cfg, const char *c
         {"warmup", "--warmup-epochs", 1}, {"lr_step_epochs", "--lr-step-epochs", 1},
         {"lr_gamma", "--lr-gamma", 1}, {"momentum", "--momentum", 1}, {"nesterov", "--nesterov", 1},
         {"weight_decay", "--weight-decay", 1}, {"sync_bn", "--sync-bn", 1},
+        {"optimizer", "--optimizer", 0}, {"lars_eta", "--lars-eta", 1}, {"adam_beta1", "--adam-beta1", 1},
+        {"adam_beta2", "--adam-beta2", 1}, {"adam_eps", "--adam-eps", 1},
     };
     if (!saved || !*saved) return BASIN_OK;
     /* Augmentation changes every step's data; checkpoints that predate it
@@ -422,12 +462,18 @@ int config_resume_check(const char *saved, const TrainConfig *cfg, const char *c
         const char *was = config_describe_value(saved, keys[i].key, a, sizeof a);
         if (!was && strcmp(keys[i].key, "nesterov") == 0 && old_style)
             was = strstr(saved, "(nesterov)") ? "1" : "0";
+        /* Checkpoints from before --optimizer were all trained with sgd. */
+        if (!was && strcmp(keys[i].key, "optimizer") == 0) was = "sgd";
         if (!was) continue;
         const char *is = config_describe_value(now, keys[i].key, b, sizeof b);
         if (!is) continue;
         /* The step schedule's options mean nothing to the others. */
         if ((strcmp(keys[i].key, "lr_step_epochs") == 0 || strcmp(keys[i].key, "lr_gamma") == 0) &&
             cfg->schedule != SCHEDULE_STEP)
+            continue;
+        /* Nor do one optimizer's options to the others. */
+        if (strcmp(keys[i].key, "lars_eta") == 0 && cfg->optimizer != OPTIM_LARS) continue;
+        if (strncmp(keys[i].key, "adam_", 5) == 0 && cfg->optimizer != OPTIM_ADAM && cfg->optimizer != OPTIM_ADAMW)
             continue;
         int same;
         if (keys[i].numeric) {
@@ -472,8 +518,10 @@ uint64_t config_hash(const TrainConfig *cfg)
     if (n >= 0 && n < (int)sizeof buf) {
         char aug[64];
         config_augment_text(cfg, aug, sizeof aug);
-        int m = snprintf(buf + n, sizeof buf - (size_t)n, "|augment=%s|sync_bn=%d|zero_init=%d", aug, cfg->sync_bn,
-                         cfg->zero_init_residual);
+        int m = snprintf(buf + n, sizeof buf - (size_t)n,
+                         "|augment=%s|sync_bn=%d|zero_init=%d|optim=%d|%.17g|%.17g|%.17g|%.17g", aug, cfg->sync_bn,
+                         cfg->zero_init_residual, (int)cfg->optimizer, cfg->lars_eta, cfg->adam_beta1,
+                         cfg->adam_beta2, cfg->adam_eps);
         if (m > 0) n += m;
     }
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */

@@ -26,6 +26,9 @@ typedef struct {
     int sync_bn;              /* 1: batch norm normalises over the global batch (all ranks) */
     int zero_init_residual;   /* 1: the last bn of each residual block starts with gamma 0 */
     double weight_decay;
+    OptimKind optimizer;      /* --optimizer: sgd (default), lars, adam, adamw (optim.h) */
+    double lars_eta;          /* LARS trust coefficient */
+    double adam_beta1, adam_beta2, adam_eps;
     uint64_t seed;
     int eval_every;           /* evaluate every N epochs (and after the last); 0: never */
     int log_every;            /* progress line every N steps */

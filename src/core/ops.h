@@ -34,6 +34,16 @@ typedef struct {
     int nesterov;       /* 1: p -= lr * (g + mu * v); 0: p -= lr * v */
 } SgdStep;
 
+/* Arguments of one Adam / AdamW step over a contiguous slice. */
+typedef struct {
+    float lr;           /* learning rate of this step (schedule applied) */
+    float beta1, beta2; /* moment decay rates */
+    float eps;
+    float weight_decay; /* 0: none on this slice */
+    int decoupled;      /* 1 (AdamW): p -= lr * wd * p; 0 (Adam): g += wd * p */
+    float bc1, bc2;     /* bias corrections 1 - beta1^t, 1 - beta2^t (t = step + 1) */
+} AdamStep;
+
 typedef struct Ops {
     const char *name;
 
@@ -159,6 +169,22 @@ typedef struct Ops {
     void (*sgd_step)(float *params, const float *grads, float *mom, size_t n, const SgdStep *s);
     /* x *= a */
     void (*scale)(float *x, size_t n, float a);
+
+    /* ---- optimizers for large batches ---------------------------------- */
+    /* One Adam step over n elements (all float arithmetic, in this order):
+     *   g' = decoupled ? g : g + wd * p
+     *   m = beta1 * m + (1 - beta1) * g'
+     *   v = beta2 * v + (1 - beta2) * g' * g'
+     *   p = p - (decoupled ? lr * wd : 0) * p - lr * (m / bc1) / (sqrt(v / bc2) + eps)
+     * (1 - beta1, 1 - beta2 and lr * wd are rounded to float first). */
+    void (*adam_step)(float *params, const float *grads, float *m, float *v, size_t n, const AdamStep *s);
+    /* sum of x[i]^2 over n elements, in double, returned to the host */
+    double (*sumsq)(const float *x, size_t n);
+    /* One LARS step over n elements of one layer with trust ratio r:
+     *   u = r * (g + wd * p)
+     *   v = mu * v + u;  p = p - lr * (nesterov ? u + mu * v : v)   (mu > 0)
+     *   p = p - lr * u                                              (mu = 0) */
+    void (*lars_step)(float *params, const float *grads, float *mom, size_t n, const SgdStep *s, float ratio);
 
     /* ---- properties (last: tables that do not name them leave them 0) ---- */
     /* 1: every pointer of this backend is host memory, so code outside the

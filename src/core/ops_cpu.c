@@ -716,6 +716,55 @@ static void cpu_sgd_step(float *params, const float *grads, float *mom, size_t n
     }
 }
 
+static void cpu_adam_step(float *params, const float *grads, float *m, float *v, size_t n,
+                          const AdamStep *s)
+{
+    float *restrict p = params;
+    const float *restrict g = grads;
+    float *restrict mm = m;
+    float *restrict vv = v;
+    const float b1 = s->beta1, b2 = s->beta2, c1 = 1.0f - s->beta1, c2 = 1.0f - s->beta2;
+    const float wd = s->decoupled ? 0.0f : s->weight_decay;
+    const float lr = s->lr, lr_wd = s->decoupled ? s->lr * s->weight_decay : 0.0f;
+    const float bc1 = s->bc1, bc2 = s->bc2, eps = s->eps;
+    for (size_t i = 0; i < n; i++) {
+        const float pi = p[i];
+        const float gi = wd != 0.0f ? g[i] + wd * pi : g[i];
+        const float mi = b1 * mm[i] + c1 * gi;
+        const float vi = b2 * vv[i] + (c2 * gi) * gi;
+        mm[i] = mi;
+        vv[i] = vi;
+        const float den = sqrtf(vi / bc2) + eps;
+        p[i] = pi - lr_wd * pi - lr * ((mi / bc1) / den);
+    }
+}
+
+static double cpu_sumsq(const float *x, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    return s;
+}
+
+static void cpu_lars_step(float *params, const float *grads, float *mom, size_t n, const SgdStep *s,
+                          float ratio)
+{
+    float *restrict p = params;
+    const float *restrict g = grads;
+    const float lr = s->lr, mu = s->momentum, wd = s->weight_decay;
+    for (size_t i = 0; i < n; i++) {
+        const float pi = p[i];
+        const float u = ratio * (g[i] + wd * pi);
+        float step = u;
+        if (mu != 0.0f) {
+            const float vi = mu * mom[i] + u;
+            mom[i] = vi;
+            step = s->nesterov ? u + mu * vi : vi;
+        }
+        p[i] = pi - lr * step;
+    }
+}
+
 static void cpu_scale(float *x, size_t n, float a)
 {
     for (size_t i = 0; i < n; i++) x[i] *= a;
@@ -766,5 +815,8 @@ const Ops ops_cpu = {
     .softmax_xent_bwd = cpu_softmax_xent_bwd,
     .sgd_step = cpu_sgd_step,
     .scale = cpu_scale,
+    .adam_step = cpu_adam_step,
+    .sumsq = cpu_sumsq,
+    .lars_step = cpu_lars_step,
     .host_memory = 1,
 };

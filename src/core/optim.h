@@ -1,4 +1,15 @@
-/* SGD with momentum over the flat buffers, and the learning-rate schedule.
+/* The optimizers over the flat buffers, and the learning-rate schedule.
+ *
+ * sgd    momentum SGD (the default).
+ * lars   You et al. 2017: conv and fc weights take a layer-wise trust ratio
+ *        r = eta * ||w|| / (||g|| + wd * ||w||) (r = 1 when ||w|| or ||g|| is 0),
+ *        u = r * (g + wd * w) enters the momentum; batch norm's gamma and beta
+ *        and all biases take the plain SGD step with momentum. The norms are
+ *        of whole layers, so the update of one element needs its whole layer's
+ *        summed gradient (optim_elementwise is 0).
+ * adam   Kingma & Ba, L2 weight decay added to the gradient; adamw: decoupled
+ *        decay (Loshchilov & Hutter). First moment in the momentum buffer,
+ *        second moment in SgdConfig.adam_v; bias correction with t = step + 1.
  *
  * Weight decay is decoupled (Loshchilov & Hutter, "Decoupled Weight Decay
  * Regularization", 2019): p -= lr * wd * p is applied beside the gradient
@@ -28,11 +39,36 @@ typedef struct {
 double schedule_lr(const Schedule *s, uint64_t step);
 const char *schedule_name(ScheduleKind kind);
 
+typedef enum { OPTIM_SGD, OPTIM_LARS, OPTIM_ADAM, OPTIM_ADAMW } OptimKind;
+
+const char *optim_name(OptimKind kind);
+/* "sgd", "lars", "adam", "adamw"; -1 when unknown. */
+int optim_parse(const char *name, OptimKind *out);
+
 typedef struct {
     float momentum;
     float weight_decay;
     int nesterov;
+    OptimKind kind;
+    float lars_eta;
+    float beta1, beta2, eps;
+    /* State kept by the trainer (gradients.c): */
+    float *adam_v;      /* adam/adamw: second moment, n_params floats, backend memory */
+    float *trust;       /* lars: trust ratio of each layer's weights (n_layers, host) */
+    uint64_t step;      /* 0-based global step being taken (bias correction) */
+    int step_known;
 } SgdConfig;
+
+/* 1: the update of an element reads only that element (sgd, adam, adamw). */
+int optim_elementwise(const SgdConfig *cfg);
+
+/* LARS: the trust ratio of every layer from the whole params and grads
+ * (cfg->trust; other kinds: nothing). Run before the range updates of a step. */
+void lars_trust_ratios(Net *net, const SgdConfig *cfg);
+
+/* The configured optimizer on [lo, hi) of the flat buffers, at learning rate
+ * lr (LARS: after lars_trust_ratios of this step). */
+void optim_step_range(Net *net, const SgdConfig *cfg, float lr, size_t lo, size_t hi);
 
 /* One SGD step on the parameters of the slice [lo, hi) of the flat buffers
  * (a bucket of gradients, or everything: lo = 0, hi = n_params). Slices of

@@ -124,7 +124,10 @@ int trainer_setup(Trainer *t)
         .step_every = (uint64_t)llround(cfg->lr_step_epochs * (double)spe),
         .gamma = cfg->lr_gamma,
     };
-    t->sgd = (SgdConfig){(float)cfg->momentum, (float)cfg->weight_decay, cfg->nesterov};
+    t->sgd = (SgdConfig){.momentum = (float)cfg->momentum, .weight_decay = (float)cfg->weight_decay,
+                         .nesterov = cfg->nesterov, .kind = cfg->optimizer, .lars_eta = (float)cfg->lars_eta,
+                         .beta1 = (float)cfg->adam_beta1, .beta2 = (float)cfg->adam_beta2,
+                         .eps = (float)cfg->adam_eps};
 
     /* Test hooks, read from the environment so that they never appear
      * among the options a user sees. */

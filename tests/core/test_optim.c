@@ -41,7 +41,7 @@ int main(void)
     net_init_params(a, 1);
     net_init_params(b, 1);
     for (size_t i = 0; i < a->n_params; i++) a->grads[i] = b->grads[i] = 0.01f * (float)((i % 13) - 6);
-    SgdConfig cfg = {0.9f, 0.1f, 1};
+    SgdConfig cfg = {.momentum = 0.9f, .weight_decay = 0.1f, .nesterov = 1};
     for (int it = 0; it < 3; it++) {
         sgd_step_range(a, &cfg, 0.5f, 0, a->n_params);
         /* Odd slices that cut through layers and weight/bias boundaries. */
@@ -58,7 +58,7 @@ int main(void)
             for (size_t j = 0; j < a->layers[i].b_count; j++) a->layers[i].b[j] = 1.0f;
     memset(a->grads, 0, a->n_params * sizeof(float));
     float w0 = a->layers[0].w[0];
-    SgdConfig decay = {0.0f, 0.1f, 0};
+    SgdConfig decay = {.momentum = 0.0f, .weight_decay = 0.1f, .nesterov = 0};
     sgd_step_range(a, &decay, 0.5f, 0, a->n_params);
     EXPECT_NEAR(a->layers[0].w[0], w0 * (1 - 0.5 * 0.1), 1e-7, 1e-6, "weight decayed");
     EXPECT(a->layers[0].b[0] == 1.0f && a->layers[2].b[0] == 1.0f, "bias decayed");

@@ -767,6 +767,107 @@ static void test_sgd(void)
     }
 }
 
+/* ---- adam, lars, sumsq -------------------------------------------------------------------------------------- */
+
+/* Three steps from the same state on both backends: every rounding in the
+ * CPU's order, so parameters and both moments stay bit-identical. */
+static void test_adam(void)
+{
+    static const size_t sizes[] = {1003, (1u << 20) + 7};
+    Gen g = {21};
+    for (size_t si = 0; si < 2; si++)
+        for (int dec = 0; dec < 2; dec++)
+            for (int wi = 0; wi < 2; wi++) {
+                const size_t n = sizes[si];
+                float *p = new_f(n), *gr = new_f(n), *m = new_f(n), *v = new_f(n);
+                fill_normal(&g, p, n, 1.0f);
+                fill_value(m, n, 0.0f);
+                fill_value(v, n, 0.0f);
+                float *dp = up(p, n), *dm = up(m, n), *dv = up(v, n), *dg = dev_alloc(n * sizeof(float));
+                for (int step = 0; step < 3; step++) {
+                    double t = step + 1.0;
+                    AdamStep st = {.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                                   .weight_decay = wi ? 0.05f : 0.0f, .decoupled = dec,
+                                   .bc1 = (float)(1.0 - pow(0.9, t)), .bc2 = (float)(1.0 - pow(0.999, t))};
+                    fill_normal(&g, gr, n, 1.0f);
+                    GPU->to_device(dg, gr, n * sizeof(float));
+                    GPU->adam_step(dp, dg, dm, dv, n, &st);
+                    CPU->adam_step(p, gr, m, v, n, &st);
+                    float *gp = down(dp, n), *gm = down(dm, n), *gv = down(dv, n);
+                    Cmp cp = {0}, cm = {0}, cv = {0};
+                    cmp_bits_n(&cp, gp, p, n);
+                    cmp_bits_n(&cm, gm, m, n);
+                    cmp_bits_n(&cv, gv, v, n);
+                    EXPECT_CMP(cp, "adam params n=%zu decoupled=%d wd=%g step %d", n, dec, (double)st.weight_decay, step);
+                    EXPECT_CMP(cm, "adam m n=%zu decoupled=%d step %d", n, dec, step);
+                    EXPECT_CMP(cv, "adam v n=%zu decoupled=%d step %d", n, dec, step);
+                    free(gp);
+                    free(gm);
+                    free(gv);
+                }
+                GPU->free(dp);
+                GPU->free(dm);
+                GPU->free(dv);
+                GPU->free(dg);
+                free(p);
+                free(gr);
+                free(m);
+                free(v);
+            }
+}
+
+static void test_lars(void)
+{
+    static const size_t sizes[] = {1003, (1u << 20) + 7};
+    Gen g = {22};
+    for (size_t si = 0; si < 2; si++)
+        for (int mi = 0; mi < 2; mi++)
+            for (int nest = 0; nest < 2; nest++) {
+                if (!mi && nest) continue;
+                const size_t n = sizes[si];
+                float *p = new_f(n), *gr = new_f(n), *v = new_f(n);
+                fill_normal(&g, p, n, 1.0f);
+                fill_normal(&g, v, n, 1.0f);
+                float *dp = up(p, n), *dv = up(v, n), *dg = dev_alloc(n * sizeof(float));
+                SgdStep st = {.lr = 0.1f, .momentum = mi ? 0.9f : 0.0f, .weight_decay = 0.01f, .nesterov = nest};
+                for (int step = 0; step < 3; step++) {
+                    fill_normal(&g, gr, n, 1.0f);
+                    GPU->to_device(dg, gr, n * sizeof(float));
+                    GPU->lars_step(dp, dg, mi ? dv : NULL, n, &st, 0.37f);
+                    CPU->lars_step(p, gr, mi ? v : NULL, n, &st, 0.37f);
+                    float *gp = down(dp, n), *gv = down(dv, n);
+                    Cmp cp = {0}, cv = {0};
+                    cmp_bits_n(&cp, gp, p, n);
+                    cmp_bits_n(&cv, gv, v, n);
+                    EXPECT_CMP(cp, "lars params n=%zu mu=%g nesterov=%d step %d", n, (double)st.momentum, nest, step);
+                    EXPECT_CMP(cv, "lars momentum n=%zu mu=%g nesterov=%d step %d", n, (double)st.momentum, nest, step);
+                    free(gp);
+                    free(gv);
+                }
+                GPU->free(dp);
+                GPU->free(dv);
+                GPU->free(dg);
+                free(p);
+                free(gr);
+                free(v);
+            }
+    /* Sums of squares: both in double, summed in other orders; and 0 for none. */
+    static const size_t lens[] = {0, 1, 255, 100019, (1u << 22) + 3};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        const size_t n = lens[li];
+        float *x = new_f(n ? n : 1);
+        fill_normal(&g, x, n, 2.0f);
+        float *dx = up(x, n ? n : 1);
+        double want = 0.0;
+        for (size_t i = 0; i < n; i++) want += (double)x[i] * x[i];
+        double got = GPU->sumsq(dx, n), cpu = CPU->sumsq(x, n);
+        EXPECT_NEAR(got, want, 1e-12, 1e-12, "sumsq (cuda)");
+        EXPECT_NEAR(cpu, want, 1e-12, 1e-12, "sumsq (cpu)");
+        GPU->free(dx);
+        free(x);
+    }
+}
+
 /* ---- scale ------------------------------------------------------------------------------------------------ */
 
 static void test_scale(void)
@@ -1230,6 +1331,8 @@ int main(void)
     test_softmax();
     test_sgd();
     test_scale();
+    test_adam();
+    test_lars();
     test_bn();
     test_add();
     test_avgpool();
