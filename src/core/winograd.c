@@ -345,9 +345,148 @@ static void filter_adjoint(Winograd *wg, float *dw)
 
 /* ---- a group's layouts -------------------------------------------------------------- */
 
-/* Each of these moves one row at a time between the images' layout and the
- * group's, image by image, so that the group's side of a row (row length
- * times g floats) stays in L1 while its g images pass. */
+/* Each of these moves one row at a time between the images' layout (a row
+ * of each image, images chw floats apart) and the group's (for each column,
+ * the g images contiguous): a transpose of g x W, done in 8 x 8 blocks with
+ * AVX2 where the CPU has it. Column ix of the row goes to (or comes from)
+ * position pos(ix) = (q & 1) half + (q >> 1), q = ix + shift, of the
+ * group's row. Only copies (and, for the output, the bias added to each
+ * value once), so every instruction set gives the same bits. */
+typedef struct {
+    size_t w;     /* columns of the images' row */
+    size_t shift; /* q = ix + shift (the padding, for the input) */
+    size_t half;  /* positions of one parity */
+    size_t g;     /* images */
+    size_t chw;   /* floats between one image and the next */
+} RowMove;
+
+static inline size_t row_pos(const RowMove *m, size_t ix)
+{
+    const size_t q = ix + m->shift;
+    return ((q & 1) * m->half + (q >> 1)) * m->g;
+}
+
+/* dst (group's row)[pos(ix) + s] = src[s chw + ix], s < g, ix < w */
+static void to_group_base(const RowMove *m, const float *src, float *restrict dst, size_t s0,
+                          size_t ix0)
+{
+    for (size_t ix = ix0; ix < m->w; ix++) {
+        float *d = dst + row_pos(m, ix);
+        for (size_t s = s0; s < m->g; s++) d[s] = src[s * m->chw + ix];
+    }
+}
+
+/* dst[s chw + ix] = src (group's row)[pos(ix) + s] (+ bias when add) */
+static void from_group_base(const RowMove *m, const float *restrict src, float *dst, float bias,
+                            int add, size_t s0, size_t ix0)
+{
+    for (size_t s = s0; s < m->g; s++) {
+        float *d = dst + s * m->chw;
+        if (add)
+            for (size_t ix = ix0; ix < m->w; ix++) d[ix] = src[row_pos(m, ix) + s] + bias;
+        else
+            for (size_t ix = ix0; ix < m->w; ix++) d[ix] = src[row_pos(m, ix) + s];
+    }
+}
+
+static void to_group_portable(const RowMove *m, const float *src, float *dst)
+{
+    to_group_base(m, src, dst, 0, 0);
+}
+
+static void from_group_portable(const RowMove *m, const float *src, float *dst, float bias, int add)
+{
+    from_group_base(m, src, dst, bias, add, 0, 0);
+}
+
+#if defined(HAVE_COMB_AVX2)
+#include <immintrin.h>
+
+/* r[j] (8 rows of 8) -> r[j] = column j */
+__attribute__((target("avx2"))) static inline void transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+        r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+    }
+}
+
+__attribute__((target("avx2"))) static void to_group_avx2(const RowMove *m, const float *src,
+                                                          float *dst)
+{
+    const size_t g8 = m->g & ~(size_t)7, w8 = m->w & ~(size_t)7;
+    for (size_t s = 0; s < g8; s += 8)
+        for (size_t ix = 0; ix < w8; ix += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + (s + (size_t)j) * m->chw + ix);
+            transpose8(r);
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + row_pos(m, ix + (size_t)j) + s, r[j]);
+        }
+    if (w8 < m->w) /* the last columns, every image */
+        for (size_t ix = w8; ix < m->w; ix++) {
+            float *d = dst + row_pos(m, ix);
+            for (size_t s = 0; s < g8; s++) d[s] = src[s * m->chw + ix];
+        }
+    if (g8 < m->g) to_group_base(m, src, dst, g8, 0);
+}
+
+__attribute__((target("avx2"))) static void from_group_avx2(const RowMove *m, const float *src,
+                                                            float *dst, float bias, int add)
+{
+    const size_t g8 = m->g & ~(size_t)7, w8 = m->w & ~(size_t)7;
+    const __m256 vb = _mm256_set1_ps(bias);
+    for (size_t s = 0; s < g8; s += 8)
+        for (size_t ix = 0; ix < w8; ix += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + row_pos(m, ix + (size_t)j) + s);
+            transpose8(r);
+            for (int j = 0; j < 8; j++)
+                _mm256_storeu_ps(dst + (s + (size_t)j) * m->chw + ix,
+                                 add ? _mm256_add_ps(r[j], vb) : r[j]);
+        }
+    if (w8 < m->w) { /* the last columns, every image */
+        for (size_t s = 0; s < g8; s++) {
+            float *d = dst + s * m->chw;
+            for (size_t ix = w8; ix < m->w; ix++)
+                d[ix] = add ? src[row_pos(m, ix) + s] + bias : src[row_pos(m, ix) + s];
+        }
+    }
+    if (g8 < m->g) from_group_base(m, src, dst, bias, add, g8, 0);
+}
+#endif
+
+static void to_group(const RowMove *m, const float *src, float *dst)
+{
+#if defined(HAVE_COMB_AVX2)
+    if (__builtin_cpu_supports("avx2")) {
+        to_group_avx2(m, src, dst);
+        return;
+    }
+#endif
+    to_group_portable(m, src, dst);
+}
+
+static void from_group(const RowMove *m, const float *src, float *dst, float bias, int add)
+{
+#if defined(HAVE_COMB_AVX2)
+    if (__builtin_cpu_supports("avx2")) {
+        from_group_avx2(m, src, dst, bias, add);
+        return;
+    }
+#endif
+    from_group_portable(m, src, dst, bias, add);
+}
 
 /* xs (C, hp, 2, wh, g): x of images s0 .. s0 + g, padded row q = iy + pad,
  * padded column 2 u + parity = ix + pad; zero where that is padding. */
@@ -355,18 +494,20 @@ static void pack_input(Winograd *wg, const float *x, size_t s0, size_t g)
 {
     const Window *w = &wg->win;
     const size_t C = (size_t)w->c, H = (size_t)w->h, W = (size_t)w->w, wh = (size_t)wg->wh;
-    const size_t pad = (size_t)w->pad, chw = C * H * W;
-    memset(wg->xs, 0, C * (size_t)wg->hp * 2 * wh * g * sizeof(float));
-    for (size_t c = 0; c < C; c++)
+    const size_t pad = (size_t)w->pad, chw = C * H * W, hp = (size_t)wg->hp, rowlen = 2 * wh * g;
+    const RowMove mv = {W, pad, wh, g, chw};
+    for (size_t c = 0; c < C; c++) {
+        float *plane = wg->xs + c * hp * rowlen;
+        /* padding rows above and below, and the padded columns of each row */
+        memset(plane, 0, pad * rowlen * sizeof(float));
+        memset(plane + (pad + H) * rowlen, 0, (hp - pad - H) * rowlen * sizeof(float));
         for (size_t iy = 0; iy < H; iy++) {
-            float *restrict dst = wg->xs + (c * (size_t)wg->hp + iy + pad) * 2 * wh * g;
-            const float *src = x + s0 * chw + (c * H + iy) * W;
-            for (size_t s = 0; s < g; s++, src += chw)
-                for (size_t ix = 0; ix < W; ix++) {
-                    const size_t q = ix + pad;
-                    dst[((q & 1) * wh + (q >> 1)) * g + s] = src[ix];
-                }
+            float *restrict dst = plane + (iy + pad) * rowlen;
+            for (size_t q = 0; q < 2 * wh; q++)
+                if (q < pad || q >= pad + W) memset(dst + ((q & 1) * wh + (q >> 1)) * g, 0, g * sizeof(float));
+            to_group(&mv, x + s0 * chw + (c * H + iy) * W, dst);
         }
+    }
 }
 
 /* dx of images s0 .. s0 + g out of xs, dropping the padding */
@@ -375,16 +516,11 @@ static void unpack_input(const Winograd *wg, float *dx, size_t s0, size_t g)
     const Window *w = &wg->win;
     const size_t C = (size_t)w->c, H = (size_t)w->h, W = (size_t)w->w, wh = (size_t)wg->wh;
     const size_t pad = (size_t)w->pad, chw = C * H * W;
+    const RowMove mv = {W, pad, wh, g, chw};
     for (size_t c = 0; c < C; c++)
-        for (size_t iy = 0; iy < H; iy++) {
-            const float *restrict src = wg->xs + (c * (size_t)wg->hp + iy + pad) * 2 * wh * g;
-            float *dst = dx + s0 * chw + (c * H + iy) * W;
-            for (size_t s = 0; s < g; s++, dst += chw)
-                for (size_t ix = 0; ix < W; ix++) {
-                    const size_t q = ix + pad;
-                    dst[ix] = src[((q & 1) * wh + (q >> 1)) * g + s];
-                }
-        }
+        for (size_t iy = 0; iy < H; iy++)
+            from_group(&mv, wg->xs + (c * (size_t)wg->hp + iy + pad) * 2 * wh * g,
+                       dx + s0 * chw + (c * H + iy) * W, 0.0f, 0);
 }
 
 /* ys (K, 2 th, 2, tw, g) -> y of images s0 .. s0 + g, plus bias (b NULL: none) */
@@ -393,15 +529,12 @@ static void unpack_output(const Winograd *wg, const float *b, float *y, size_t s
     const Window *w = &wg->win;
     const size_t K = (size_t)wg->k, OH = (size_t)w->oh, OW = (size_t)w->ow, tw = (size_t)wg->tw;
     const size_t rows = 2 * (size_t)wg->th, khw = K * OH * OW;
+    const RowMove mv = {OW, 0, tw, g, khw};
     for (size_t k = 0; k < K; k++) {
         const float bias = b ? b[k] : 0.0f;
-        for (size_t oy = 0; oy < OH; oy++) {
-            const float *restrict src = wg->ys + (k * rows + oy) * 2 * tw * g;
-            float *dst = y + s0 * khw + (k * OH + oy) * OW;
-            for (size_t s = 0; s < g; s++, dst += khw)
-                for (size_t ox = 0; ox < OW; ox++)
-                    dst[ox] = src[((ox & 1) * tw + (ox >> 1)) * g + s] + bias;
-        }
+        for (size_t oy = 0; oy < OH; oy++)
+            from_group(&mv, wg->ys + (k * rows + oy) * 2 * tw * g, y + s0 * khw + (k * OH + oy) * OW,
+                       bias, 1);
     }
 }
 
@@ -411,14 +544,11 @@ static void pack_output(Winograd *wg, const float *dy, size_t s0, size_t g)
     const Window *w = &wg->win;
     const size_t K = (size_t)wg->k, OH = (size_t)w->oh, OW = (size_t)w->ow, tw = (size_t)wg->tw;
     const size_t rows = 2 * (size_t)wg->th, khw = K * OH * OW;
+    const RowMove mv = {OW, 0, tw, g, khw};
     if (OH < rows || OW < 2 * tw) memset(wg->ys, 0, K * rows * 2 * tw * g * sizeof(float));
     for (size_t k = 0; k < K; k++)
-        for (size_t oy = 0; oy < OH; oy++) {
-            float *restrict dst = wg->ys + (k * rows + oy) * 2 * tw * g;
-            const float *src = dy + s0 * khw + (k * OH + oy) * OW;
-            for (size_t s = 0; s < g; s++, src += khw)
-                for (size_t ox = 0; ox < OW; ox++) dst[((ox & 1) * tw + (ox >> 1)) * g + s] = src[ox];
-        }
+        for (size_t oy = 0; oy < OH; oy++)
+            to_group(&mv, dy + s0 * khw + (k * OH + oy) * OW, wg->ys + (k * rows + oy) * 2 * tw * g);
 }
 
 /* ---- one chunk: tile rows ty0 .. ty1 of a group of g images ------------------------ */

@@ -419,6 +419,7 @@ int main(void)
         {5, 5, 1, 8, 28, 28, 2, 5},   /* 14 tile rows: several chunks, the last partial */
         {3, 20, 3, 4, 6, 5, 1, 20},   /* two groups of images, the second partial */
         {5, 35, 2, 3, 7, 8, 2, 40},   /* three groups, the plan's batch larger */
+        {3, 19, 4, 5, 13, 11, 1, 19}, /* 8 x 8 blocks of the layout moves and their edges */
     };
     double worst[2] = {0.0, 0.0};
     printf("Winograd against direct convolution in double (max |err| / max |ref|):\n");
