@@ -10,7 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHECKPOINT_FORMAT_VERSION 1
+/* The version this build writes; it reads this one and every older one
+ * down to CHECKPOINT_FORMAT_OLDEST (FORMAT.md, "Versions"). */
+#define CHECKPOINT_FORMAT_VERSION 2
+#define CHECKPOINT_FORMAT_OLDEST 1
 
 /* What a checkpoint holds. Nothing in it depends on the number of ranks
  * except the record of world_size at save time. */
@@ -37,17 +40,29 @@ typedef struct {
     size_t n_params;
     const float *params;
     const float *momentum;
+
+    /* Since version 2. State of the model that is not a parameter (batch
+     * norm's running mean and variance): n_state floats, 0 and NULL when the
+     * model has none. The layer table (FORMAT.md, "Layer table"): JSON text
+     * describing every layer and where its tensors lie in params and state;
+     * NULL or "" when the writer has none. A version-1 file read back has
+     * neither (0, NULL, NULL). */
+    size_t n_state;
+    const float *state;
+    const char *layer_table;
 } CheckpointState;
 
 /* A checkpoint read back: the same fields, owning its memory. */
 typedef struct {
     CheckpointState st;        /* pointers below alias into this */
-    char *model_spec, *config_text;
-    float *params, *momentum;
+    uint32_t format_version;   /* of the file: CHECKPOINT_FORMAT_OLDEST .. CHECKPOINT_FORMAT_VERSION */
+    char *model_spec, *config_text, *layer_table;
+    float *params, *momentum, *state;
     char path[4096];
 } Checkpoint;
 
-/* Write st as <dir>/ckpt-<next_step, 10 digits>.h5: to a temporary file in
+/* Write st, in format version CHECKPOINT_FORMAT_VERSION, as
+ * <dir>/ckpt-<next_step, 10 digits>.h5: to a temporary file in
  * dir, fsync, rename over the final name, fsync dir; then delete all but the
  * newest `keep` checkpoints of dir (keep 0: delete none). On any failure
  * (disk full, permission) one clear line, the temporary file removed, every
@@ -55,9 +70,10 @@ typedef struct {
  * path_out when non-NULL. Creates dir when missing. */
 int checkpoint_write(const char *dir, const CheckpointState *st, int keep, char *path_out, size_t path_len);
 
-/* Read and verify path: format version, every dataset and attribute present
- * with the right type and size, every buffer's checksum. A file that fails
- * any of this gets one line naming path and the problem and
+/* Read and verify path: format version (any from CHECKPOINT_FORMAT_OLDEST to
+ * CHECKPOINT_FORMAT_VERSION), every dataset and attribute of that version
+ * present with the right type and size, every buffer's checksum. A file that
+ * fails any of this gets one line naming path and the problem and
  * BASIN_ERR_USAGE. */
 int checkpoint_read(const char *path, Checkpoint *out);
 void checkpoint_free(Checkpoint *c);

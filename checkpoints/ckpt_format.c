@@ -60,31 +60,56 @@ const char *ckpt_kind_name(int kind)
     }
 }
 
+const char *const ckpt_buffer_names[CKPT_N_BUFFERS] = {"params", "momentum", "state"};
+
+size_t ckpt_buffer_count(const CheckpointState *st, int b) { return b == CKPT_STATE ? st->n_state : st->n_params; }
+
+const float *ckpt_buffer_data(const CheckpointState *st, int b)
+{
+    return b == CKPT_PARAMS ? st->params : b == CKPT_MOMENTUM ? st->momentum : st->state;
+}
+
+static unsigned char *put_u64(unsigned char *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+    return p + 8;
+}
+
+static unsigned char *put_text(unsigned char *p, const char *s, size_t len)
+{
+    p = put_u64(p, len);
+    memcpy(p, s, len);
+    return p + len;
+}
+
 /* XXH64 of the canonical encoding of every field and string (FORMAT.md,
- * "Header checksum"). The host is little-endian, so memcpy is the encoding. */
-int ckpt_header_hash(const CheckpointState *st, uint64_t params_xxh, uint64_t momentum_xxh, uint64_t *out)
+ * "Checksums"). The host is little-endian, so memcpy is the encoding. */
+int ckpt_header_hash(const CheckpointState *st, uint32_t version, const uint64_t xxh[CKPT_N_BUFFERS], uint64_t *out)
 {
     const char *spec = ckpt_str(st->model_spec), *conf = ckpt_str(st->config_text);
-    size_t spec_len = strlen(spec), conf_len = strlen(conf);
-    size_t bytes = 4 + 4 * 8 + 8 + spec_len + 8 + conf_len;
+    const char *table = version >= 2 ? ckpt_str(st->layer_table) : "";
+    size_t spec_len = strlen(spec), conf_len = strlen(conf), table_len = strlen(table);
+    size_t bytes = 4 + 3 * 8 + 8 + spec_len + 8 + conf_len;
+    if (version >= 2) bytes += 2 * 8 + 8 + table_len;
     for (size_t i = 0; i < CKPT_N_FIELDS; i++) bytes += ckpt_kind_bytes(ckpt_fields[i].kind);
     unsigned char *buf = basin_malloc(bytes);
     if (!buf) return BASIN_ERR_RUNTIME;
     unsigned char *p = buf;
-    uint32_t version = CHECKPOINT_FORMAT_VERSION;
     memcpy(p, &version, 4), p += 4;
     for (size_t i = 0; i < CKPT_N_FIELDS; i++) {
         size_t k = ckpt_kind_bytes(ckpt_fields[i].kind);
         memcpy(p, (const char *)st + ckpt_fields[i].offset, k), p += k;
     }
-    uint64_t n = st->n_params, sl = spec_len, cl = conf_len;
-    memcpy(p, &n, 8), p += 8;
-    memcpy(p, &params_xxh, 8), p += 8;
-    memcpy(p, &momentum_xxh, 8), p += 8;
-    memcpy(p, &sl, 8), p += 8;
-    memcpy(p, spec, spec_len), p += spec_len;
-    memcpy(p, &cl, 8), p += 8;
-    memcpy(p, conf, conf_len), p += conf_len;
+    p = put_u64(p, st->n_params);
+    p = put_u64(p, xxh[CKPT_PARAMS]);
+    p = put_u64(p, xxh[CKPT_MOMENTUM]);
+    if (version >= 2) {
+        p = put_u64(p, st->n_state);
+        p = put_u64(p, xxh[CKPT_STATE]);
+    }
+    p = put_text(p, spec, spec_len);
+    p = put_text(p, conf, conf_len);
+    if (version >= 2) p = put_text(p, table, table_len);
     *out = xxh64(buf, (size_t)(p - buf), 0);
     free(buf);
     return BASIN_OK;

@@ -3,9 +3,10 @@
  * (disk full, file-size limit), HDF5 1.10 cannot close the file and crashes
  * at exit. So HDF5 produces the metadata (superblock, object headers,
  * attributes) through a small write-only virtual file driver that keeps
- * every byte it writes in memory (a few KB), and the two datasets are
- * created contiguous with their space allocated and never written through
- * HDF5: H5Dget_offset gives their byte ranges (ckpt_write.c fills them). */
+ * every byte it writes in memory (a few KB, and the layer table), and the
+ * buffers' datasets (params, momentum, state) are created contiguous with
+ * their space allocated and never written through HDF5: H5Dget_offset gives
+ * their byte ranges (ckpt_write.c fills them). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,14 +192,48 @@ cleanup:
     return rc;
 }
 
-/* HDF5's part of the file, into sink; the byte offsets of the two datasets. */
-int ckpt_build_metadata(const CheckpointState *st, uint64_t params_xxh, uint64_t momentum_xxh,
-                          uint64_t header_xxh, CkptSink *sink, haddr_t *params_off, haddr_t *momentum_off)
+/* The layer table: one fixed-length UTF-8 string (strlen + 1 bytes) in a
+ * scalar, contiguous dataset, written by HDF5 into the image like the
+ * metadata (it is small). */
+static int put_table(hid_t file, const char *text)
+{
+    int rc = BASIN_OK;
+    char why[256];
+    hid_t type = H5I_INVALID_HID, space = H5I_INVALID_HID, dcpl = H5I_INVALID_HID, ds = H5I_INVALID_HID;
+    type = H5Tcopy(H5T_C_S1);
+    if (type < 0 || H5Tset_size(type, strlen(text) + 1) < 0 || H5Tset_strpad(type, H5T_STR_NULLTERM) < 0 ||
+        H5Tset_cset(type, H5T_CSET_UTF8) < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Tcopy/H5Tset_size(layer_table) failed: %s", h5check_reason(why));
+        goto cleanup;
+    }
+    space = H5Screate(H5S_SCALAR);
+    dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    if (space < 0 || dcpl < 0 || H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 || H5Pset_obj_track_times(dcpl, 0) < 0) {
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Screate/H5Pset_*(layer_table) failed: %s", h5check_reason(why));
+        goto cleanup;
+    }
+    ds = H5Dcreate2(file, "layer_table", type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    if (ds < 0 || H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0)
+        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dcreate2/H5Dwrite(layer_table) failed: %s", h5check_reason(why));
+
+cleanup:
+    if (ds >= 0 && H5Dclose(ds) < 0 && !rc) rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Dclose(layer_table) failed");
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    return rc;
+}
+
+/* HDF5's part of the file, into sink; the byte offsets of the buffers'
+ * datasets. */
+int ckpt_build_metadata(const CheckpointState *st, uint32_t version, const uint64_t xxh[CKPT_N_BUFFERS],
+                        uint64_t header_xxh, CkptSink *sink, haddr_t off[CKPT_N_BUFFERS])
 {
     int rc = BASIN_OK;
     char why[256];
     hid_t drv = H5I_INVALID_HID, fapl = H5I_INVALID_HID, file = H5I_INVALID_HID;
     MemFapl fa = {sink};
+    for (int b = 0; b < CKPT_N_BUFFERS; b++) off[b] = HADDR_UNDEF;
 
     drv = H5FDregister(&MEM_DRIVER);
     if (drv < 0) {
@@ -215,8 +250,7 @@ int ckpt_build_metadata(const CheckpointState *st, uint64_t params_xxh, uint64_t
         rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fcreate(in memory) failed: %s", h5check_reason(why));
         goto cleanup;
     }
-    uint32_t version = CHECKPOINT_FORMAT_VERSION;
-    uint64_t n = st->n_params;
+    uint64_t n = st->n_params, n_state = st->n_state;
     if ((rc = put_string_attr(file, "format", CKPT_MAGIC))) goto cleanup;
     if ((rc = put_attr(file, "format_version", H5T_STD_U32LE, H5T_NATIVE_UINT32, &version))) goto cleanup;
     if ((rc = put_string_attr(file, "model_spec", ckpt_str(st->model_spec)))) goto cleanup;
@@ -228,9 +262,13 @@ int ckpt_build_metadata(const CheckpointState *st, uint64_t params_xxh, uint64_t
             goto cleanup;
     }
     if ((rc = put_attr(file, "n_params", H5T_STD_U64LE, H5T_NATIVE_UINT64, &n))) goto cleanup;
+    if (version >= 2 && (rc = put_attr(file, "n_state", H5T_STD_U64LE, H5T_NATIVE_UINT64, &n_state))) goto cleanup;
     if ((rc = put_attr(file, "header_xxh64", H5T_STD_U64LE, H5T_NATIVE_UINT64, &header_xxh))) goto cleanup;
-    if ((rc = put_dataset(file, "params", st->n_params, params_xxh, params_off))) goto cleanup;
-    if ((rc = put_dataset(file, "momentum", st->n_params, momentum_xxh, momentum_off))) goto cleanup;
+    for (int b = 0; b < CKPT_N_BUFFERS; b++) {
+        if (b == CKPT_STATE && (version < 2 || st->n_state == 0)) continue;
+        if ((rc = put_dataset(file, ckpt_buffer_names[b], ckpt_buffer_count(st, b), xxh[b], &off[b]))) goto cleanup;
+    }
+    if (version >= 2 && (rc = put_table(file, ckpt_str(st->layer_table)))) goto cleanup;
 
 cleanup:
     /* Closing flushes the last metadata into the sink; it cannot fail on I/O. */
@@ -240,4 +278,3 @@ cleanup:
     if (drv >= 0) H5FDunregister(drv);
     return rc;
 }
-

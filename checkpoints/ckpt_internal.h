@@ -25,7 +25,8 @@
 
 #define CKPT_MAGIC "basin-checkpoint"
 #define CKPT_MAX_STRING 60000            /* v1 object headers cap one attribute below 64 KiB */
-#define CKPT_MAX_META ((size_t)64 << 20) /* far above any metadata; raw data never goes through HDF5 */
+#define CKPT_MAX_TABLE ((size_t)16 << 20) /* bytes of a layer table: thousands of layers */
+#define CKPT_MAX_META ((size_t)96 << 20) /* metadata and the layer table; the buffers never go through HDF5 */
 #define CKPT_IO_CHUNK ((size_t)1 << 30)
 
 /* ---- the numeric fields, in the order of the header checksum (ckpt_format.c) */
@@ -41,13 +42,23 @@ typedef struct {
 extern const Field ckpt_fields[14];
 #define CKPT_N_FIELDS (sizeof ckpt_fields / sizeof ckpt_fields[0])
 
+/* The raw buffers, in the order of their checksums in the header checksum:
+ * params, momentum and (version 2) state. */
+enum { CKPT_PARAMS, CKPT_MOMENTUM, CKPT_STATE, CKPT_N_BUFFERS };
+extern const char *const ckpt_buffer_names[CKPT_N_BUFFERS];
+
 size_t ckpt_kind_bytes(int kind);
 hid_t ckpt_kind_file_type(int kind);
 hid_t ckpt_kind_mem_type(int kind);
 const char *ckpt_kind_name(int kind);
 static inline const char *ckpt_str(const char *s) { return s ? s : ""; }
-/* XXH64 of the canonical encoding of every field and string (FORMAT.md). */
-int ckpt_header_hash(const CheckpointState *st, uint64_t params_xxh, uint64_t momentum_xxh, uint64_t *out);
+/* XXH64 of the canonical encoding of every field and string of format
+ * `version` (FORMAT.md), given the buffers' checksums (xxh[CKPT_STATE] is
+ * not used for version 1). */
+int ckpt_header_hash(const CheckpointState *st, uint32_t version, const uint64_t xxh[CKPT_N_BUFFERS], uint64_t *out);
+/* The length and start of buffer b of st (n_state may be 0: no /state). */
+size_t ckpt_buffer_count(const CheckpointState *st, int b);
+const float *ckpt_buffer_data(const CheckpointState *st, int b);
 
 /* ---- the in-memory image (ckpt_image.c) ------------------------------------ */
 
@@ -64,11 +75,21 @@ typedef struct {
     haddr_t eoa;
 } CkptSink;
 
-/* HDF5's part of the file for st with the given checksums, into sink; the
- * byte offsets of the two datasets through params_off and momentum_off. */
-int ckpt_build_metadata(const CheckpointState *st, uint64_t params_xxh, uint64_t momentum_xxh, uint64_t header_xxh,
-                        CkptSink *sink, haddr_t *params_off, haddr_t *momentum_off);
+/* HDF5's part of the file for st in format `version` with the given
+ * checksums, into sink (the layer table's bytes included); the byte offsets
+ * of the buffers' datasets through off (HADDR_UNDEF for one not stored: the
+ * state when n_state is 0, or in version 1). */
+int ckpt_build_metadata(const CheckpointState *st, uint32_t version, const uint64_t xxh[CKPT_N_BUFFERS],
+                        uint64_t header_xxh, CkptSink *sink, haddr_t off[CKPT_N_BUFFERS]);
 void ckpt_sink_free(CkptSink *s);
+
+/* ---- writing (ckpt_write.c) ----------------------------------------------- */
+
+/* checkpoint_write in format `version` (CHECKPOINT_FORMAT_OLDEST to
+ * CHECKPOINT_FORMAT_VERSION): the tests write version-1 files this way. A
+ * state or layer table that `version` cannot hold is a usage error. */
+int ckpt_write_version(const char *dir, const CheckpointState *st, uint32_t version, int keep, char *path_out,
+                       size_t path_len);
 
 /* ---- a folder (ckpt_list.c) ------------------------------------------------ */
 

@@ -82,10 +82,10 @@ cleanup:
     return rc;
 }
 
-/* /name: float32 little-endian, shape (n), stored inside a file of
- * file_bytes, with its "xxh64" attribute. */
-static int check_dataset(hid_t file, const char *name, size_t n, uint64_t file_bytes, uint64_t *stored_xxh,
-                         char *why, size_t why_len)
+/* /name: float32 little-endian, shape (n) (n as count_name says), stored
+ * inside a file of file_bytes, with its "xxh64" attribute. */
+static int check_dataset(hid_t file, const char *name, size_t n, const char *count_name, uint64_t file_bytes,
+                         uint64_t *stored_xxh, char *why, size_t why_len)
 {
     char h5[256];
     htri_t exists = H5Lexists(file, name, H5P_DEFAULT);
@@ -111,7 +111,7 @@ static int check_dataset(hid_t file, const char *name, size_t n, uint64_t file_b
     hsize_t dims[1] = {0};
     if (H5Sget_simple_extent_ndims(space) != 1 || H5Sget_simple_extent_dims(space, dims, NULL) != 1 ||
         dims[0] != n) {
-        rc = BAD("dataset /%s has the wrong shape (expected (%zu), as n_params says)", name, n);
+        rc = BAD("dataset /%s has the wrong shape (expected (%zu), as %s says)", name, n, count_name);
         goto cleanup;
     }
     char stored[320];
@@ -163,6 +163,62 @@ cleanup:
     return rc;
 }
 
+/* /layer_table (version 2): a scalar fixed-length string of at most
+ * CKPT_MAX_TABLE bytes stored inside the file, malloc'd into *out. Its bytes
+ * are covered by the header checksum. */
+static int read_table(hid_t file, uint64_t file_bytes, char **out, char *why, size_t why_len)
+{
+    char h5[256];
+    *out = NULL;
+    htri_t exists = H5Lexists(file, "layer_table", H5P_DEFAULT);
+    if (exists < 0) return BAD("cannot look up dataset /layer_table: %s", h5check_reason(h5));
+    if (exists == 0) return BAD("dataset /layer_table is missing");
+    int rc = BASIN_OK;
+    char *buf = NULL;
+    hid_t ds = H5Dopen2(file, "layer_table", H5P_DEFAULT), type = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    if (ds < 0) {
+        rc = BAD("/layer_table is not a readable dataset: %s", h5check_reason(h5));
+        goto cleanup;
+    }
+    type = H5Dget_type(ds);
+    space = H5Dget_space(ds);
+    if (type < 0 || space < 0) {
+        rc = BAD("cannot read the type of dataset /layer_table: %s", h5check_reason(h5));
+        goto cleanup;
+    }
+    size_t size = H5Tget_size(type);
+    if (H5Sget_simple_extent_type(space) != H5S_SCALAR || H5Tget_class(type) != H5T_STRING ||
+        H5Tis_variable_str(type) != 0 || size == 0 || size > CKPT_MAX_TABLE + 1) {
+        rc = BAD("dataset /layer_table has the wrong type (expected a scalar fixed-length string of at most %zu "
+                 "bytes)", CKPT_MAX_TABLE + 1);
+        goto cleanup;
+    }
+    char stored[320];
+    if (h5check_storage(ds, size, file_bytes, stored, sizeof stored)) {
+        rc = BAD("dataset /layer_table %s", stored);
+        goto cleanup;
+    }
+    buf = basin_malloc(size + 1);
+    if (!buf) {
+        rc = BASIN_ERR_RUNTIME;
+        goto cleanup;
+    }
+    if (H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
+        rc = BAD("cannot read dataset /layer_table: %s", h5check_reason(h5));
+        goto cleanup;
+    }
+    buf[size] = '\0';
+    *out = buf;
+    buf = NULL;
+
+cleanup:
+    free(buf);
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    if (ds >= 0) H5Dclose(ds);
+    return rc;
+}
+
 /* Read and verify path (a regular file of sb's size) into out; with
  * meta_only, every check but reading the buffers and their checksums.
  * BASIN_ERR_USAGE with the reason in why for a bad file (nothing printed);
@@ -207,11 +263,12 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
     if ((rc = get_attr(file, "format_version", H5T_STD_U32LE, "uint32 little-endian", H5T_NATIVE_UINT32, &version,
                        why, why_len)))
         goto cleanup;
-    if (version != CHECKPOINT_FORMAT_VERSION) {
-        rc = BAD("format version %u, but this build reads version %d%s", version, CHECKPOINT_FORMAT_VERSION,
-                 version > CHECKPOINT_FORMAT_VERSION ? " (written by a newer basin)" : "");
+    if (version < CHECKPOINT_FORMAT_OLDEST || version > CHECKPOINT_FORMAT_VERSION) {
+        rc = BAD("format version %u, but this build reads versions %d to %d%s", version, CHECKPOINT_FORMAT_OLDEST,
+                 CHECKPOINT_FORMAT_VERSION, version > CHECKPOINT_FORMAT_VERSION ? " (written by a newer basin)" : "");
         goto cleanup;
     }
+    out->format_version = version;
 
     CheckpointState *st = &out->st;
     for (size_t i = 0; i < CKPT_N_FIELDS; i++) {
@@ -220,9 +277,12 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
                            (char *)st + f->offset, why, why_len)))
             goto cleanup;
     }
-    uint64_t n = 0, header_xxh = 0, params_xxh = 0, momentum_xxh = 0;
+    uint64_t n = 0, n_state = 0, header_xxh = 0, xxh[CKPT_N_BUFFERS] = {0};
     if ((rc = get_attr(file, "n_params", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64, &n, why,
                        why_len)))
+        goto cleanup;
+    if (version >= 2 && (rc = get_attr(file, "n_state", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64,
+                                       &n_state, why, why_len)))
         goto cleanup;
     if ((rc = get_attr(file, "header_xxh64", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64,
                        &header_xxh, why, why_len)))
@@ -233,30 +293,49 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
         rc = BAD("implausible n_params %llu", (unsigned long long)n);
         goto cleanup;
     }
+    if (n_state > SIZE_MAX / 2 / sizeof(float)) {
+        rc = BAD("implausible n_state %llu", (unsigned long long)n_state);
+        goto cleanup;
+    }
     st->n_params = (size_t)n;
+    st->n_state = (size_t)n_state;
     st->model_spec = out->model_spec;
     st->config_text = out->config_text;
 
     /* The buffers' stored checksums are part of the header checksum, so check
      * the datasets' metadata first; their data is read once the header is
-     * sound. */
+     * sound. The state of version 2 is stored only when n_state > 0; its
+     * checksum is then that of no bytes. */
     uint64_t file_bytes = (uint64_t)sb.st_size;
-    if ((rc = check_dataset(file, "params", st->n_params, file_bytes, &params_xxh, why, why_len))) goto cleanup;
-    if ((rc = check_dataset(file, "momentum", st->n_params, file_bytes, &momentum_xxh, why, why_len)))
-        goto cleanup;
+    xxh[CKPT_STATE] = xxh64("", 0, 0);
+    for (int b = 0; b < CKPT_N_BUFFERS; b++) {
+        size_t count = ckpt_buffer_count(st, b);
+        if (b == CKPT_STATE && (version < 2 || count == 0)) continue;
+        if ((rc = check_dataset(file, ckpt_buffer_names[b], count, b == CKPT_STATE ? "n_state" : "n_params",
+                                file_bytes, &xxh[b], why, why_len)))
+            goto cleanup;
+    }
+    if (version >= 2) {
+        if ((rc = read_table(file, file_bytes, &out->layer_table, why, why_len))) goto cleanup;
+        st->layer_table = out->layer_table;
+    }
     uint64_t want = 0;
-    if ((rc = ckpt_header_hash(st, params_xxh, momentum_xxh, &want))) goto cleanup;
+    if ((rc = ckpt_header_hash(st, version, xxh, &want))) goto cleanup;
     if (want != header_xxh) {
-        rc = BAD("header checksum mismatch (stored xxh64 %016llx, computed %016llx): a field or string is corrupt",
-                 (unsigned long long)header_xxh, (unsigned long long)want);
+        rc = BAD("header checksum mismatch (stored xxh64 %016llx, computed %016llx): a field, string or the layer "
+                 "table is corrupt", (unsigned long long)header_xxh, (unsigned long long)want);
         goto cleanup;
     }
     if (meta_only) goto cleanup;
-    if ((rc = read_dataset(file, "params", st->n_params, params_xxh, &out->params, why, why_len))) goto cleanup;
-    if ((rc = read_dataset(file, "momentum", st->n_params, momentum_xxh, &out->momentum, why, why_len)))
+    if ((rc = read_dataset(file, "params", st->n_params, xxh[CKPT_PARAMS], &out->params, why, why_len))) goto cleanup;
+    if ((rc = read_dataset(file, "momentum", st->n_params, xxh[CKPT_MOMENTUM], &out->momentum, why, why_len)))
+        goto cleanup;
+    if (st->n_state > 0 &&
+        (rc = read_dataset(file, "state", st->n_state, xxh[CKPT_STATE], &out->state, why, why_len)))
         goto cleanup;
     st->params = out->params;
     st->momentum = out->momentum;
+    st->state = out->state;
 
 cleanup:
     if (file >= 0 && H5Fclose(file) < 0 && !rc) rc = BAD("H5Fclose failed: %s", h5check_reason(h5));
@@ -319,10 +398,13 @@ void checkpoint_free(Checkpoint *c)
     if (!c) return;
     free(c->model_spec);
     free(c->config_text);
+    free(c->layer_table);
     free(c->params);
     free(c->momentum);
-    c->model_spec = c->config_text = NULL;
-    c->params = c->momentum = NULL;
+    free(c->state);
+    c->model_spec = c->config_text = c->layer_table = NULL;
+    c->params = c->momentum = c->state = NULL;
+    c->format_version = 0;
     memset(&c->st, 0, sizeof c->st);
 }
 

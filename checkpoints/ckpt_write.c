@@ -1,7 +1,7 @@
 /* Writing a checkpoint (FORMAT.md). Every byte that reaches the disk goes
  * through our own pwrite, straight from the caller's buffers (no copy):
- * the HDF5 image of the metadata (ckpt_image.c) and the two buffers at the
- * offsets HDF5 gave them, into "<dir>/.ckpt-<step>.h5.tmp.<pid>", then
+ * the HDF5 image of the metadata and the layer table (ckpt_image.c) and the
+ * buffers (params, momentum, state) at the offsets HDF5 gave them, into "<dir>/.ckpt-<step>.h5.tmp.<pid>", then
  * fsync, rename over the final name and an fsync of the folder. A failure
  * anywhere removes the temporary file and leaves every earlier checkpoint as
  * it was. The buffers' checksums are computed on a second thread while
@@ -41,30 +41,31 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off, const cha
 
 static int regions_overlap(uint64_t a, uint64_t an, uint64_t b, uint64_t bn) { return a < b + bn && b < a + an; }
 
-/* The checksums of the two buffers, computed on a second thread while the
+/* The checksums of the buffers, computed on a second thread while the
  * first one writes them: hashing 800 MB costs ~0.13 s, which would otherwise
  * add to the write time. */
 typedef struct {
     const CheckpointState *st;
-    uint64_t params_xxh, momentum_xxh;
+    uint64_t xxh[CKPT_N_BUFFERS];
 } HashJob;
 
 static void *hash_buffers(void *arg)
 {
     HashJob *job = arg;
-    size_t bytes = job->st->n_params * sizeof(float);
-    job->params_xxh = xxh64(job->st->params, bytes, 0);
-    job->momentum_xxh = xxh64(job->st->momentum, bytes, 0);
+    for (int b = 0; b < CKPT_N_BUFFERS; b++) {
+        size_t n = ckpt_buffer_count(job->st, b);
+        job->xxh[b] = xxh64(n ? (const void *)ckpt_buffer_data(job->st, b) : "", n * sizeof(float), 0);
+    }
     return NULL;
 }
 
 /* HDF5's part of the file for st with its checksums (FORMAT.md). */
-static int build_final_metadata(const CheckpointState *st, uint64_t params_xxh, uint64_t momentum_xxh,
-                                CkptSink *sink, haddr_t *params_off, haddr_t *momentum_off)
+static int build_final_metadata(const CheckpointState *st, uint32_t version, const uint64_t xxh[CKPT_N_BUFFERS],
+                                CkptSink *sink, haddr_t off[CKPT_N_BUFFERS])
 {
     uint64_t header_xxh;
-    TRY(ckpt_header_hash(st, params_xxh, momentum_xxh, &header_xxh));
-    return ckpt_build_metadata(st, params_xxh, momentum_xxh, header_xxh, sink, params_off, momentum_off);
+    TRY(ckpt_header_hash(st, version, xxh, &header_xxh));
+    return ckpt_build_metadata(st, version, xxh, header_xxh, sink, off);
 }
 
 /* The whole checkpoint at tmp, fsynced. The layout does not depend on the
@@ -72,20 +73,25 @@ static int build_final_metadata(const CheckpointState *st, uint64_t params_xxh, 
  * learn where the datasets go, the buffers are written there while their
  * checksums are computed, and the metadata is built again with the real
  * values and written around them. */
-static int write_file(const char *tmp, const CheckpointState *st)
+static int write_file(const char *tmp, const CheckpointState *st, uint32_t version)
 {
-    uint64_t bytes = (uint64_t)st->n_params * sizeof(float);
     CkptSink probe = {0}, sink = {0};
-    haddr_t params_off = HADDR_UNDEF, momentum_off = HADDR_UNDEF, p2 = HADDR_UNDEF, m2 = HADDR_UNDEF;
-    int rc = build_final_metadata(st, 0, 0, &probe, &params_off, &momentum_off);
+    haddr_t off[CKPT_N_BUFFERS], off2[CKPT_N_BUFFERS];
+    uint64_t bytes[CKPT_N_BUFFERS], zero[CKPT_N_BUFFERS] = {0};
+    for (int b = 0; b < CKPT_N_BUFFERS; b++) bytes[b] = (uint64_t)ckpt_buffer_count(st, b) * sizeof(float);
+    int rc = build_final_metadata(st, version, zero, &probe, off);
     if (rc) goto done;
-    if (params_off + bytes > probe.eoa || momentum_off + bytes > probe.eoa ||
-        regions_overlap(params_off, bytes, momentum_off, bytes)) {
-        rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "HDF5 laid out the datasets outside the file (%llu, %llu, eoa %llu)",
-                        (unsigned long long)params_off, (unsigned long long)momentum_off,
-                        (unsigned long long)probe.eoa);
-        goto done;
+    for (int b = 0; b < CKPT_N_BUFFERS && !rc; b++) {
+        if (off[b] == HADDR_UNDEF) continue;
+        int bad = off[b] + bytes[b] > probe.eoa;
+        for (int c = 0; c < b; c++)
+            if (off[c] != HADDR_UNDEF && regions_overlap(off[b], bytes[b], off[c], bytes[c])) bad = 1;
+        if (bad)
+            rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "HDF5 laid out dataset /%s outside the file or over another "
+                            "(%llu, eoa %llu)", ckpt_buffer_names[b], (unsigned long long)off[b],
+                            (unsigned long long)probe.eoa);
     }
+    if (rc) goto done;
 
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0) {
@@ -93,30 +99,32 @@ static int write_file(const char *tmp, const CheckpointState *st)
                         strerror(errno));
         goto done;
     }
-    HashJob job = {st, 0, 0};
+    HashJob job = {st, {0}};
     pthread_t thread;
     int threaded = pthread_create(&thread, NULL, hash_buffers, &job) == 0;
-    /* In file order: the first dataset, then the second. */
-    const float *first = st->params, *second = st->momentum;
-    uint64_t first_off = params_off, second_off = momentum_off;
-    if (momentum_off < params_off) {
-        first = st->momentum, second = st->params;
-        first_off = momentum_off, second_off = params_off;
-    }
-    rc = pwrite_all(fd, first, (size_t)bytes, first_off, tmp);
-    if (!rc) rc = pwrite_all(fd, second, (size_t)bytes, second_off, tmp);
+    /* In file order. */
+    int order[CKPT_N_BUFFERS], n_order = 0;
+    for (int b = 0; b < CKPT_N_BUFFERS; b++)
+        if (off[b] != HADDR_UNDEF) order[n_order++] = b;
+    for (int i = 1; i < n_order; i++)
+        for (int j = i; j > 0 && off[order[j]] < off[order[j - 1]]; j--) {
+            int x = order[j];
+            order[j] = order[j - 1], order[j - 1] = x;
+        }
+    for (int i = 0; i < n_order && !rc; i++)
+        rc = pwrite_all(fd, ckpt_buffer_data(st, order[i]), (size_t)bytes[order[i]], off[order[i]], tmp);
     if (threaded) pthread_join(thread, NULL);
     else if (!rc) hash_buffers(&job);
 
-    if (!rc) rc = build_final_metadata(st, job.params_xxh, job.momentum_xxh, &sink, &p2, &m2);
-    if (!rc && (p2 != params_off || m2 != momentum_off || sink.eoa != probe.eoa))
+    if (!rc) rc = build_final_metadata(st, version, job.xxh, &sink, off2);
+    if (!rc && (memcmp(off, off2, sizeof off) != 0 || sink.eoa != probe.eoa))
         rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "HDF5 changed the file layout between two identical builds");
     for (size_t i = 0; i < sink.n && !rc; i++) {
         const CkptExtent *e = &sink.ext[i];
-        if (regions_overlap(e->addr, e->size, params_off, bytes) ||
-            regions_overlap(e->addr, e->size, momentum_off, bytes))
-            rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "HDF5 wrote metadata inside a dataset's data (%llu+%zu)",
-                            (unsigned long long)e->addr, e->size);
+        for (int b = 0; b < CKPT_N_BUFFERS && !rc; b++)
+            if (off[b] != HADDR_UNDEF && regions_overlap(e->addr, e->size, off[b], bytes[b]))
+                rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "HDF5 wrote metadata inside a dataset's data (%llu+%zu)",
+                                (unsigned long long)e->addr, e->size);
     }
     /* In order: a later extent overrides an earlier one. */
     for (size_t i = 0; i < sink.n && !rc; i++)
@@ -139,6 +147,12 @@ done:
 
 int checkpoint_write(const char *dir, const CheckpointState *st, int keep, char *path_out, size_t path_len)
 {
+    return ckpt_write_version(dir, st, CHECKPOINT_FORMAT_VERSION, keep, path_out, path_len);
+}
+
+int ckpt_write_version(const char *dir, const CheckpointState *st, uint32_t version, int keep, char *path_out,
+                       size_t path_len)
+{
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     if (!dir || !*dir) return basin_error(BASIN_ERR_USAGE, "checkpoint: no directory given");
     if (!st || !st->params || !st->momentum || st->n_params == 0)
@@ -150,6 +164,15 @@ int checkpoint_write(const char *dir, const CheckpointState *st, int keep, char 
         strlen(ckpt_str(st->config_text)) > CKPT_MAX_STRING)
         return basin_error(BASIN_ERR_USAGE, "checkpoint: model spec or configuration longer than %d bytes",
                            CKPT_MAX_STRING);
+    if (version < CHECKPOINT_FORMAT_OLDEST || version > CHECKPOINT_FORMAT_VERSION)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint: cannot write format version %u", version);
+    if (st->n_state > 0 && !st->state) return basin_error(BASIN_ERR_USAGE, "checkpoint: no state to write");
+    if (st->n_state > SIZE_MAX / 2 / sizeof(float))
+        return basin_error(BASIN_ERR_USAGE, "checkpoint: %zu state values is too many", st->n_state);
+    if (strlen(ckpt_str(st->layer_table)) > CKPT_MAX_TABLE)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint: layer table longer than %zu bytes", CKPT_MAX_TABLE);
+    if (version < 2 && (st->n_state > 0 || *ckpt_str(st->layer_table)))
+        return basin_error(BASIN_ERR_USAGE, "checkpoint: format version %u holds no state or layer table", version);
 
     char name[64], path[PATH_MAX], tmp[PATH_MAX];
     snprintf(name, sizeof name, "ckpt-%010llu.h5", (unsigned long long)st->next_step);
@@ -160,7 +183,7 @@ int checkpoint_write(const char *dir, const CheckpointState *st, int keep, char 
         return basin_error(BASIN_ERR_USAGE, "checkpoint: path buffer of %zu bytes too small for %s", path_len, path);
     if (basin_make_dirs(dir)) return BASIN_ERR_RUNTIME;
 
-    TRY(write_file(tmp, st));
+    TRY(write_file(tmp, st, version));
     if (rename(tmp, path) != 0) {
         int rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "rename(%s, %s) failed: %s; checkpoint not written", tmp, path,
                         strerror(errno));

@@ -46,8 +46,12 @@ static inline void remove_tree(const char *dir)
  * negative zero, denormals, infinities. */
 typedef struct {
     CheckpointState st;
-    float *params, *momentum;
+    float *params, *momentum, *state;
 } TestState;
+
+/* A layer table as the checkpoint module sees it: text it stores and
+ * checksums, whatever it says. */
+#define TEST_LAYER_TABLE "{\"table_version\": 1, \"layers\": [{\"index\": 0, \"kind\": \"fc\", \"marker\": \"layer-table-bytes\"}]}"
 
 static inline float bits_to_float(uint32_t u)
 {
@@ -58,9 +62,11 @@ static inline float bits_to_float(uint32_t u)
 
 static inline void test_state_init(TestState *t, size_t n, uint64_t step, uint32_t salt)
 {
+    size_t n_state = n / 10; /* none for small n: the state is optional */
     t->params = malloc(n * sizeof(float));
     t->momentum = malloc(n * sizeof(float));
-    if (!t->params || !t->momentum) exit(1);
+    t->state = malloc((n_state ? n_state : 1) * sizeof(float));
+    if (!t->params || !t->momentum || !t->state) exit(1);
     uint32_t x = 0x9E3779B9u ^ salt;
     for (size_t i = 0; i < n; i++) {
         x ^= x << 13, x ^= x >> 17, x ^= x << 5;
@@ -69,6 +75,7 @@ static inline void test_state_init(TestState *t, size_t n, uint64_t step, uint32
     }
     const uint32_t special[] = {0x7FC00001u, 0xFFFFFFFFu, 0x80000000u, 0x00000001u, 0x7F800000u, 0xFF800000u};
     for (size_t i = 0; i < sizeof special / sizeof special[0] && i < n; i++) t->params[i] = bits_to_float(special[i]);
+    for (size_t i = 0; i < n_state; i++) t->state[i] = bits_to_float(special[i % 6] ^ (uint32_t)i);
     memset(&t->st, 0, sizeof t->st);
     t->st.model_spec = "conv(32,3)-relu-pool(2)-conv(64,3)-relu-pool(2)-fc(128)-relu-fc(10)";
     t->st.config_text = "model=cnn lr=0.05 momentum=0.9 batch=256 seed=7 epochs=3";
@@ -86,12 +93,16 @@ static inline void test_state_init(TestState *t, size_t n, uint64_t step, uint32
     t->st.n_params = n;
     t->st.params = t->params;
     t->st.momentum = t->momentum;
+    t->st.n_state = n_state;
+    t->st.state = n_state ? t->state : NULL;
+    t->st.layer_table = TEST_LAYER_TABLE;
 }
 
 static inline void test_state_free(TestState *t)
 {
     free(t->params);
     free(t->momentum);
+    free(t->state);
 }
 
 /* Everything written to stderr between the two calls, echoed and kept. */

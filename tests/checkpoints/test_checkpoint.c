@@ -1,6 +1,8 @@
-/* Checkpoints: the hash, round trip, keep-K rotation, atomic replace, a full
- * disk (RLIMIT_FSIZE in a child), and the choice of the latest good file. */
+/* Checkpoints: the hash, round trip (with and without a state buffer),
+ * version-1 files, keep-K rotation, atomic replace, a full disk
+ * (RLIMIT_FSIZE in a child), and the choice of the latest good file. */
 #include "ckpt_util.h"
+#include "checkpoints/ckpt_internal.h"
 #include "checkpoints/xxh64.h"
 #include "core/error.h"
 #include "testing.h"
@@ -40,7 +42,12 @@ static int state_equal(const CheckpointState *a, const CheckpointState *b)
 #define SAME(f) if (a->f != b->f) { fprintf(stderr, "field " #f " differs\n"); bad++; }
     SAME(config_hash) SAME(seed) SAME(global_batch) SAME(world_size) SAME(train_samples) SAME(in_c) SAME(in_h)
     SAME(in_w) SAME(classes) SAME(next_step) SAME(epoch) SAME(step_in_epoch) SAME(samples_seen) SAME(n_params)
+    SAME(n_state)
 #undef SAME
+    const char *ta = a->layer_table ? a->layer_table : "", *tb = b->layer_table ? b->layer_table : "";
+    if (strcmp(ta, tb) != 0) bad++, fprintf(stderr, "layer_table differs\n");
+    if (a->n_state == b->n_state && a->n_state && memcmp(a->state, b->state, a->n_state * sizeof(float)) != 0)
+        bad++, fprintf(stderr, "state differs\n");
     if (memcmp(&a->elapsed_s, &b->elapsed_s, sizeof a->elapsed_s) != 0) bad++, fprintf(stderr, "elapsed_s differs\n");
     if (strcmp(a->model_spec, b->model_spec) != 0) bad++, fprintf(stderr, "model_spec differs\n");
     if (strcmp(a->config_text, b->config_text) != 0) bad++, fprintf(stderr, "config_text differs\n");
@@ -62,6 +69,7 @@ static void test_round_trip(void)
         TestState t;
         test_state_init(&t, sizes[k], 1234 + k, (uint32_t)k);
         if (k == 1) t.st.config_text = ""; /* empty strings survive too */
+        if (k == 2) t.st.layer_table = NULL; /* stored as "" */
         int rc = checkpoint_write(sub, &t.st, 0, path, sizeof path);
         EXPECT(rc == BASIN_OK, "checkpoint_write(n=%zu) returned %d", sizes[k], rc);
         char want[PATH_MAX + 64];
@@ -73,7 +81,10 @@ static void test_round_trip(void)
         if (rc == BASIN_OK) {
             EXPECT(state_equal(&t.st, &c.st), "round trip of n=%zu changed something", sizes[k]);
             EXPECT(strcmp(c.path, path) == 0, "Checkpoint.path is %s", c.path);
-            EXPECT(c.st.params == c.params && c.st.momentum == c.momentum, "st does not alias the owned buffers");
+            EXPECT(c.st.params == c.params && c.st.momentum == c.momentum && c.st.state == c.state &&
+                       c.st.layer_table == c.layer_table, "st does not alias the owned buffers");
+            EXPECT(c.format_version == CHECKPOINT_FORMAT_VERSION, "read back as version %u", c.format_version);
+            EXPECT((c.state != NULL) == (sizes[k] >= 10), "n=%zu: state %s", sizes[k], c.state ? "present" : "absent");
             checkpoint_free(&c);
         }
         test_state_free(&t);
@@ -100,6 +111,78 @@ static void test_round_trip(void)
     remove_tree(sub); /* dir/a/b */
     snprintf(sub, sizeof sub, "%s/a", dir);
     remove_tree(sub);
+    remove_tree(dir);
+}
+
+/* Dataset name exists in the file at path. */
+static int has_link(const char *path, const char *name)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    int yes = f >= 0 && H5Lexists(f, name, H5P_DEFAULT) > 0;
+    if (f >= 0) H5Fclose(f);
+    return yes;
+}
+
+static int has_root_attr(const char *path, const char *name)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    int yes = f >= 0 && H5Aexists(f, name) > 0;
+    if (f >= 0) H5Fclose(f);
+    return yes;
+}
+
+/* Version-1 files (no state, no layer table) are still read; a version-1
+ * file cannot hold a state or a table; a version-2 file without a state
+ * has no /state dataset. */
+static void test_versions(void)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    make_scratch(dir, sizeof dir, "ckpt-v1");
+    TestState t;
+    test_state_init(&t, 5000, 77, 3);
+    EXPECT(t.st.n_state == 500, "the test state has %zu state values", t.st.n_state);
+    Capture cap;
+    capture_begin(&cap, dir);
+    int rc = ckpt_write_version(dir, &t.st, 1, 0, path, sizeof path);
+    const char *msg = capture_end(&cap);
+    EXPECT(rc == BASIN_ERR_USAGE && strstr(msg, "format version 1 holds no state"), "v1 with a state: rc %d, %s",
+           rc, msg);
+    t.st.n_state = 0, t.st.state = NULL, t.st.layer_table = NULL;
+    EXPECT(ckpt_write_version(dir, &t.st, 1, 0, path, sizeof path) == BASIN_OK, "v1 write failed");
+    EXPECT(!has_link(path, "layer_table") && !has_link(path, "state") && !has_root_attr(path, "n_state"),
+           "a version-1 file has version-2 objects");
+    Checkpoint c;
+    rc = checkpoint_read(path, &c);
+    EXPECT(rc == BASIN_OK, "the version-1 file does not read (%d)", rc);
+    if (rc == BASIN_OK) {
+        EXPECT(c.format_version == 1, "read as version %u", c.format_version);
+        EXPECT(state_equal(&t.st, &c.st), "version-1 round trip changed something");
+        EXPECT(c.st.layer_table == NULL && c.st.state == NULL && c.st.n_state == 0, "version 1 read a table or state");
+        checkpoint_free(&c);
+    }
+    /* Version 2 without a state: no /state, n_state 0; with a table. */
+    t.st.layer_table = TEST_LAYER_TABLE;
+    t.st.next_step = 78;
+    EXPECT(checkpoint_write(dir, &t.st, 0, path, sizeof path) == BASIN_OK, "v2 write without state failed");
+    EXPECT(has_link(path, "layer_table") && !has_link(path, "state") && has_root_attr(path, "n_state"),
+           "version 2 without a state: wrong objects");
+    rc = checkpoint_read(path, &c);
+    EXPECT(rc == BASIN_OK, "the version-2 file without state does not read (%d)", rc);
+    if (rc == BASIN_OK) {
+        EXPECT(state_equal(&t.st, &c.st), "version-2 round trip without state changed something");
+        checkpoint_free(&c);
+    }
+    /* Only versions this build knows are written. */
+    capture_begin(&cap, dir);
+    rc = ckpt_write_version(dir, &t.st, CHECKPOINT_FORMAT_VERSION + 1, 0, NULL, 0);
+    capture_end(&cap);
+    EXPECT(rc == BASIN_ERR_USAGE, "a future version was written (%d)", rc);
+    t.st.n_state = 10, t.st.state = NULL;
+    capture_begin(&cap, dir);
+    rc = checkpoint_write(dir, &t.st, 0, NULL, 0);
+    capture_end(&cap);
+    EXPECT(rc == BASIN_ERR_USAGE, "n_state without a state buffer accepted (%d)", rc);
+    test_state_free(&t);
     remove_tree(dir);
 }
 
@@ -304,6 +387,7 @@ int main(void)
 {
     test_xxh64_vectors();
     test_round_trip();
+    test_versions();
     test_rotation();
     test_disk_full_keeps_previous();
     test_latest();

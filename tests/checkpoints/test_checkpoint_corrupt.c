@@ -1,8 +1,10 @@
 /* Checkpoints that must be refused, each with a message that names the file
  * and the problem: flipped data bytes, a flipped string byte, a changed
  * field, truncation, a missing dataset or attribute, another format version,
- * the wrong dtype, files that are not HDF5 or not checkpoints. */
+ * the wrong dtype, files that are not HDF5 or not checkpoints; the state
+ * buffer and the layer table of version 2 included. */
 #include "ckpt_util.h"
+#include "checkpoints/ckpt_internal.h"
 #include "core/error.h"
 #include "testing.h"
 
@@ -88,6 +90,17 @@ int main(void)
     EXPECT(off != UINT64_MAX && flip_byte(p, off + 4 * 19999 + 3) == 0, "cannot flip a momentum byte");
     expect_refused(p, "dataset /momentum fails its checksum", "flipped momentum byte");
 
+    fresh_copy(good, p, sizeof p, "flip-state.h5");
+    off = data_offset(p, "state");
+    EXPECT(off != UINT64_MAX && flip_byte(p, off + 4 * 1999 + 2) == 0, "cannot flip a state byte");
+    expect_refused(p, "dataset /state fails its checksum", "flipped state byte");
+
+    /* The layer table is covered by the header checksum. */
+    fresh_copy(good, p, sizeof p, "flip-table.h5");
+    off = find_bytes(p, "layer-table-bytes");
+    EXPECT(off != UINT64_MAX && flip_byte(p, off + 3) == 0, "cannot flip a layer table byte");
+    expect_refused(p, "header checksum mismatch", "flipped layer table byte");
+
     /* A flipped byte inside a string, and a changed field value: the header
      * checksum catches what the buffers' checksums cannot. */
     fresh_copy(good, p, sizeof p, "flip-spec.h5");
@@ -139,11 +152,43 @@ int main(void)
     EXPECT(f >= 0 && H5Adelete(f, "epoch") >= 0 && H5Fclose(f) >= 0, "cannot delete attribute epoch");
     expect_refused(p, "attribute 'epoch' is missing", "missing attribute");
 
-    /* Other format versions. */
-    fresh_copy(good, p, sizeof p, "version2.h5");
-    uint32_t v = 2;
+    fresh_copy(good, p, sizeof p, "no-state.h5");
+    f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    EXPECT(f >= 0 && H5Ldelete(f, "state", H5P_DEFAULT) >= 0 && H5Fclose(f) >= 0, "cannot delete /state");
+    expect_refused(p, "dataset /state is missing", "missing state");
+
+    fresh_copy(good, p, sizeof p, "no-table.h5");
+    f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    EXPECT(f >= 0 && H5Ldelete(f, "layer_table", H5P_DEFAULT) >= 0 && H5Fclose(f) >= 0, "cannot delete /layer_table");
+    expect_refused(p, "dataset /layer_table is missing", "missing layer table");
+
+    fresh_copy(good, p, sizeof p, "no-n-state.h5");
+    f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    EXPECT(f >= 0 && H5Adelete(f, "n_state") >= 0 && H5Fclose(f) >= 0, "cannot delete attribute n_state");
+    expect_refused(p, "attribute 'n_state' is missing", "missing n_state");
+
+    /* Other format versions: a future one; and relabelling cannot pass a
+     * version-2 file off as version 1 (the header checksum differs), nor a
+     * version-1 file as version 2 (it lacks n_state). */
+    fresh_copy(good, p, sizeof p, "version3.h5");
+    uint32_t v = CHECKPOINT_FORMAT_VERSION + 1;
     EXPECT(set_root_attr(p, "format_version", H5T_NATIVE_UINT32, &v) == 0, "cannot rewrite format_version");
-    expect_refused(p, "format version 2, but this build reads version 1", "newer format version");
+    expect_refused(p, "format version 3, but this build reads versions 1 to 2 (written by a newer basin)",
+                   "newer format version");
+    fresh_copy(good, p, sizeof p, "relabelled-v1.h5");
+    v = 1;
+    EXPECT(set_root_attr(p, "format_version", H5T_NATIVE_UINT32, &v) == 0, "cannot rewrite format_version");
+    expect_refused(p, "header checksum mismatch", "version 2 relabelled as 1");
+    {
+        CheckpointState v1 = t.st;
+        v1.n_state = 0, v1.state = NULL, v1.layer_table = NULL, v1.next_step = 1;
+        char v1_path[PATH_MAX];
+        EXPECT(ckpt_write_version(g_dir, &v1, 1, 0, v1_path, sizeof v1_path) == BASIN_OK, "v1 write failed");
+        fresh_copy(v1_path, p, sizeof p, "relabelled-v2.h5");
+        v = 2;
+        EXPECT(set_root_attr(p, "format_version", H5T_NATIVE_UINT32, &v) == 0, "cannot rewrite format_version");
+        expect_refused(p, "attribute 'n_state' is missing", "version 1 relabelled as 2");
+    }
     fresh_copy(good, p, sizeof p, "version0.h5");
     v = 0;
     EXPECT(set_root_attr(p, "format_version", H5T_NATIVE_UINT32, &v) == 0, "cannot rewrite format_version");
