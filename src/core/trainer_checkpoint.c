@@ -14,6 +14,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/net_table.h"
 #include "core/preempt.h"
 #include "core/trainer_internal.h"
 
@@ -34,6 +35,14 @@ static int resume_check(Trainer *t, const Checkpoint *ck)
         return basin_error(BASIN_ERR_USAGE, "checkpoint %s does not fit this model and data (%zu parameters, "
                            "%dx%dx%d inputs, %d classes)", ck->path, st->n_params, st->in_c, st->in_h,
                            st->in_w, st->classes);
+    /* The same model spec gives the same layer table; the state must fit it.
+     * A version-1 file has no state: running statistics start over. */
+    if (ck->format_version >= 2 && st->n_state != t->net->n_state)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint %s holds %zu state values, but this model has %zu",
+                           ck->path, st->n_state, t->net->n_state);
+    if (ck->format_version < 2 && t->net->n_state > 0)
+        basin_warn("checkpoint %s (format version %u) holds no batch-norm running statistics: they start again "
+                   "from their initial values", ck->path, ck->format_version);
     if (st->global_batch != t->cfg->batch)
         return basin_error(BASIN_ERR_USAGE, "checkpoint %s was trained with --batch %llu, not %zu: the global "
                            "batch must stay the same", ck->path, (unsigned long long)st->global_batch,
@@ -82,10 +91,13 @@ int ckpt_resume_setup(Trainer *t)
     TRY(msg[0]);
     t->resuming = msg[1];
     if (!t->resuming) return BASIN_OK;
-    uint64_t pos[2] = {t->resume.st.next_step, 0};
+    /* Every rank learns the position, and how much state the checkpoint
+     * holds (t->resume.st.n_state: read on rank 0, told to the others). */
+    uint64_t pos[2] = {t->resume.st.next_step, t->resume.st.n_state};
     double el = t->resume.st.elapsed_s;
     BASIN_MPI(MPI_Bcast(pos, 2, MPI_UINT64_T, 0, t->comm));
     BASIN_MPI(MPI_Bcast(&el, 1, MPI_DOUBLE, 0, t->comm));
+    t->resume.st.n_state = (size_t)pos[1];
     t->start_step = pos[0];
     t->elapsed_before = el;
     t->good_step = (long long)pos[0];
@@ -132,6 +144,18 @@ int ckpt_resume_apply(Trainer *t)
         t->ops->to_device(net->params, p, n * sizeof(float));
         t->ops->to_device(net->mom, m, n * sizeof(float));
     }
+    /* The state (batch norm's running statistics), when the checkpoint has
+     * one (resume_check made sure it fits): rank 0's copy on every rank. */
+    size_t ns = t->resume.st.n_state;
+    if (ns > 0) {
+        float *s = t->on_gpu ? basin_malloc(ns * sizeof(float)) : net->state;
+        if (!s) return BASIN_ERR_RUNTIME;
+        if (t->rank == 0) memcpy(s, t->resume.st.state, ns * sizeof(float));
+        int rc = bcast_floats(t, s, ns);
+        if (!rc && t->on_gpu) t->ops->to_device(net->state, s, ns * sizeof(float));
+        if (t->on_gpu) free(s);
+        TRY(rc);
+    }
     uint64_t spe = t->steps_per_epoch;
     TRY(reader_seek(t->train, t->start_step / spe, t->start_step % spe));
     basin_info("basin: resumed from %s at step %llu (epoch %llu)", t->rank == 0 ? t->resume.path : "",
@@ -161,6 +185,25 @@ static void format_status(const Trainer *t, int code, uint64_t step, char *buf, 
              (unsigned long long)step, t->good_step, steps_lost(t, step), t->good_step < 0 ? "" : t->good_path);
 }
 
+/* The network's state buffer (batch norm's running statistics) in host
+ * memory: the buffer itself on the CPU, a copy in *copy (the caller frees
+ * it) on the GPU; NULL when the network has none. */
+static int host_net_state(Trainer *t, const float **out, float **copy)
+{
+    const Net *net = t->net;
+    *out = NULL, *copy = NULL;
+    if (net->n_state == 0) return BASIN_OK;
+    if (!t->on_gpu) {
+        *out = net->state;
+        return BASIN_OK;
+    }
+    *copy = basin_malloc(net->n_state * sizeof(float));
+    if (!*copy) return BASIN_ERR_RUNTIME;
+    t->ops->to_host(*copy, net->state, net->n_state * sizeof(float));
+    *out = *copy;
+    return BASIN_OK;
+}
+
 /* Rank 0 writes the replicated state; every rank learns whether it worked.
  * A failure is one line, printed by the writer. */
 static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
@@ -174,6 +217,17 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
         const DatasetInfo *info = reader_info(t->train);
         char text[4096];
         config_describe(cfg, text, sizeof text);
+        /* The layer table and the state: a failure here (out of memory,
+         * one line said so) is the checkpoint's failure, like a failed
+         * write. */
+        char *table = net_layer_table(t->net);
+        const float *state = NULL;
+        float *state_copy = NULL;
+        if (!table || host_net_state(t, &state, &state_copy) != BASIN_OK) {
+            free(table);
+            rc = BASIN_ERR_RUNTIME;
+            goto told;
+        }
         CheckpointState st = {
             .model_spec = model_resolve(cfg->model), .config_text = text, .config_hash = config_hash(cfg),
             .seed = cfg->seed, .global_batch = cfg->batch, .world_size = (uint32_t)t->world,
@@ -182,10 +236,14 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
             .step_in_epoch = next_step % t->steps_per_epoch, .samples_seen = next_step * cfg->batch,
             .elapsed_s = t->elapsed_before + (t0 - t->t_start), .n_params = t->net->n_params,
             .params = trainer_host_state(t, t->net->params, 0), .momentum = trainer_host_state(t, t->net->mom, 1),
+            .n_state = t->net->n_state, .state = state, .layer_table = table,
         };
         if (t->stall_s > 0) nanosleep(&(struct timespec){(time_t)t->stall_s, (long)(fmod(t->stall_s, 1.0) * 1e9)}, NULL);
         rc = checkpoint_write(t->ckpt_dir, &st, cfg->keep_checkpoints, path, sizeof path);
+        free(table);
+        free(state_copy);
     }
+told:
     BASIN_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, t->comm));
     t->last_ckpt = basin_clock();
     trace_event(&t->trace, "checkpoint", "checkpoint", 0, t0, t->last_ckpt);
