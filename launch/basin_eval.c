@@ -2,14 +2,19 @@
  * a checkpoint on a split of a data set. Runs under mpirun on any number of
  * ranks: each evaluates a contiguous slice of the split, rank 0 prints the
  * sums. The network is rebuilt from the checkpoint's model spec by the
- * trainer's own code (models.h, net.h), so the numbers are the trainer's. */
+ * trainer's own code (models.h, net.h), so the numbers are the trainer's;
+ * batch norm normalises with the running statistics the checkpoint holds
+ * (its state buffer). Classes are named when the data file has a
+ * class_names attribute. */
 #include <getopt.h>
+#include <hdf5.h>
 #include <limits.h>
 #include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "checkpoints/checkpoint.h"
 #include "core/config.h"
@@ -19,10 +24,13 @@
 #include "core/net.h"
 #include "eval_png.h"
 #include "models/models.h"
+#include "reader/h5attr.h"
+#include "reader/h5guard.h"
 #include "reader/reader.h"
 
 #define EVAL_MAX_BATCH 65536
 #define EVAL_MAX_CLASSES 4096 /* a confusion matrix of 16.7 M cells; MPI counts stay ints */
+#define EVAL_NAME_MAX 40      /* bytes of a class name shown (longer ones are cut) */
 
 typedef struct {
     const char *checkpoint, *data, *split, *device, *plot;
@@ -52,6 +60,7 @@ typedef struct {
     double loss_sum;
     uint64_t correct;
     uint64_t *confusion;          /* (classes, classes): [true][predicted] */
+    char *names;                  /* rank 0: (classes, EVAL_NAME_MAX + 1) class names, or NULL */
 } Eval;
 
 static void eval_usage(void)
@@ -149,6 +158,162 @@ static int eval_select_device(Eval *e)
     return BASIN_OK;
 }
 
+/* ---- class names: the data file's optional class_names attribute --------- */
+
+typedef struct {
+    const char *path;
+    int classes;
+    char *names; /* (classes, EVAL_NAME_MAX + 1), or NULL in the guard's child */
+    int found;   /* 1: names read; 0: the file has none usable */
+    char why[512];
+} NamesJob;
+
+/* One name, cut to EVAL_NAME_MAX bytes (at a UTF-8 character boundary) and
+ * with control characters shown as '?'. */
+static void keep_name(char *dst, const char *src, size_t len)
+{
+    if (len > EVAL_NAME_MAX) {
+        len = EVAL_NAME_MAX;
+        while (len > 0 && ((unsigned char)src[len] & 0xC0) == 0x80) len--;
+    }
+    size_t i = 0;
+    for (; i < len && src[i]; i++) dst[i] = (unsigned char)src[i] < 0x20 || src[i] == 0x7F ? '?' : src[i];
+    dst[i] = '\0';
+}
+
+/* Read class_names of job->path: a 1-D array of `classes` strings, fixed or
+ * variable length. No attribute, or one of another shape or type: found = 0
+ * (why says which, for a warning). A file HDF5 cannot read: BASIN_ERR_USAGE. */
+static int names_read(void *arg)
+{
+    NamesJob *job = arg;
+    char h5[256];
+    job->found = 0;
+    job->why[0] = '\0';
+    int rc = BASIN_OK;
+    hid_t file = H5Fopen(job->path, H5F_ACC_RDONLY, H5P_DEFAULT), mem = H5I_INVALID_HID;
+    H5Attr a = {H5I_INVALID_HID, H5I_INVALID_HID, H5I_INVALID_HID};
+    void *buf = NULL;
+    if (file < 0) {
+        snprintf(job->why, sizeof job->why, "cannot open it (%s)", h5check_reason(h5));
+        return BASIN_ERR_USAGE;
+    }
+    int st = h5attr_open(file, "class_names", &a, job->why, sizeof job->why);
+    if (st != 0) {
+        rc = st < 0 ? BASIN_ERR_USAGE : BASIN_OK;
+        goto done;
+    }
+    hsize_t dims[1] = {0};
+    int var = H5Tis_variable_str(a.type);
+    size_t size = H5Tget_size(a.type);
+    if (H5Tget_class(a.type) != H5T_STRING || var < 0 || size == 0 || H5Sget_simple_extent_ndims(a.space) != 1 ||
+        H5Sget_simple_extent_dims(a.space, dims, NULL) != 1 || dims[0] != (hsize_t)job->classes) {
+        snprintf(job->why, sizeof job->why, "its class_names attribute is not a list of %d strings", job->classes);
+        goto done;
+    }
+    /* The file's character set and padding: HDF5 converts neither. */
+    H5T_cset_t cset = H5Tget_cset(a.type);
+    H5T_str_t pad = H5Tget_strpad(a.type);
+    mem = H5Tcopy(H5T_C_S1);
+    if (cset < 0 || pad < 0 || mem < 0 || H5Tset_size(mem, var ? H5T_VARIABLE : size) < 0 ||
+        H5Tset_cset(mem, cset) < 0 || H5Tset_strpad(mem, pad) < 0) {
+        snprintf(job->why, sizeof job->why, "H5Tcopy/H5Tset_size failed (%s)", h5check_reason(h5));
+        rc = BASIN_ERR_USAGE;
+        goto done;
+    }
+    size_t each = var ? sizeof(char *) : size;
+    buf = calloc((size_t)job->classes, each);
+    if (!buf) {
+        rc = BASIN_ERR_RUNTIME;
+        goto done;
+    }
+    if (H5Aread(a.attr, mem, buf) < 0) {
+        snprintf(job->why, sizeof job->why, "cannot read its class_names attribute (%s)", h5check_reason(h5));
+        rc = BASIN_ERR_USAGE;
+        goto done;
+    }
+    for (int c = 0; c < job->classes && job->names; c++) {
+        char *dst = job->names + (size_t)c * (EVAL_NAME_MAX + 1);
+        if (var) {
+            const char *v = ((char **)buf)[c];
+            keep_name(dst, v ? v : "", v ? strlen(v) : 0);
+        } else {
+            const char *f = (const char *)buf + (size_t)c * size;
+            keep_name(dst, f, strnlen(f, size));
+        }
+    }
+    job->found = 1;
+    if (var && H5Dvlen_reclaim(mem, a.space, H5P_DEFAULT, buf) < 0) {
+        snprintf(job->why, sizeof job->why, "H5Dvlen_reclaim(class_names) failed (%s)", h5check_reason(h5));
+        rc = BASIN_ERR_USAGE;
+    }
+
+done:
+    free(buf);
+    if (mem >= 0) H5Tclose(mem);
+    h5attr_close(&a);
+    if (H5Fclose(file) < 0 && !rc) {
+        snprintf(job->why, sizeof job->why, "H5Fclose failed (%s)", h5check_reason(h5));
+        rc = BASIN_ERR_USAGE;
+    }
+    return rc;
+}
+
+/* The names in the guard's child: the same reads, nothing kept. */
+static int names_check(void *arg)
+{
+    NamesJob job = *(NamesJob *)arg;
+    job.names = NULL;
+    return names_read(&job);
+}
+
+/* Rank 0: e->names from the data file, when it names its classes. The file
+ * was validated by dataset_open; libhdf5 reads the attribute in a guarded
+ * child first (reader/h5guard.h), as everywhere a file is untrusted. A data
+ * set that is not a file (a synthetic spec) has no names. */
+static int eval_class_names(Eval *e)
+{
+    struct stat sb;
+    if (stat(e->data, &sb) != 0 || !S_ISREG(sb.st_mode)) return BASIN_OK;
+    NamesJob job = {.path = e->data, .classes = e->classes};
+    char why[512];
+    int verdict = BASIN_OK;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    int rc = h5guard_run((uint64_t)sb.st_size, names_check, &job, &verdict, why, sizeof why);
+    if (rc) return basin_error(rc, "%s: %s", e->data, why);
+    e->names = basin_calloc((size_t)e->classes, EVAL_NAME_MAX + 1);
+    if (!e->names) return BASIN_ERR_RUNTIME;
+    job.names = e->names;
+    rc = names_read(&job);
+    if (rc == BASIN_ERR_USAGE) return basin_error(rc, "%s: %s", e->data, job.why);
+    if (rc) return basin_error(rc, "%s: reading class_names failed", e->data);
+    if (!job.found) {
+        if (job.why[0]) basin_warn("%s: %s; classes are shown by number", e->data, job.why);
+        free(e->names);
+        e->names = NULL;
+    }
+    return BASIN_OK;
+}
+
+static const char *class_name(const Eval *e, int c) { return e->names ? e->names + (size_t)c * (EVAL_NAME_MAX + 1) : NULL; }
+
+/* The checkpoint's state buffer (batch norm's running statistics) into the
+ * network. A model with state needs it: a version-1 file has none. */
+static int eval_load_state(Eval *e)
+{
+    const Checkpoint *ck = &e->ckpt;
+    size_t want = e->net->n_state;
+    if (want == 0 && ck->st.n_state == 0) return BASIN_OK;
+    if (ck->st.n_state == 0)
+        return basin_error(BASIN_ERR_USAGE, "%s: its model needs %zu values of batch-norm running statistics, but the "
+                           "checkpoint (format version %u) holds none", e->opt.checkpoint, want, ck->format_version);
+    if (ck->st.n_state != want)
+        return basin_error(BASIN_ERR_USAGE, "%s: %zu state values, but its model spec needs %zu", e->opt.checkpoint,
+                           ck->st.n_state, want);
+    e->ops->to_device(e->net->state, ck->st.state, want * sizeof(float));
+    return BASIN_OK;
+}
+
 /* Everything a user can get wrong, before any output. */
 static int eval_setup(Eval *e)
 {
@@ -185,6 +350,8 @@ static int eval_setup(Eval *e)
         return basin_error(BASIN_ERR_USAGE, "%s: %zu parameters, but its model spec needs %zu", o->checkpoint,
                            st->n_params, e->net->n_params);
     e->ops->to_device(e->net->params, st->params, st->n_params * sizeof(float));
+    TRY(eval_load_state(e));
+    if (e->rank == 0) TRY(eval_class_names(e));
 
     size_t per = shape_size(in), b = o->batch, k = (size_t)e->classes;
     e->images = basin_malloc(b * per * sizeof(float));
@@ -282,12 +449,24 @@ static void eval_print(const Eval *e)
         printf(", \"data\": ");
         json_string(e->data);
         printf(", \"split\": \"%s\", \"samples\": %zu, \"loss\": %.9g, \"accuracy\": %.9g, \"correct\": %llu, "
-               "\"per_class\": [", e->opt.split, e->samples, loss, acc, (unsigned long long)e->correct);
+               "\"class_names\": ", e->opt.split, e->samples, loss, acc, (unsigned long long)e->correct);
+        if (!e->names) printf("null");
+        for (int t = 0; t < k && e->names; t++) {
+            printf("%s", t ? ", " : "[");
+            json_string(class_name(e, t));
+        }
+        printf("%s, \"per_class\": [", e->names ? "]" : "");
         for (int t = 0; t < k; t++) {
             uint64_t row = 0, hit = e->confusion[(size_t)t * k + t];
             for (int p = 0; p < k; p++) row += e->confusion[(size_t)t * k + p];
-            printf("%s{\"class\": %d, \"samples\": %llu, \"correct\": %llu, \"accuracy\": ", t ? ", " : "", t,
-                   (unsigned long long)row, (unsigned long long)hit);
+            printf("%s{\"class\": %d, ", t ? ", " : "", t);
+            if (e->names) {
+                printf("\"name\": ");
+                json_string(class_name(e, t));
+                printf(", ");
+            }
+            printf("\"samples\": %llu, \"correct\": %llu, \"accuracy\": ", (unsigned long long)row,
+                   (unsigned long long)hit);
             if (row) printf("%.9g}", (double)hit / (double)row);
             else printf("null}");
         }
@@ -304,13 +483,28 @@ static void eval_print(const Eval *e)
            e->samples);
     printf("loss        %.9g\naccuracy    %.9g  (%llu of %zu)\n\n", loss, acc, (unsigned long long)e->correct,
            e->samples);
-    printf("class   samples   correct  accuracy\n");
+    /* Names, when the data file has them, in a column padded to the
+     * longest (in characters: UTF-8 continuation bytes take no column). */
+    int nw = 0;
+    for (int t = 0; t < k && e->names; t++) {
+        int w = 0;
+        for (const char *c = class_name(e, t); *c; c++) w += ((unsigned char)*c & 0xC0) != 0x80;
+        if (w > nw) nw = w;
+    }
+    printf("class%s%*s  samples   correct  accuracy\n", nw ? "  name" : "", nw > 4 ? nw - 4 : 0, "");
     for (int t = 0; t < k; t++) {
         uint64_t row = 0, hit = e->confusion[(size_t)t * k + t];
         for (int p = 0; p < k; p++) row += e->confusion[(size_t)t * k + p];
-        if (row) printf("%5d %9llu %9llu  %8.4f\n", t, (unsigned long long)row, (unsigned long long)hit,
+        printf("%5d", t);
+        if (nw) {
+            const char *name = class_name(e, t);
+            int w = 0;
+            for (const char *c = name; *c; c++) w += ((unsigned char)*c & 0xC0) != 0x80;
+            printf("  %s%*s", name, (nw > 4 ? nw : 4) - w, "");
+        }
+        if (row) printf(" %9llu %9llu  %8.4f\n", (unsigned long long)row, (unsigned long long)hit,
                         (double)hit / (double)row);
-        else printf("%5d %9llu %9llu         -\n", t, 0ull, 0ull);
+        else printf(" %9llu %9llu         -\n", 0ull, 0ull);
     }
     int width = 5;
     for (size_t m = e->samples; m >= 10000; m /= 10) width++;
@@ -339,10 +533,13 @@ static void eval_free(Eval *e)
     free(e->idx);
     free(e->logits);
     free(e->confusion);
+    free(e->names);
 }
 
 /* Every rank agrees on the outcome of rc; the lowest rank that failed prints
- * its held line, so a mistake every rank makes is one line. */
+ * its held line, so a mistake every rank makes is one line. When none
+ * failed, rank 0 prints its held warnings (the same on every rank, or its
+ * own: the class names). */
 static int eval_agree(int rc, int rank)
 {
     int worst = rc, speaker = rc ? rank : INT_MAX;
@@ -351,7 +548,7 @@ static int eval_agree(int rc, int rank)
         worst = BASIN_ERR_RUNTIME;
         speaker = rank;
     }
-    basin_errors_release(speaker == rank);
+    basin_errors_release(speaker == rank || (worst == BASIN_OK && rank == 0));
     return worst;
 }
 

@@ -4,6 +4,9 @@
 #    trainer's own evaluation of the same weights on the same samples;
 #  - 1 rank against 2: the same counts, the same PNG;
 #  - the confusion matrix against the counts, the PNG against the matrix;
+#  - class names: the data file's class_names (variable- or fixed-length
+#    strings) in the table and the JSON, numbers when it has none, and a
+#    warning when they do not fit its classes;
 #  - each bad input: exit 2, one stderr line, no plot written.
 # Usage: eval.sh BASIN_TRAIN BASIN_EVAL GEN_EVAL_DATA DATA MPIRUN...
 set -u
@@ -107,8 +110,52 @@ PY
 cmp -s "$work/one.png" "$work/two.png" || fail "the PNG of 2 ranks differs from that of 1"
 ls "$work"/*.tmp >/dev/null 2>&1 && fail "a temporary plot file was left behind"
 
-# ---- 5. bad input: exit 2, one line on stderr (one per job on 2 ranks), no plot
+# ---- 5. class names: Fashion-MNIST's (variable-length strings) in the
+# JSON and the table; a file without them; fixed-length ones; ones that do
+# not fit the classes (a warning, numbers shown).
 "$gen" "$work" || { echo "FAILED: gen_eval_data" >&2; exit 1; }
+"$py" - "$work" <<'PY' || fail "cannot add class names to the generated data"
+import sys, shutil, h5py, numpy as np
+w = sys.argv[1]
+shutil.copy(w + "/plain.h5", w + "/fixed.h5"); shutil.copy(w + "/plain.h5", w + "/short.h5")
+with h5py.File(w + "/fixed.h5", "r+") as f:
+    f.attrs["class_names"] = np.array([b"zero", b"one", b"two", b"three", b"four", b"five", b"six", b"seven",
+                                       b"eight", "n\u00efne".encode()], dtype="S8")
+with h5py.File(w + "/short.h5", "r+") as f:
+    f.attrs["class_names"] = np.array([b"a", b"b", b"c"], dtype="S2")
+PY
+run_eval "$work/plain.json" 0 "$ckpt" --data "$work/plain.h5" --json
+run_eval "$work/plain.txt" 0 "$ckpt" --data "$work/plain.h5"
+run_eval "$work/fixed.json" 0 "$ckpt" --data "$work/fixed.h5" --json
+run_eval "$work/fixed.txt" 0 "$ckpt" --data "$work/fixed.h5"
+run_eval "$work/short.json" 0 "$ckpt" --data "$work/short.h5" --json
+grep -q "short.h5: its class_names attribute is not a list of 10 strings; classes are shown by number" \
+  "$work/short.json.err" || fail "class names of the wrong count: no warning ($(cat "$work/short.json.err"))"
+"$py" - "$work" <<'PY' || fail "class names"
+import json, sys
+w = sys.argv[1]
+ok = True
+def bad(*a):
+    global ok
+    print(*a); ok = False
+fm = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+one = json.load(open(w + "/one.json"))
+if one["class_names"] != fm: bad("Fashion-MNIST names", one["class_names"])
+if [c.get("name") for c in one["per_class"]] != fm: bad("per_class names", one["per_class"])
+text = open(w + "/two.txt").read()
+if "class  name         samples" not in text or "    9  Ankle boot " not in text: bad("table without names:\n" + text)
+for name in ("plain", "short"):
+    j = json.load(open(w + "/%s.json" % name))
+    if j["class_names"] is not None or any("name" in c for c in j["per_class"]): bad(name, "has names", j)
+if "name" in open(w + "/plain.txt").read(): bad("the table of plain.h5 has a name column")
+fixed = json.load(open(w + "/fixed.json"))
+want = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "n\u00efne"]
+if fixed["class_names"] != want: bad("fixed-length names", fixed["class_names"])
+if "    9  n\u00efne     " not in open(w + "/fixed.txt", encoding="utf-8").read(): bad("fixed.txt:", open(w + "/fixed.txt").read())
+sys.exit(0 if ok else 1)
+PY
+
+# ---- 6. bad input: exit 2, one line on stderr (one per job on 2 ranks), no plot
 head -c 20000 "$ckpt" >"$work/truncated.h5"
 printf 'not a checkpoint\n' >"$work/text.h5"
 expect_refusal() { # NAME PATTERN NP ARGS...
