@@ -295,7 +295,10 @@ static int eval_class_names(Eval *e)
     return BASIN_OK;
 }
 
-static const char *class_name(const Eval *e, int c) { return e->names ? e->names + (size_t)c * (EVAL_NAME_MAX + 1) : NULL; }
+static const char *class_name(const Eval *e, int c)
+{
+    return e->names ? e->names + (size_t)c * (EVAL_NAME_MAX + 1) : NULL;
+}
 
 /* The checkpoint's state buffer (batch norm's running statistics) into the
  * network. A model with state needs it: a version-1 file has none. */
