@@ -4,7 +4,7 @@
 # everything in place it installs nothing and rebuilds only what changed.
 #
 #   launch/setup.sh [--sanitize] [--bench]
-#     --sanitize  also build build-asan/ (AddressSanitizer + UBSan)
+#     --sanitize  also build build-asan/ (ASan + UBSan) and install what all tests need
 #     --bench     also install what the benchmarks compare against (PyTorch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,16 +14,18 @@ for arg in "$@"; do
   case "$arg" in
     --sanitize) sanitize=1 ;;
     --bench) bench=1 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
           libopenblas-dev zlib1g-dev libxxhash-dev dataset-fashion-mnist iproute2)
-# The test suite's fuzz targets (libFuzzer from Debian's clang) and its
-# one-node Slurm (tests/slurm).
-[ "$sanitize" = 1 ] && packages+=(clang libclang-rt-14-dev slurm-wlm munge)
+# The test suite's fuzz targets (libFuzzer from Debian's clang), its
+# one-node Slurm (tests/slurm), and what the export tests run basin-export
+# and check its files with (tests/export: PyTorch, ONNX, h5py, NumPy).
+[ "$sanitize" = 1 ] && packages+=(clang libclang-rt-14-dev slurm-wlm munge
+                                 python3-torch python3-onnx python3-h5py python3-numpy)
 [ "$bench" = 1 ] && packages+=(python3-torch python3-h5py python3-matplotlib python3-numpy)
 
 missing=()
