@@ -234,10 +234,14 @@ if [ "$GPU_OK" = 1 ] && [ "$SINGLE_OK" = 1 ]; then
     field() { "$PY" -c 'import json,sys; print(json.loads(sys.stdin.read())[sys.argv[1]])' "$1"; }
     printf '| model | batch | basin img/s | PyTorch img/s | basin/PyTorch | PyTorch TF32 on img/s (information) | basin copy / compute ms | PyTorch copy / compute ms |\n'
     printf '|---|---:|---:|---:|---:|---:|---|---|\n'
-    for model in mlp cnn; do
-        for batch in 256 1024; do
-            steps=$([ "$model" = mlp ] && echo 100 || echo 30)
-            common=(--model "$model" --batch "$batch" --steps "$steps" --repeats 5 --warmup 10 --device cuda)
+    # model, input, classes, batch, timed steps per repeat
+    for cfgline in "mlp 1x28x28 10 256 100" "mlp 1x28x28 10 1024 100" "cnn 1x28x28 10 256 30" \
+                   "cnn 1x28x28 10 1024 30" "resnet20 3x32x32 10 128 20" "resnet20 3x32x32 10 512 10" \
+                   "resnet50 3x224x224 1000 32 5"; do
+        read -r model input classes batch steps <<<"$cfgline"
+        {
+            common=(--model "$model" --input "$input" --classes "$classes" --batch "$batch" --steps "$steps"
+                    --repeats 5 --warmup 3 --device cuda)
             b=$("$SINGLE/bench/step/basin-bench-step" "${common[@]}" 2>"$PREFIX-step-basin.err" | json)
             t="" t32=""
             if [ "$TORCH_OK" = 1 ]; then
@@ -245,21 +249,21 @@ if [ "$GPU_OK" = 1 ] && [ "$SINGLE_OK" = 1 ]; then
                 t32=$("$PY" "$ROOT/bench/step/torch_step.py" "${common[@]}" --tf32 on 2>>"$PREFIX-step-torch.err" | json)
             fi
             if [ -z "$b" ]; then
-                printf '| %s | %s | FAILED | | | | | |\n' "$model" "$batch"; tail -n 3 "$PREFIX-step-basin.err" >&2; fail=1; continue
+                printf '| %s | %s | FAILED | | | | | |\n' "$model $input" "$batch"; tail -n 3 "$PREFIX-step-basin.err" >&2; fail=1; continue
             fi
             bi=$(field img_s_wall <<<"$b")
             if [ -z "$t" ]; then
-                printf '| %s | %s | %.0f | %s | | | %.3f / %.3f | |\n' "$model" "$batch" "$bi" \
+                printf '| %s | %s | %.0f | %s | | | %.3f / %.3f | |\n' "$model $input" "$batch" "$bi" \
                     "$([ "$TORCH_OK" = 1 ] && echo FAILED || echo skipped)" "$(field copy_ms <<<"$b")" "$(field compute_ms <<<"$b")"
                 [ "$TORCH_OK" = 1 ] && { tail -n 3 "$PREFIX-step-torch.err" >&2; fail=1; }
                 continue
             fi
             ti=$(field img_s_wall <<<"$t")
             t32i=$([ -n "$t32" ] && field img_s_wall <<<"$t32" || echo 0)
-            printf '| %s | %s | %.0f | %.0f | %.3f | %.0f | %.3f / %.3f | %.3f / %.3f |\n' "$model" "$batch" "$bi" "$ti" \
+            printf '| %s | %s | %.0f | %.0f | %.3f | %.0f | %.3f / %.3f | %.3f / %.3f |\n' "$model $input" "$batch" "$bi" "$ti" \
                 "$("$PY" -c "print($bi / $ti)")" "$t32i" "$(field copy_ms <<<"$b")" "$(field compute_ms <<<"$b")" \
                 "$(field copy_ms <<<"$t")" "$(field compute_ms <<<"$t")"
-        done
+        }
     done
     echo "basin/PyTorch compares strict FP32 with strict FP32 (TF32 off in both); target >= 1.0"
 fi
