@@ -3,6 +3,7 @@
 #  - a version-1 copy of a trained mlp (ckpt_tool v1: no layer table, no
 #    state) evaluates as the version-2 file does, exports to the same
 #    numbers, and resumes training;
+#  - batch norm's running statistics survive a resume bit for bit;
 #  - a version-1 file of a model with batch norm (its running statistics
 #    cannot be stored) is refused by basin-eval and basin-export, naming
 #    what is missing;
@@ -85,7 +86,28 @@ else
   fail "basin-train --resume of a version-1 checkpoint:"; sed 's/^/    /' "$work/resume.log" >&2
 fi
 
-# ---- 2. refusals: exit 2, one line, nothing written
+# ---- 2. the state buffer survives a resume: batch norm's running
+# statistics (and the parameters) after 5 + 5 steps equal those after 10.
+for part in straight first; do
+  steps=10; [ $part = first ] && steps=5
+  train_run "$work/bn-$part" "conv:4:3,bn,relu,flatten,fc:10" --schedule constant --max-steps $steps
+done
+if "$train" --data "$data" --model "conv:4:3,bn,relu,flatten,fc:10" --limit-train 200 --limit-test 20 --epochs 1 \
+     --batch 20 --schedule constant --max-steps 10 --output-dir "$work/bn-first" --resume auto \
+     >"$work/bn-resume.log" 2>&1; then
+  "$py" - "$work/bn-straight/checkpoints/ckpt-0000000010.h5" "$work/bn-first/checkpoints/ckpt-0000000010.h5" <<'PY' ||
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+same = all(np.array_equal(a[k][:], b[k][:]) for k in ("params", "state"))
+moved = not np.array_equal(a["state"][4:], np.ones(4, dtype=np.float32))  # running_var left its start
+sys.exit(0 if same and moved and a["state"].shape == (8,) else 1)
+PY
+    fail "the resumed bn run's parameters or running statistics differ from the straight run's"
+else
+  fail "basin-train --resume of the bn model:"; sed 's/^/    /' "$work/bn-resume.log" >&2
+fi
+
+# ---- 3. refusals: exit 2, one line, nothing written
 printf 'keep me\n' >"$work/existing.out"
 expect_refusal() { # NAME PATTERN COMMAND...  (output: $work/existing.out)
   local name=$1 pattern=$2; shift 2
