@@ -433,11 +433,20 @@ __attribute__((target("avx2"))) static void to_group_avx2(const RowMove *m, cons
             transpose8(r);
             for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + row_pos(m, ix + (size_t)j) + s, r[j]);
         }
-    if (w8 < m->w) /* the last columns, every image */
+    if (w8 < m->w && m->w >= 8) { /* the last 8 columns again: some written twice, alike */
+        const size_t ix = m->w - 8;
+        for (size_t s = 0; s < g8; s += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + (s + (size_t)j) * m->chw + ix);
+            transpose8(r);
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + row_pos(m, ix + (size_t)j) + s, r[j]);
+        }
+    } else if (w8 < m->w) { /* fewer than 8 columns */
         for (size_t ix = w8; ix < m->w; ix++) {
             float *d = dst + row_pos(m, ix);
             for (size_t s = 0; s < g8; s++) d[s] = src[s * m->chw + ix];
         }
+    }
     if (g8 < m->g) to_group_base(m, src, dst, g8, 0);
 }
 
@@ -455,7 +464,17 @@ __attribute__((target("avx2"))) static void from_group_avx2(const RowMove *m, co
                 _mm256_storeu_ps(dst + (s + (size_t)j) * m->chw + ix,
                                  add ? _mm256_add_ps(r[j], vb) : r[j]);
         }
-    if (w8 < m->w) { /* the last columns, every image */
+    if (w8 < m->w && m->w >= 8) { /* the last 8 columns again: some written twice, alike */
+        const size_t ix = m->w - 8;
+        for (size_t s = 0; s < g8; s += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + row_pos(m, ix + (size_t)j) + s);
+            transpose8(r);
+            for (int j = 0; j < 8; j++)
+                _mm256_storeu_ps(dst + (s + (size_t)j) * m->chw + ix,
+                                 add ? _mm256_add_ps(r[j], vb) : r[j]);
+        }
+    } else if (w8 < m->w) { /* fewer than 8 columns */
         for (size_t s = 0; s < g8; s++) {
             float *d = dst + s * m->chw;
             for (size_t ix = w8; ix < m->w; ix++)
