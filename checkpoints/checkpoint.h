@@ -50,6 +50,12 @@ typedef struct {
     size_t n_state;
     const float *state;
     const char *layer_table;
+
+    /* Version 2, optional: the optimizer's second moment (--optimizer adam
+     * or adamw), n_moment2 = n_params floats; 0 and NULL for an optimizer
+     * without one, and in files written before it existed. */
+    size_t n_moment2;
+    const float *moment2;
 } CheckpointState;
 
 /* A checkpoint read back: the same fields, owning its memory. */
@@ -57,7 +63,7 @@ typedef struct {
     CheckpointState st;        /* pointers below alias into this */
     uint32_t format_version;   /* of the file: CHECKPOINT_FORMAT_OLDEST .. CHECKPOINT_FORMAT_VERSION */
     char *model_spec, *config_text, *layer_table;
-    float *params, *momentum, *state;
+    float *params, *momentum, *state, *moment2;
     char path[4096];
 } Checkpoint;
 

@@ -60,13 +60,19 @@ const char *ckpt_kind_name(int kind)
     }
 }
 
-const char *const ckpt_buffer_names[CKPT_N_BUFFERS] = {"params", "momentum", "state"};
+const char *const ckpt_buffer_names[CKPT_N_BUFFERS] = {"params", "momentum", "state", "moment2"};
 
-size_t ckpt_buffer_count(const CheckpointState *st, int b) { return b == CKPT_STATE ? st->n_state : st->n_params; }
+size_t ckpt_buffer_count(const CheckpointState *st, int b)
+{
+    return b == CKPT_STATE ? st->n_state : b == CKPT_MOMENT2 ? st->n_moment2 : st->n_params;
+}
 
 const float *ckpt_buffer_data(const CheckpointState *st, int b)
 {
-    return b == CKPT_PARAMS ? st->params : b == CKPT_MOMENTUM ? st->momentum : st->state;
+    return b == CKPT_PARAMS     ? st->params
+           : b == CKPT_MOMENTUM ? st->momentum
+           : b == CKPT_STATE    ? st->state
+                                : st->moment2;
 }
 
 static unsigned char *put_u64(unsigned char *p, uint64_t v)
@@ -91,6 +97,8 @@ int ckpt_header_hash(const CheckpointState *st, uint32_t version, const uint64_t
     size_t spec_len = strlen(spec), conf_len = strlen(conf), table_len = strlen(table);
     size_t bytes = 4 + 3 * 8 + 8 + spec_len + 8 + conf_len;
     if (version >= 2) bytes += 2 * 8 + 8 + table_len;
+    int moment2 = version >= 2 && st->n_moment2 > 0;
+    if (moment2) bytes += 2 * 8;
     for (size_t i = 0; i < CKPT_N_FIELDS; i++) bytes += ckpt_kind_bytes(ckpt_fields[i].kind);
     unsigned char *buf = basin_malloc(bytes);
     if (!buf) return BASIN_ERR_RUNTIME;
@@ -106,6 +114,11 @@ int ckpt_header_hash(const CheckpointState *st, uint32_t version, const uint64_t
     if (version >= 2) {
         p = put_u64(p, st->n_state);
         p = put_u64(p, xxh[CKPT_STATE]);
+    }
+    /* Only when present, so that files without it hash as before. */
+    if (moment2) {
+        p = put_u64(p, st->n_moment2);
+        p = put_u64(p, xxh[CKPT_MOMENT2]);
     }
     p = put_text(p, spec, spec_len);
     p = put_text(p, conf, conf_len);

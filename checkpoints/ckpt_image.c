@@ -250,7 +250,7 @@ int ckpt_build_metadata(const CheckpointState *st, uint32_t version, const uint6
         rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "H5Fcreate(in memory) failed: %s", h5check_reason(why));
         goto cleanup;
     }
-    uint64_t n = st->n_params, n_state = st->n_state;
+    uint64_t n = st->n_params, n_state = st->n_state, n_moment2 = st->n_moment2;
     if ((rc = put_string_attr(file, "format", CKPT_MAGIC))) goto cleanup;
     if ((rc = put_attr(file, "format_version", H5T_STD_U32LE, H5T_NATIVE_UINT32, &version))) goto cleanup;
     if ((rc = put_string_attr(file, "model_spec", ckpt_str(st->model_spec)))) goto cleanup;
@@ -263,9 +263,13 @@ int ckpt_build_metadata(const CheckpointState *st, uint32_t version, const uint6
     }
     if ((rc = put_attr(file, "n_params", H5T_STD_U64LE, H5T_NATIVE_UINT64, &n))) goto cleanup;
     if (version >= 2 && (rc = put_attr(file, "n_state", H5T_STD_U64LE, H5T_NATIVE_UINT64, &n_state))) goto cleanup;
+    if (version >= 2 && n_moment2 > 0 &&
+        (rc = put_attr(file, "n_moment2", H5T_STD_U64LE, H5T_NATIVE_UINT64, &n_moment2)))
+        goto cleanup;
     if ((rc = put_attr(file, "header_xxh64", H5T_STD_U64LE, H5T_NATIVE_UINT64, &header_xxh))) goto cleanup;
     for (int b = 0; b < CKPT_N_BUFFERS; b++) {
         if (b == CKPT_STATE && (version < 2 || st->n_state == 0)) continue;
+        if (b == CKPT_MOMENT2 && (version < 2 || st->n_moment2 == 0)) continue;
         if ((rc = put_dataset(file, ckpt_buffer_names[b], ckpt_buffer_count(st, b), xxh[b], &off[b]))) goto cleanup;
     }
     if (version >= 2 && (rc = put_table(file, ckpt_str(st->layer_table)))) goto cleanup;

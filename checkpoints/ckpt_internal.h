@@ -43,8 +43,8 @@ extern const Field ckpt_fields[14];
 #define CKPT_N_FIELDS (sizeof ckpt_fields / sizeof ckpt_fields[0])
 
 /* The raw buffers, in the order of their checksums in the header checksum:
- * params, momentum and (version 2) state. */
-enum { CKPT_PARAMS, CKPT_MOMENTUM, CKPT_STATE, CKPT_N_BUFFERS };
+ * params, momentum and (version 2) state and the optional second moment. */
+enum { CKPT_PARAMS, CKPT_MOMENTUM, CKPT_STATE, CKPT_MOMENT2, CKPT_N_BUFFERS };
 extern const char *const ckpt_buffer_names[CKPT_N_BUFFERS];
 
 size_t ckpt_kind_bytes(int kind);
@@ -56,7 +56,8 @@ static inline const char *ckpt_str(const char *s) { return s ? s : ""; }
  * `version` (FORMAT.md), given the buffers' checksums (xxh[CKPT_STATE] is
  * not used for version 1). */
 int ckpt_header_hash(const CheckpointState *st, uint32_t version, const uint64_t xxh[CKPT_N_BUFFERS], uint64_t *out);
-/* The length and start of buffer b of st (n_state may be 0: no /state). */
+/* The length and start of buffer b of st (n_state may be 0: no /state;
+ * n_moment2 0: no /moment2). */
 size_t ckpt_buffer_count(const CheckpointState *st, int b);
 const float *ckpt_buffer_data(const CheckpointState *st, int b);
 

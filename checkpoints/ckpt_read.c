@@ -277,12 +277,17 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
                            (char *)st + f->offset, why, why_len)))
             goto cleanup;
     }
-    uint64_t n = 0, n_state = 0, header_xxh = 0, xxh[CKPT_N_BUFFERS] = {0};
+    uint64_t n = 0, n_state = 0, n_moment2 = 0, header_xxh = 0, xxh[CKPT_N_BUFFERS] = {0};
     if ((rc = get_attr(file, "n_params", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64, &n, why,
                        why_len)))
         goto cleanup;
     if (version >= 2 && (rc = get_attr(file, "n_state", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64,
                                        &n_state, why, why_len)))
+        goto cleanup;
+    /* Optional: only files with a second moment have it. */
+    if (version >= 2 && H5Aexists(file, "n_moment2") > 0 &&
+        (rc = get_attr(file, "n_moment2", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64, &n_moment2,
+                       why, why_len)))
         goto cleanup;
     if ((rc = get_attr(file, "header_xxh64", H5T_STD_U64LE, "uint64 little-endian", H5T_NATIVE_UINT64,
                        &header_xxh, why, why_len)))
@@ -297,8 +302,14 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
         rc = BAD("implausible n_state %llu", (unsigned long long)n_state);
         goto cleanup;
     }
+    if (n_moment2 != 0 && n_moment2 != n) {
+        rc = BAD("n_moment2 %llu is neither 0 nor n_params %llu", (unsigned long long)n_moment2,
+                 (unsigned long long)n);
+        goto cleanup;
+    }
     st->n_params = (size_t)n;
     st->n_state = (size_t)n_state;
+    st->n_moment2 = (size_t)n_moment2;
     st->model_spec = out->model_spec;
     st->config_text = out->config_text;
 
@@ -311,7 +322,9 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
     for (int b = 0; b < CKPT_N_BUFFERS; b++) {
         size_t count = ckpt_buffer_count(st, b);
         if (b == CKPT_STATE && (version < 2 || count == 0)) continue;
-        if ((rc = check_dataset(file, ckpt_buffer_names[b], count, b == CKPT_STATE ? "n_state" : "n_params",
+        if (b == CKPT_MOMENT2 && count == 0) continue;
+        if ((rc = check_dataset(file, ckpt_buffer_names[b], count,
+                                b == CKPT_STATE ? "n_state" : b == CKPT_MOMENT2 ? "n_moment2" : "n_params",
                                 file_bytes, &xxh[b], why, why_len)))
             goto cleanup;
     }
@@ -333,9 +346,13 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
     if (st->n_state > 0 &&
         (rc = read_dataset(file, "state", st->n_state, xxh[CKPT_STATE], &out->state, why, why_len)))
         goto cleanup;
+    if (st->n_moment2 > 0 &&
+        (rc = read_dataset(file, "moment2", st->n_moment2, xxh[CKPT_MOMENT2], &out->moment2, why, why_len)))
+        goto cleanup;
     st->params = out->params;
     st->momentum = out->momentum;
     st->state = out->state;
+    st->moment2 = out->moment2;
 
 cleanup:
     if (file >= 0 && H5Fclose(file) < 0 && !rc) rc = BAD("H5Fclose failed: %s", h5check_reason(h5));
@@ -402,8 +419,9 @@ void checkpoint_free(Checkpoint *c)
     free(c->params);
     free(c->momentum);
     free(c->state);
+    free(c->moment2);
     c->model_spec = c->config_text = c->layer_table = NULL;
-    c->params = c->momentum = c->state = NULL;
+    c->params = c->momentum = c->state = c->moment2 = NULL;
     c->format_version = 0;
     memset(&c->st, 0, sizeof c->st);
 }

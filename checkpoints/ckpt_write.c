@@ -171,6 +171,12 @@ int ckpt_write_version(const char *dir, const CheckpointState *st, uint32_t vers
         return basin_error(BASIN_ERR_USAGE, "checkpoint: %zu state values is too many", st->n_state);
     if (strlen(ckpt_str(st->layer_table)) > CKPT_MAX_TABLE)
         return basin_error(BASIN_ERR_USAGE, "checkpoint: layer table longer than %zu bytes", CKPT_MAX_TABLE);
+    if (st->n_moment2 != 0 && st->n_moment2 != st->n_params)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint: a second moment of %zu values for %zu parameters",
+                           st->n_moment2, st->n_params);
+    if (st->n_moment2 > 0 && !st->moment2) return basin_error(BASIN_ERR_USAGE, "checkpoint: no second moment to write");
+    if (version < 2 && st->n_moment2 > 0)
+        return basin_error(BASIN_ERR_USAGE, "checkpoint: format version %u holds no second moment", version);
     if (version < 2 && (st->n_state > 0 || *ckpt_str(st->layer_table)))
         return basin_error(BASIN_ERR_USAGE, "checkpoint: format version %u holds no state or layer table", version);
 

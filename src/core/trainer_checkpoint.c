@@ -93,11 +93,12 @@ int ckpt_resume_setup(Trainer *t)
     if (!t->resuming) return BASIN_OK;
     /* Every rank learns the position, and how much state the checkpoint
      * holds (t->resume.st.n_state: read on rank 0, told to the others). */
-    uint64_t pos[2] = {t->resume.st.next_step, t->resume.st.n_state};
+    uint64_t pos[3] = {t->resume.st.next_step, t->resume.st.n_state, t->resume.st.n_moment2};
     double el = t->resume.st.elapsed_s;
-    BASIN_MPI(MPI_Bcast(pos, 2, MPI_UINT64_T, 0, t->comm));
+    BASIN_MPI(MPI_Bcast(pos, 3, MPI_UINT64_T, 0, t->comm));
     BASIN_MPI(MPI_Bcast(&el, 1, MPI_DOUBLE, 0, t->comm));
     t->resume.st.n_state = (size_t)pos[1];
+    t->resume.st.n_moment2 = (size_t)pos[2];
     t->start_step = pos[0];
     t->elapsed_before = el;
     t->good_step = (long long)pos[0];
@@ -155,6 +156,19 @@ int ckpt_resume_apply(Trainer *t)
         if (!rc && t->on_gpu) t->ops->to_device(net->state, s, ns * sizeof(float));
         if (t->on_gpu) free(s);
         TRY(rc);
+    }
+    /* Adam's second moment: rank 0's copy on every rank; a checkpoint
+     * without one (written before the optimizer kept it) starts it at 0. */
+    if (t->sgd.adam_v) {
+        if (t->resume.st.n_moment2 == n) {
+            float *v = t->on_gpu ? t->host : t->sgd.adam_v;
+            if (t->rank == 0) memcpy(v, t->resume.st.moment2, n * sizeof(float));
+            TRY(bcast_floats(t, v, n));
+            if (t->on_gpu) t->ops->to_device(t->sgd.adam_v, v, n * sizeof(float));
+        } else {
+            basin_warn("checkpoint %s holds no second moment for --optimizer %s: it starts again from 0",
+                       t->rank == 0 ? t->resume.path : "", optim_name(t->sgd.kind));
+        }
     }
     uint64_t spe = t->steps_per_epoch;
     TRY(reader_seek(t->train, t->start_step / spe, t->start_step % spe));
@@ -223,8 +237,14 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
         char *table = net_layer_table(t->net);
         const float *state = NULL;
         float *state_copy = NULL;
-        if (!table || host_net_state(t, &state, &state_copy) != BASIN_OK) {
+        /* Adam's second moment (whole after grads_gather_momentum). */
+        size_t n2 = t->sgd.adam_v ? t->net->n_params : 0;
+        float *moment2_copy = n2 && t->on_gpu ? basin_malloc(n2 * sizeof(float)) : NULL;
+        const float *moment2 = t->on_gpu ? moment2_copy : t->sgd.adam_v;
+        if (moment2_copy) t->ops->to_host(moment2_copy, t->sgd.adam_v, n2 * sizeof(float));
+        if (!table || (n2 && !moment2) || host_net_state(t, &state, &state_copy) != BASIN_OK) {
             free(table);
+            free(moment2_copy);
             rc = BASIN_ERR_RUNTIME;
             goto told;
         }
@@ -237,11 +257,13 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
             .elapsed_s = t->elapsed_before + (t0 - t->t_start), .n_params = t->net->n_params,
             .params = trainer_host_state(t, t->net->params, 0), .momentum = trainer_host_state(t, t->net->mom, 1),
             .n_state = t->net->n_state, .state = state, .layer_table = table,
+            .n_moment2 = n2, .moment2 = moment2,
         };
         if (t->stall_s > 0) nanosleep(&(struct timespec){(time_t)t->stall_s, (long)(fmod(t->stall_s, 1.0) * 1e9)}, NULL);
         rc = checkpoint_write(t->ckpt_dir, &st, cfg->keep_checkpoints, path, sizeof path);
         free(table);
         free(state_copy);
+        free(moment2_copy);
     }
 told:
     BASIN_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, t->comm));
