@@ -82,6 +82,54 @@ static void run_case(const char *data, const char *dir, OptimKind kind, int shar
     free(a.params), free(b.params), free(c.params);
 }
 
+/* /moment2 round-trips bit for bit, and one flipped bit of it is refused. */
+static void moment2_file_case(const char *dir)
+{
+    enum { N = 1000 };
+    static float p[N], m[N], v[N];
+    for (int i = 0; i < N; i++) p[i] = 0.001f * (float)i, m[i] = -0.5f * (float)i, v[i] = 12345.0f + (float)i;
+    CheckpointState st = {.model_spec = "mlp", .config_text = "optimizer=adam", .next_step = 3, .n_params = N,
+                          .params = p, .momentum = m, .n_moment2 = N, .moment2 = v};
+    char sub[8192], path[8192];
+    snprintf(sub, sizeof sub, "%s/moment2-file", dir);
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", sub);
+    if (system(cmd) != 0) fprintf(stderr, "could not clear %s\n", sub);
+    EXPECT(checkpoint_write(sub, &st, 0, path, sizeof path) == BASIN_OK, "write with /moment2");
+    Checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    EXPECT(checkpoint_read(path, &ck) == BASIN_OK && ck.st.n_moment2 == N && ck.moment2 &&
+               memcmp(ck.moment2, v, sizeof v) == 0,
+           "/moment2 does not round-trip");
+    checkpoint_free(&ck);
+    /* A second moment of the wrong length is refused before anything is written. */
+    st.n_moment2 = N - 1;
+    EXPECT(checkpoint_write(sub, &st, 0, NULL, 0) == BASIN_ERR_USAGE, "short second moment written");
+    /* Flip one bit inside /moment2's data (found by its first values). */
+    FILE *f = fopen(path, "r+b");
+    EXPECT(f != NULL, "cannot open %s", path);
+    if (!f) return;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    unsigned char *bytes = malloc((size_t)size);
+    fseek(f, 0, SEEK_SET);
+    EXPECT(bytes && fread(bytes, 1, (size_t)size, f) == (size_t)size, "cannot read %s", path);
+    long at = -1;
+    for (long i = 0; bytes && i + (long)(4 * sizeof(float)) <= size && at < 0; i++)
+        if (memcmp(bytes + i, v, 4 * sizeof(float)) == 0) at = i;
+    EXPECT(at >= 0, "/moment2 data not found in %s", path);
+    if (at >= 0) {
+        unsigned char b = bytes[at + 9] ^ 0x10;
+        fseek(f, at + 9, SEEK_SET);
+        fwrite(&b, 1, 1, f);
+    }
+    fclose(f);
+    free(bytes);
+    memset(&ck, 0, sizeof ck);
+    EXPECT(checkpoint_read(path, &ck) == BASIN_ERR_USAGE, "a flipped bit in /moment2 was accepted");
+    checkpoint_free(&ck);
+}
+
 int main(int argc, char **argv)
 {
     int provided;
@@ -90,8 +138,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s DATA.h5 OUTPUT_DIR\n", argv[0]);
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
-    int world;
+    int world, rank;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) moment2_file_case(argv[2]);
     static const OptimKind kinds[] = {OPTIM_LARS, OPTIM_ADAM, OPTIM_ADAMW};
     for (int k = 0; k < 3; k++) {
         run_case(argv[1], argv[2], kinds[k], 1);
