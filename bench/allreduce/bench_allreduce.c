@@ -2,7 +2,7 @@
  *
  *   mpirun -np P basin-bench-allreduce [--min-bytes B] [--max-bytes B]
  *       [--algos auto,rhd,ring,hier,mpi] [--runs R] [--supernode-size K]
- *       [--placement window|private] [--csv FILE]
+ *       [--placement window|private] [--wire fp32|bf16|fp16] [--csv FILE]
  *
  * For each size and algorithm: a correctness run on exact inputs (outside the
  * timed loop; #wrong counts wrong elements over all ranks and fails the run),
@@ -12,6 +12,10 @@
  * The buffer is reduced in place; with --placement window (default) it comes
  * from allreduce_buffer_alloc, as the trainer's gradient buffer does, and the
  * plans are made with ALLREDUCE_WINDOW_ONLY.
+ * --wire bf16|fp16 sends 16-bit values between supernodes (allreduce.h);
+ * bytes and bandwidths still count the fp32 buffer, so the gain shows as a
+ * higher algbw. mpi cannot send 16 bits: it stays fp32, the baseline. The
+ * exact inputs stay exact in bf16 up to 28 ranks (sums of 9 P < 2^8).
  */
 #include "allreduce/allreduce.h"
 #include "core/error.h"
@@ -25,13 +29,16 @@ typedef struct Opts {
     size_t min_bytes, max_bytes;
     char algos[256];
     int runs, supernode_size, window;
+    unsigned wire; /* ALLREDUCE_WIRE_* plan flag, 0: fp32 */
+    const char *wire_name;
     const char *csv;
 } Opts;
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: basin-bench-allreduce [--min-bytes B] [--max-bytes B] [--algos a,b,...] [--runs R]\n"
-               "         [--supernode-size K] [--placement window|private] [--csv FILE]\n"
+               "         [--supernode-size K] [--placement window|private] [--wire fp32|bf16|fp16]\n"
+               "         [--csv FILE]\n"
                "  sizes double from min to max (default 4096 .. 268435456); algorithms from\n"
                "  auto, rhd, ring, hier, mpi (default all); R timed runs per point (default 5)\n");
 }
@@ -45,6 +52,8 @@ static int parse(int argc, char **argv, Opts *o)
     o->supernode_size = 0;
     o->window = 1;
     o->csv = NULL;
+    o->wire = 0;
+    o->wire_name = "fp32";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
@@ -65,7 +74,11 @@ static int parse(int argc, char **argv, Opts *o)
             o->supernode_size = atoi(v);
         else if (!strcmp(a, "--placement") && (!strcmp(v, "window") || !strcmp(v, "private")))
             o->window = !strcmp(v, "window");
-        else if (!strcmp(a, "--csv"))
+        else if (!strcmp(a, "--wire")) {
+            if (allreduce_wire_parse(v, &o->wire))
+                return basin_error(BASIN_ERR_USAGE, "--wire '%s': expected fp32, bf16 or fp16", v);
+            o->wire_name = v;
+        } else if (!strcmp(a, "--csv"))
             o->csv = v;
         else
             return basin_error(BASIN_ERR_USAGE, "unknown option or value: %s %s (see --help)", a, v);
@@ -136,8 +149,9 @@ int main(int argc, char **argv)
 
     if (rank == 0)
         printf("# basin all-reduce benchmark: %d ranks, %d supernode(s) of %d..%d ranks, %s buffers, "
-               "median of %d runs, time = slowest rank\n",
-               size, t->nodes, t->min_local_size, t->local_size, o.window ? "shared-window" : "private", o.runs);
+               "median of %d runs, time = slowest rank, wire %s\n",
+               size, t->nodes, t->min_local_size, t->local_size, o.window ? "shared-window" : "private", o.runs,
+               o.wire_name);
     for (int a = 0; a < nalgo; a++) {
         if (rank == 0) {
             printf("\n### %s\n\n", algos[a]);
@@ -150,6 +164,7 @@ int main(int argc, char **argv)
             AllreducePlan *p = NULL;
             /* Window buffers are what the trainer reduces: promise it (auto uses it). */
             unsigned flags = o.window ? ALLREDUCE_WINDOW_ONLY : 0;
+            if (strcmp(algos[a], "mpi")) flags |= o.wire;
             if ((st = allreduce_plan(c, algos[a], n, flags, &p))) MPI_Abort(MPI_COMM_WORLD, st);
             /* correctness, outside the timed loop */
             for (size_t i = 0; i < n; i++) buf[i] = exact_value(rank, i);

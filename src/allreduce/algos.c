@@ -136,6 +136,11 @@ int allreduce_plan(AllreduceComm *c, const char *algo, size_t count, unsigned fl
         allreduce_algorithms_text(list, sizeof list, NULL);
         return basin_error(BASIN_ERR_USAGE, "unknown all-reduce algorithm '%s' (choose %s)", algo, list);
     }
+    if ((flags & ALLREDUCE_WIRE_BF16) && (flags & ALLREDUCE_WIRE_FP16))
+        return basin_error(BASIN_ERR_USAGE, "all-reduce: choose one wire format, bf16 or fp16");
+    if (ar_wire_kind(flags) != AR_WIRE_FP32 && a == &ar_algo_mpi)
+        return basin_error(BASIN_ERR_USAGE, "all-reduce mpi sends fp32 only; --wire %s needs hier, rhd or ring",
+                           ar_wire_name(ar_wire_kind(flags)));
     /* Planning may create shared windows: not while requests are in flight. */
     TRY(allreduce_wait_all(c));
     AllreducePlan *p = basin_calloc(1, sizeof *p);
@@ -161,6 +166,28 @@ const char *allreduce_plan_algorithm(const AllreducePlan *p)
 size_t allreduce_plan_count(const AllreducePlan *p)
 {
     return p->count;
+}
+
+const char *allreduce_plan_wire(const AllreducePlan *p)
+{
+    return ar_wire_name(ar_wire_kind(p->flags));
+}
+
+int ar_wire_kind(unsigned flags)
+{
+    if (flags & ALLREDUCE_WIRE_BF16) return AR_WIRE_BF16;
+    if (flags & ALLREDUCE_WIRE_FP16) return AR_WIRE_FP16;
+    return AR_WIRE_FP32;
+}
+
+int allreduce_wire_parse(const char *name, unsigned *flags)
+{
+    if (!name) return -1;
+    if (!strcmp(name, "fp32")) *flags = 0;
+    else if (!strcmp(name, "bf16")) *flags = ALLREDUCE_WIRE_BF16;
+    else if (!strcmp(name, "fp16")) *flags = ALLREDUCE_WIRE_FP16;
+    else return -1;
+    return 0;
 }
 
 void allreduce_plan_free(AllreducePlan *p)

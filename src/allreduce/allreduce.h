@@ -109,7 +109,43 @@ enum {
      * allreduce_buffer_alloc: hier then allocates no staging copy, and a run
      * on other memory fails with BASIN_ERR_USAGE. */
     ALLREDUCE_WINDOW_ONLY = 1u,
+    /* Reduced precision on the wire: the messages between ranks carry
+     * 16-bit values, added in fp32 (ALLREDUCE_WIRE_* below). */
+    ALLREDUCE_WIRE_BF16 = 2u,
+    ALLREDUCE_WIRE_FP16 = 4u,
 };
+
+/* Wire formats (plan flags ALLREDUCE_WIRE_BF16 / _FP16; neither: fp32).
+ *
+ * Which messages: hier's step between supernodes (rhd or ring on each
+ * shard) only; inside a supernode (shared memory) everything stays fp32.
+ * rhd and ring have no supernode level: all their messages are 16-bit,
+ * also between ranks of one host. mpi refuses a 16-bit wire
+ * (BASIN_ERR_USAGE). Halves the bytes on the links between supernodes.
+ *
+ * Arithmetic: values are rounded to nearest, ties to even, when packed into
+ * a message; received values are widened and added in fp32. Each element is
+ * rounded at most once per message it travels in, and the rank that owns a
+ * finished sum rounds it once and keeps the rounded value itself, so the
+ * all-gather moves exact 16-bit values and every rank ends with the same
+ * bits. Error per element: |result - exact sum| <= (R + 1) u sum_r |x_r|
+ * plus fp32's own, with u = 2^-8 for bf16 and 2^-11 for fp16, and R the
+ * number of messages a partial sum travels over P ranks on the wire:
+ * rhd log2 P' (+1 when P is not a power of two P'), ring P - 1 (hier: the
+ * same over its S supernodes). Inputs whose partial sums are all
+ * representable in the format come out exact.
+ *
+ * fp16 scale: dynamic, per collective (per bucket). The ranks first agree on
+ * M = max |value| over all their inputs (one MPI_MAX of one float on the
+ * communicator of the wire step), then every message carries x * 2^e with
+ * 2^e the power of two such that P M 2^e < 2^15: no partial sum can
+ * overflow (fp16's maximum is 65504), the largest values keep fp16's full
+ * precision, and gradients of any magnitude (1e-8 or 1e5) scale into range.
+ * Values below about M P 2^-39 flush to zero. The scaling is exact (a power
+ * of two). bf16 has fp32's exponent range and needs no scale. */
+/* 0 and *flags set (0, ALLREDUCE_WIRE_BF16 or _FP16) for "fp32", "bf16",
+ * "fp16"; -1 otherwise. */
+int allreduce_wire_parse(const char *name, unsigned *flags);
 
 /* Collective: plan a sum of count floats with algorithm algo ("auto" picks).
  * An unknown name is BASIN_ERR_USAGE. */
@@ -118,6 +154,8 @@ int allreduce_plan(AllreduceComm *c, const char *algo, size_t count, unsigned fl
 /* The algorithm that runs ("auto" resolved). */
 const char *allreduce_plan_algorithm(const AllreducePlan *p);
 size_t allreduce_plan_count(const AllreducePlan *p);
+/* "fp32", "bf16" or "fp16". */
+const char *allreduce_plan_wire(const AllreducePlan *p);
 void allreduce_plan_free(AllreducePlan *p);
 
 /* Blocking sum: recv[i] = sum over ranks of send[i], i < count.

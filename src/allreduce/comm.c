@@ -209,19 +209,19 @@ size_t ar_chunks(const AllreduceComm *c, size_t count)
     return (count + c->max_msg - 1) / c->max_msg;
 }
 
-int ar_exchange(AllreduceComm *c, MPI_Comm comm, const float *sbuf, size_t scount, int dst,
-                float *rbuf, size_t rcount, int src, int tag, MPI_Request *reqs,
-                int src_world, const char *phase, int step)
+int ar_exchange_typed(AllreduceComm *c, MPI_Comm comm, const void *sbuf, size_t scount, int dst, void *rbuf,
+                      size_t rcount, int src, int tag, MPI_Datatype type, size_t esize, MPI_Request *reqs,
+                      int src_world, const char *phase, int step)
 {
     int n = 0;
-    /* Each chunk is at most max_msg <= INT_MAX floats, so its int count is exact. */
+    /* Each chunk is at most max_msg <= INT_MAX elements, so its int count is exact. */
     for (size_t off = 0; off < rcount; off += c->max_msg) {
         size_t k = rcount - off < c->max_msg ? rcount - off : c->max_msg;
-        BASIN_MPI(MPI_Irecv(rbuf + off, (int)k, MPI_FLOAT, src, tag, comm, &reqs[n++]));
+        BASIN_MPI(MPI_Irecv((char *)rbuf + off * esize, (int)k, type, src, tag, comm, &reqs[n++]));
     }
     for (size_t off = 0; off < scount; off += c->max_msg) {
         size_t k = scount - off < c->max_msg ? scount - off : c->max_msg;
-        BASIN_MPI(MPI_Isend(sbuf + off, (int)k, MPI_FLOAT, dst, tag, comm, &reqs[n++]));
+        BASIN_MPI(MPI_Isend((const char *)sbuf + off * esize, (int)k, type, dst, tag, comm, &reqs[n++]));
     }
     if (n == 0) return BASIN_OK;
     ar_watch_begin(c, phase, step, rcount ? src_world : -1);
@@ -229,6 +229,14 @@ int ar_exchange(AllreduceComm *c, MPI_Comm comm, const float *sbuf, size_t scoun
     ar_watch_end(c);
     if (rc != MPI_SUCCESS) return basin_mpi_fail(rc, "MPI_Testall", __FILE__, __LINE__);
     return BASIN_OK;
+}
+
+int ar_exchange(AllreduceComm *c, MPI_Comm comm, const float *sbuf, size_t scount, int dst,
+                float *rbuf, size_t rcount, int src, int tag, MPI_Request *reqs,
+                int src_world, const char *phase, int step)
+{
+    return ar_exchange_typed(c, comm, sbuf, scount, dst, rbuf, rcount, src, tag, MPI_FLOAT, sizeof(float), reqs,
+                             src_world, phase, step);
 }
 
 void ar_add(float *restrict dst, const float *restrict src, size_t n)

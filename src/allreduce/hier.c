@@ -55,6 +55,14 @@
  *
  * Same bits everywhere: each element is summed once in step 1 by its shard
  * owner in local-rank order, once per rhd block in step 2, then only copied.
+ *
+ * Reduced-precision wire (ALLREDUCE_WIRE_BF16/FP16): only step 2 changes.
+ * Its messages between supernodes carry 16-bit values, added in fp32, and
+ * each cross-step owner rounds its block once before the all-gather (rhd.c,
+ * ring.c); steps 1 and 3 stay fp32 in shared memory, so the result is the
+ * fp32 sum of each supernode's fp32 sums, rounded on the way between
+ * supernodes, and the same bits on every rank. Each host then moves
+ * 2 (S-1)/S n 16-bit values over its link: half the bytes.
  */
 #include "allreduce/internal.h"
 
@@ -127,9 +135,9 @@ static int hier_plan(AllreduceComm *c, size_t n, unsigned flags, void **state)
          * so all choose alike. */
         size_t cnt = h->off[h->l + 1] - h->off[h->l];
         if (cnt * sizeof(float) >= HIER_RING_SHARD_BYTES)
-            st = ar_ring_plan_on(c, c->cross, c->cross_world, cnt, &h->cross_ring);
+            st = ar_ring_plan_on(c, c->cross, c->cross_world, cnt, ar_wire_kind(flags), &h->cross_ring);
         else
-            st = ar_rhd_plan_on(c, c->cross, c->cross_world, cnt, &h->cross);
+            st = ar_rhd_plan_on(c, c->cross, c->cross_world, cnt, ar_wire_kind(flags), &h->cross);
         if (st) goto fail;
     }
     if (h->L > 1 && !(flags & ALLREDUCE_WINDOW_ONLY))

@@ -125,22 +125,48 @@ struct AllreducePlan {
     AllreduceComm *comm;
     const AllreduceAlgo *algo;
     size_t count;
-    unsigned flags;
+    unsigned flags; /* ALLREDUCE_* plan flags, wire format included */
     void *state;
 };
 
 extern const AllreduceAlgo ar_algo_rhd, ar_algo_ring, ar_algo_hier, ar_algo_mpi;
 
+/* ---- reduced-precision messages (wire.c) ------------------------------- */
+
+enum { AR_WIRE_FP32 = 0, AR_WIRE_BF16 = 1, AR_WIRE_FP16 = 2 };
+
+/* The format of one collective's messages and, for fp16, its scale. */
+typedef struct ArWire {
+    int kind;
+    double scale, unscale; /* fp16: 2^e and 2^-e; 1 otherwise */
+} ArWire;
+
+/* AR_WIRE_* from plan flags. */
+int ar_wire_kind(unsigned flags);
+const char *ar_wire_name(int kind);
+/* fp16: agree on the scale for x[0, n) over comm (size ranks; every rank
+ * calls it); other kinds: scale 1, no message. */
+int ar_wire_scale(AllreduceComm *c, MPI_Comm comm, int size, const float *x, size_t n, ArWire *w);
+/* dst = 16-bit(src), rounded to nearest even. */
+void ar_wire_pack(const ArWire *w, uint16_t *dst, const float *src, size_t n);
+/* dst = fp32(src). */
+void ar_wire_unpack(const ArWire *w, float *dst, const uint16_t *src, size_t n);
+/* dst = a + fp32(b); dst may be a. */
+void ar_wire_add(const ArWire *w, float *dst, const float *a, const uint16_t *b, size_t n);
+/* x = fp32(16-bit(x)): the owner's rounding before it hands a sum out. */
+void ar_wire_round(const ArWire *w, float *x, size_t n);
+
 /* rhd on any communicator (hier runs it on the cross communicator).
- * world_of maps comm ranks to world ranks for the watchdog (NULL: identity). */
+ * world_of maps comm ranks to world ranks for the watchdog (NULL: identity).
+ * wire: AR_WIRE_*, the format of every message. */
 typedef struct ArRhd ArRhd;
-int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t count, ArRhd **out);
+int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t count, int wire, ArRhd **out);
 int ar_rhd_run_on(AllreduceComm *c, ArRhd *r, const float *send, float *recv);
 void ar_rhd_free_on(ArRhd *r);
 
 /* ring on any communicator (hier runs it across supernodes for large shards). */
 typedef struct ArRing ArRing;
-int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t count, ArRing **out);
+int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t count, int wire, ArRing **out);
 int ar_ring_run_on(AllreduceComm *c, ArRing *r, const float *send, float *recv);
 void ar_ring_free_on(ArRing *r);
 
@@ -184,6 +210,11 @@ size_t ar_chunks(const AllreduceComm *c, size_t count);
 int ar_exchange(AllreduceComm *c, MPI_Comm comm, const float *sbuf, size_t scount, int dst,
                 float *rbuf, size_t rcount, int src, int tag, MPI_Request *reqs,
                 int src_world, const char *phase, int step);
+
+/* ar_exchange for elements of esize bytes of MPI type type. */
+int ar_exchange_typed(AllreduceComm *c, MPI_Comm comm, const void *sbuf, size_t scount, int dst, void *rbuf,
+                      size_t rcount, int src, int tag, MPI_Datatype type, size_t esize, MPI_Request *reqs,
+                      int src_world, const char *phase, int step);
 
 /* Shared-memory barrier over the supernode (watched, names the late peer). */
 void ar_node_barrier(AllreduceComm *c, const char *phase);

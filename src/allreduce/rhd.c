@@ -56,6 +56,8 @@ struct ArRhd {
     RhdStep *steps; /* (nsteps) */
     float *tmp;     /* scratch for received halves */
     MPI_Request *reqs;
+    ArWire wire;     /* message format */
+    uint16_t *w_send, *w_recv; /* (count) 16-bit messages, when the wire is */
 };
 
 void ar_rhd_free_on(ArRhd *r)
@@ -64,10 +66,12 @@ void ar_rhd_free_on(ArRhd *r)
     free(r->steps);
     free(r->tmp);
     free(r->reqs);
+    free(r->w_send);
+    free(r->w_recv);
     free(r);
 }
 
-int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t n, ArRhd **out)
+int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t n, int wire, ArRhd **out)
 {
     int rank, size;
     BASIN_MPI(MPI_Comm_rank(comm, &rank));
@@ -77,6 +81,7 @@ int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t 
     r->comm = comm;
     r->count = n;
     r->size = size;
+    r->wire.kind = wire;
     int pof2 = 1;
     while (pof2 * 2 <= size) pof2 *= 2;
     int extra = size - pof2, newrank;
@@ -119,11 +124,73 @@ int ar_rhd_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t 
     r->tmp = basin_aligned_alloc(tmp_count * sizeof(float));
     r->reqs = basin_calloc(2 * ar_chunks(c, n) + 2, sizeof *r->reqs);
     if (!r->tmp || !r->reqs) goto oom;
+    if (wire != AR_WIRE_FP32 && size > 1 && n > 0) {
+        r->w_send = basin_aligned_alloc(n * sizeof(uint16_t));
+        r->w_recv = basin_aligned_alloc(n * sizeof(uint16_t));
+        if (!r->w_send || !r->w_recv) goto oom;
+    }
     *out = r;
     return BASIN_OK;
 oom:
     ar_rhd_free_on(r);
     return BASIN_ERR_RUNTIME;
+}
+
+/* The same schedule with 16-bit messages: partial sums travel rounded and
+ * are added in fp32; after the reduce-scatter each rank rounds the block it
+ * owns once, in place, so the all-gather (exact: the values are already
+ * representable) hands every rank the owner's bits. */
+static int rhd_run_wire(AllreduceComm *c, ArRhd *r, const float *send, float *recv)
+{
+    size_t n = r->count;
+    MPI_Comm comm = r->comm;
+    ArWire *w = &r->wire;
+    uint16_t *ws = r->w_send, *wr = r->w_recv;
+    TRY(ar_wire_scale(c, comm, r->size, send, n, w));
+    if (r->role == ROLE_FOLD_SEND) {
+        ar_wire_pack(w, ws, send, n);
+        TRY(ar_exchange_typed(c, comm, ws, n, r->fold_peer, NULL, 0, r->fold_peer, TAG_FOLD, MPI_UINT16_T,
+                              sizeof *ws, r->reqs, r->fold_peer_world, "fold", 0));
+        TRY(ar_exchange_typed(c, comm, NULL, 0, r->fold_peer, wr, n, r->fold_peer, TAG_UNFOLD, MPI_UINT16_T,
+                              sizeof *wr, r->reqs, r->fold_peer_world, "unfold", 0));
+        ar_wire_unpack(w, recv, wr, n);
+        return BASIN_OK;
+    }
+    const float *src = send;
+    if (r->role == ROLE_FOLD_RECV) {
+        TRY(ar_exchange_typed(c, comm, NULL, 0, r->fold_peer, wr, n, r->fold_peer, TAG_FOLD, MPI_UINT16_T,
+                              sizeof *wr, r->reqs, r->fold_peer_world, "fold", 0));
+        ar_wire_add(w, recv, send, wr, n);
+        src = recv;
+    }
+    for (int i = 0; i < r->nsteps; i++) {
+        const RhdStep *s = &r->steps[i];
+        ar_wire_pack(w, ws, src + s->send_off, s->send_cnt);
+        TRY(ar_exchange_typed(c, comm, ws, s->send_cnt, s->peer, wr, s->keep_cnt, s->peer, TAG_RS, MPI_UINT16_T,
+                              sizeof *ws, r->reqs, s->peer_world, "reduce-scatter", i));
+        ar_wire_add(w, recv + s->keep_off, src + s->keep_off, wr, s->keep_cnt);
+        src = recv;
+    }
+    if (r->nsteps > 0) {
+        const RhdStep *s = &r->steps[r->nsteps - 1];
+        ar_wire_round(w, recv + s->keep_off, s->keep_cnt);
+    } else {
+        if (src != recv) memcpy(recv, src, n * sizeof(float));
+        ar_wire_round(w, recv, n);
+    }
+    for (int i = r->nsteps - 1; i >= 0; i--) {
+        const RhdStep *s = &r->steps[i];
+        ar_wire_pack(w, ws, recv + s->keep_off, s->keep_cnt);
+        TRY(ar_exchange_typed(c, comm, ws, s->keep_cnt, s->peer, wr, s->send_cnt, s->peer, TAG_AG, MPI_UINT16_T,
+                              sizeof *ws, r->reqs, s->peer_world, "all-gather", i));
+        ar_wire_unpack(w, recv + s->send_off, wr, s->send_cnt);
+    }
+    if (r->role == ROLE_FOLD_RECV) {
+        ar_wire_pack(w, ws, recv, n);
+        TRY(ar_exchange_typed(c, comm, ws, n, r->fold_peer, NULL, 0, r->fold_peer, TAG_UNFOLD, MPI_UINT16_T,
+                              sizeof *ws, r->reqs, r->fold_peer_world, "unfold", 0));
+    }
+    return BASIN_OK;
 }
 
 int ar_rhd_run_on(AllreduceComm *c, ArRhd *r, const float *send, float *recv)
@@ -134,6 +201,7 @@ int ar_rhd_run_on(AllreduceComm *c, ArRhd *r, const float *send, float *recv)
         if (send != recv) memcpy(recv, send, n * sizeof(float));
         return BASIN_OK;
     }
+    if (r->wire.kind != AR_WIRE_FP32) return rhd_run_wire(c, r, send, recv);
     MPI_Comm comm = r->comm;
     if (r->role == ROLE_FOLD_SEND) {
         TRY(ar_exchange(c, comm, send, n, r->fold_peer, NULL, 0, r->fold_peer, TAG_FOLD, r->reqs,
@@ -170,7 +238,7 @@ int ar_rhd_run_on(AllreduceComm *c, ArRhd *r, const float *send, float *recv)
 static int rhd_plan(AllreduceComm *c, size_t count, unsigned flags, void **state)
 {
     ArRhd *r = NULL;
-    TRY(ar_rhd_plan_on(c, c->world, NULL, count, &r));
+    TRY(ar_rhd_plan_on(c, c->world, NULL, count, ar_wire_kind(flags), &r));
     *state = r;
     return BASIN_OK;
 }

@@ -62,6 +62,9 @@ struct ArRing {
     float *tmp;          /* (window * slot_count) landing slots */
     MPI_Request *sreq;   /* (nstream) one per piece sent */
     MPI_Request *rreq;   /* (window) one per landing slot */
+    ArWire wire;         /* message format */
+    uint16_t *w_send;    /* 16-bit wire: (window * slot_count) outgoing pieces */
+    uint16_t *w_recv;    /* (window * slot_count) landing slots */
 };
 
 void ar_ring_free_on(ArRing *r)
@@ -71,10 +74,12 @@ void ar_ring_free_on(ArRing *r)
     free(r->tmp);
     free(r->sreq);
     free(r->rreq);
+    free(r->w_send);
+    free(r->w_recv);
     free(r);
 }
 
-int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t n, ArRing **out)
+int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t n, int wire, ArRing **out)
 {
     int rank, size;
     BASIN_MPI(MPI_Comm_rank(comm, &rank));
@@ -83,6 +88,7 @@ int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t
     if (!r) return BASIN_ERR_RUNTIME;
     r->comm = comm;
     r->count = n;
+    r->wire.kind = wire;
     r->rank = rank;
     r->size = size;
     r->left = (rank + size - 1) % size;
@@ -112,6 +118,15 @@ int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t
     if (!r->off || !r->tmp || !r->sreq || !r->rreq) {
         ar_ring_free_on(r);
         return BASIN_ERR_RUNTIME;
+    }
+    if (wire != AR_WIRE_FP32 && size > 1) {
+        size_t slots = (size_t)r->window * r->slot_count;
+        r->w_send = basin_aligned_alloc((slots ? slots : 1) * sizeof(uint16_t));
+        r->w_recv = basin_aligned_alloc((slots ? slots : 1) * sizeof(uint16_t));
+        if (!r->w_send || !r->w_recv) {
+            ar_ring_free_on(r);
+            return BASIN_ERR_RUNTIME;
+        }
     }
     for (size_t b = 0; b <= p; b++) r->off[b] = allreduce_part_start(n, p, b);
     *out = r;
@@ -160,6 +175,14 @@ static int post_send(AllreduceComm *c, ArRing *r, const float *send, float *recv
     size_t lo, cnt;
     piece_of(r, sb, j, &lo, &cnt);
     const float *src = (rs && k == 0 ? send : recv) + lo;
+    if (r->wire.kind != AR_WIRE_FP32) {
+        /* The piece is rounded into slot i % W, free once send i - W is out. */
+        if (i >= r->window) TRY(wait_req(c, &r->sreq[i - r->window], "ring send", k, r->right_world));
+        uint16_t *w = r->w_send + (size_t)(i % r->window) * r->slot_count;
+        ar_wire_pack(&r->wire, w, src, cnt);
+        BASIN_MPI(MPI_Isend(w, (int)cnt, MPI_UINT16_T, r->right, TAG_RING, r->comm, &r->sreq[i]));
+        return BASIN_OK;
+    }
     /* cnt <= slot_count <= max_msg <= INT_MAX (plan), so the int is exact. */
     BASIN_MPI(MPI_Isend(src, (int)cnt, MPI_FLOAT, r->right, TAG_RING, r->comm, &r->sreq[i]));
     return BASIN_OK;
@@ -175,6 +198,12 @@ static int post_recv(AllreduceComm *c, ArRing *r, float *recv, int i)
     size_t lo, cnt;
     piece_of(r, rb, j, &lo, &cnt);
     float *dst = recv + lo;
+    if (r->wire.kind != AR_WIRE_FP32) {
+        /* Every piece lands in a 16-bit slot, never in recv. */
+        uint16_t *w = r->w_recv + (size_t)(i % r->window) * r->slot_count;
+        BASIN_MPI(MPI_Irecv(w, (int)cnt, MPI_UINT16_T, r->left, TAG_RING, r->comm, &r->rreq[i % r->window]));
+        return BASIN_OK;
+    }
     if (rs) {
         dst = r->tmp + (size_t)(i % r->window) * r->slot_count;
     } else {
@@ -198,14 +227,28 @@ int ar_ring_run_on(AllreduceComm *c, ArRing *r, const float *send, float *recv)
      * out-of-place needs no copy-in. Sends are posted before receives so
      * that the send an all-gather receive waits for (post_recv) is out:
      * receive i needs send i - (p-1)C, and W <= pC keeps it behind. */
-    int sent = 0, posted = 0;
+    int sent = 0, posted = 0, wire = r->wire.kind != AR_WIRE_FP32;
+    if (wire) TRY(ar_wire_scale(c, r->comm, p, send, n, &r->wire));
     for (; sent < C; sent++) TRY(post_send(c, r, send, recv, sent));
     for (; posted < N && posted < r->window; posted++) TRY(post_recv(c, r, recv, posted));
     for (int i = 0; i < N; i++) {
         int rs, k, j, sb, rb;
         stream_pos(r, i, &rs, &k, &j, &sb, &rb);
         TRY(wait_req(c, &r->rreq[i % r->window], rs ? "ring reduce-scatter" : "ring all-gather", k, r->left_world));
-        if (rs) {
+        if (wire) {
+            /* 16-bit pieces are added (or copied) in fp32; the last step of
+             * the reduce-scatter completes the block this rank owns, which
+             * it rounds once so the all-gather hands out its exact bits. */
+            size_t lo, cnt;
+            piece_of(r, rb, j, &lo, &cnt);
+            const uint16_t *w = r->w_recv + (size_t)(i % r->window) * r->slot_count;
+            if (rs) {
+                ar_wire_add(&r->wire, recv + lo, send + lo, w, cnt);
+                if (k == p - 2) ar_wire_round(&r->wire, recv + lo, cnt);
+            } else {
+                ar_wire_unpack(&r->wire, recv + lo, w, cnt);
+            }
+        } else if (rs) {
             size_t lo, cnt;
             piece_of(r, rb, j, &lo, &cnt);
             ar_add3(recv + lo, send + lo, r->tmp + (size_t)(i % r->window) * r->slot_count, cnt);
@@ -220,7 +263,7 @@ int ar_ring_run_on(AllreduceComm *c, ArRing *r, const float *send, float *recv)
 static int ring_plan(AllreduceComm *c, size_t n, unsigned flags, void **state)
 {
     ArRing *r = NULL;
-    TRY(ar_ring_plan_on(c, c->world, NULL, n, &r));
+    TRY(ar_ring_plan_on(c, c->world, NULL, n, ar_wire_kind(flags), &r));
     *state = r;
     return BASIN_OK;
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allreduce/allreduce.h"
 #include "core/error.h"
 #include "reader/reader.h"
 
@@ -38,6 +39,7 @@ void config_defaults(TrainConfig *cfg)
     cfg->device = "cpu";
     cfg->prefetch = 1;
     cfg->allreduce = "auto";
+    cfg->wire = "fp32";
     cfg->bucket_mb = 4.0;
     cfg->overlap = 1;
     cfg->sharded_update = 1;
@@ -95,6 +97,9 @@ void config_usage(const char *prog, const char *algorithms)
            "Data parallelism\n"
            "  --allreduce ALGO        gradient all-reduce: %s; with --device\n"
            "                          cuda: auto, hier (NCCL in the supernode) or nccl (default auto)\n"
+           "  --wire FMT              gradient values in all-reduce messages between supernodes\n"
+           "                          (hier; every message of rhd and ring): fp32, bf16 or fp16\n"
+           "                          (16 bits, summed in fp32; fp16 scaled per bucket) (default fp32)\n"
            "  --bucket-mb X           gradient bucket size in MiB (default 4)\n"
            "  --no-overlap            reduce gradients after backward, not during it\n"
            "  --no-sharded-update     every rank runs the optimizer on every parameter, instead\n"
@@ -172,6 +177,7 @@ enum {
     OPT_STATUS,
     OPT_AUGMENT, OPT_SYNC_BN, OPT_ZERO_INIT_RESIDUAL,
     OPT_OPTIMIZER, OPT_LARS_ETA, OPT_ADAM_BETA1, OPT_ADAM_BETA2, OPT_ADAM_EPS,
+    OPT_WIRE,
 };
 
 static const struct option long_options[] = {
@@ -202,6 +208,7 @@ static const struct option long_options[] = {
     {"check", optional_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, OPT_HELP},
     {"allreduce", required_argument, NULL, OPT_ALLREDUCE},
+    {"wire", required_argument, NULL, OPT_WIRE},
     {"bucket-mb", required_argument, NULL, OPT_BUCKET},
     {"no-overlap", no_argument, NULL, OPT_NO_OVERLAP},
     {"no-sharded-update", no_argument, NULL, OPT_NO_SHARDED},
@@ -311,6 +318,12 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
             if (!*optarg) return bad_value(name, optarg, "expected an all-reduce algorithm");
             cfg->allreduce = optarg;
             break;
+        case OPT_WIRE: {
+            unsigned f;
+            if (allreduce_wire_parse(optarg, &f)) return bad_value(name, optarg, "expected fp32, bf16 or fp16");
+            cfg->wire = optarg;
+            break;
+        }
         case OPT_BUCKET: TRY(parse_double(name, optarg, 0.0, 65536.0, 1, &cfg->bucket_mb)); break;
         case OPT_NO_OVERLAP: cfg->overlap = 0; break;
         case OPT_NO_SHARDED: cfg->sharded_update = 0; break;
@@ -359,6 +372,12 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
     if (optind < argc)
         return basin_error(BASIN_ERR_USAGE, "unexpected argument '%s' (options start with --; see --help)",
                            argv[optind]);
+    if (strcmp(cfg->wire, "fp32") && !strcmp(cfg->allreduce, "mpi"))
+        return basin_error(BASIN_ERR_USAGE, "--wire %s: --allreduce mpi sends fp32 only (use hier, rhd, ring or auto)",
+                           cfg->wire);
+    if (strcmp(cfg->wire, "fp32") && strcmp(cfg->device, "cpu"))
+        return basin_error(BASIN_ERR_USAGE, "--wire %s: the GPU all-reduce (--device %s) sends fp32 only", cfg->wire,
+                           cfg->device);
     return BASIN_OK;
 }
 
@@ -410,6 +429,8 @@ void config_describe(const TrainConfig *cfg, char *buf, size_t len)
     if (used < len)
         snprintf(buf + used, len - used, " optimizer=%s lars_eta=%s adam_beta1=%s adam_beta2=%s adam_eps=%s",
                  optim_name(cfg->optimizer), eta, b1, b2, eps);
+    used = strlen(buf);
+    if (used < len) snprintf(buf + used, len - used, " wire=%s", cfg->wire);
 }
 
 /* The value of `key` in a config_describe text, or NULL. Values hold no
@@ -440,7 +461,7 @@ int config_resume_check(const char *saved, const TrainConfig *cfg, const char *c
         {"lr_gamma", "--lr-gamma", 1}, {"momentum", "--momentum", 1}, {"nesterov", "--nesterov", 1},
         {"weight_decay", "--weight-decay", 1}, {"sync_bn", "--sync-bn", 1},
         {"optimizer", "--optimizer", 0}, {"lars_eta", "--lars-eta", 1}, {"adam_beta1", "--adam-beta1", 1},
-        {"adam_beta2", "--adam-beta2", 1}, {"adam_eps", "--adam-eps", 1},
+        {"adam_beta2", "--adam-beta2", 1}, {"adam_eps", "--adam-eps", 1}, {"wire", "--wire", 0},
     };
     if (!saved || !*saved) return BASIN_OK;
     /* Augmentation changes every step's data; checkpoints that predate it
@@ -464,6 +485,8 @@ int config_resume_check(const char *saved, const TrainConfig *cfg, const char *c
             was = strstr(saved, "(nesterov)") ? "1" : "0";
         /* Checkpoints from before --optimizer were all trained with sgd. */
         if (!was && strcmp(keys[i].key, "optimizer") == 0) was = "sgd";
+        /* Nor from before --wire, all fp32. */
+        if (!was && strcmp(keys[i].key, "wire") == 0) was = "fp32";
         if (!was) continue;
         const char *is = config_describe_value(now, keys[i].key, b, sizeof b);
         if (!is) continue;
@@ -522,6 +545,11 @@ uint64_t config_hash(const TrainConfig *cfg)
                          "|augment=%s|sync_bn=%d|zero_init=%d|optim=%d|%.17g|%.17g|%.17g|%.17g", aug, cfg->sync_bn,
                          cfg->zero_init_residual, (int)cfg->optimizer, cfg->lars_eta, cfg->adam_beta1,
                          cfg->adam_beta2, cfg->adam_eps);
+        if (m > 0) n += m;
+    }
+    /* Only a 16-bit wire adds to the text, so fp32 runs hash as before. */
+    if (n >= 0 && n < (int)sizeof buf && strcmp(cfg->wire, "fp32")) {
+        int m = snprintf(buf + n, sizeof buf - (size_t)n, "|wire=%s", cfg->wire);
         if (m > 0) n += m;
     }
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */

@@ -38,6 +38,7 @@ typedef struct {
     int threads;              /* BLAS threads per rank */
     const char *device;       /* "cpu" or "cuda" */
     const char *allreduce;    /* gradient all-reduce algorithm (allreduce.h), "auto" */
+    const char *wire;         /* --wire: "fp32" (default), "bf16" or "fp16" (allreduce.h) */
     double bucket_mb;         /* gradient bucket size in MiB */
     int overlap;              /* 1: reduce buckets while backward runs */
     int sharded_update;       /* 1: each bucket's owner updates its shard (allreduce_run_update) */

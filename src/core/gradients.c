@@ -156,12 +156,15 @@ int grads_setup(Trainer *t)
     t->n_buckets = (int)((n + per - 1) / per);
     t->buckets = basin_calloc((size_t)t->n_buckets, sizeof *t->buckets);
     if (!t->buckets) return BASIN_ERR_RUNTIME;
+    unsigned wire = 0;
+    if (allreduce_wire_parse(cfg->wire, &wire))
+        return basin_error(BASIN_ERR_USAGE, "--wire '%s': expected fp32, bf16 or fp16", cfg->wire);
     for (int k = 0; k < t->n_buckets; k++) {
         Bucket *b = &t->buckets[k];
         b->t = t;
         b->lo = (size_t)k * per;
         b->hi = b->lo + per < n ? b->lo + per : n;
-        if (!t->on_gpu) TRY(allreduce_plan(t->ar, cfg->allreduce, b->hi - b->lo, ALLREDUCE_WINDOW_ONLY, &b->plan));
+        if (!t->on_gpu) TRY(allreduce_plan(t->ar, cfg->allreduce, b->hi - b->lo, ALLREDUCE_WINDOW_ONLY | wire, &b->plan));
     }
     if (t->sharded && !optim_elementwise(&t->sgd)) {
         owned_parts = basin_calloc((size_t)t->n_buckets, sizeof *owned_parts);
