@@ -595,7 +595,10 @@ static int run_profile(Net *net, const Data *d, size_t batch, int steps, uint64_
     printf("  sum of parts %.3f ms; unprofiled step (median, CPU time) %.3f ms\n", total,
            step_s * 1e3);
     for (int i = 0; i < net->n_layers; i++) {
-        if (net->layers[i].kind == LAYER_CONV) conv_detail(net, i, net_output(net, net->layers[i].src, d->x), batch, steps);
+        /* im2col convs only: a pointwise conv (1x1, stride 1, no padding)
+         * has no im2col buffer, its step is the gemm the profile shows. */
+        if (net->layers[i].kind == LAYER_CONV && (net->layers[i].col || net->layers[i].wino))
+            conv_detail(net, i, net_output(net, net->layers[i].src, d->x), batch, steps);
     }
     free(p.fwd);
     free(p.bwd);
