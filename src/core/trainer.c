@@ -113,9 +113,13 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     Net *net = t->net;
     Batch b;
     double c0 = basin_clock();
-    TRY(reader_next(t->train, &b));
-    reader_take_wait_seconds(t->train);
-    tm[T_DATA] += basin_clock() - c0; /* the wait for the prefetch and the hand-over */
+    if (t->feed) {
+        TRY(remote_feed_next(t->feed, &b, NULL));
+    } else {
+        TRY(reader_next(t->train, &b));
+        reader_take_wait_seconds(t->train);
+    }
+    tm[T_DATA] += basin_clock() - c0; /* the wait for the prefetch (or the reader process) and the hand-over */
     size_t first, count;
     order_rank_slice(b.global_n, t->rank, t->world, &first, &count);
     if (t->samples_log) {
@@ -189,7 +193,7 @@ static int train_loop(Trainer *t, TrainResult *res)
     double tm[T_COUNT] = {0};
     uint64_t iv_steps = 0, images = 0;
     res->test_loss = res->test_accuracy = NAN;
-    reader_take_wait_seconds(t->train);
+    if (t->train) reader_take_wait_seconds(t->train);
 
     t->last_ckpt = basin_clock();
     if (t->start_step >= t->total_steps) {
@@ -212,6 +216,8 @@ static int train_loop(Trainer *t, TrainResult *res)
         res->steps = t->start_step;
         return ckpt_early_stop(t);
     }
+    /* Reader processes continue the sample stream where this run starts. */
+    if (t->feed) TRY(remote_feed_start(t->feed, t->start_step, t->total_steps));
     for (uint64_t gs = t->start_step; gs < t->total_steps; gs++) {
         int epoch = (int)(gs / spe) + 1;
         size_t correct = 0, n_rank = 0, n_global = 0;
@@ -281,7 +287,43 @@ static int train_loop(Trainer *t, TrainResult *res)
     return BASIN_OK;
 }
 
-int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
+/* --readers: one line per reader process at the end of a run, from its
+ * counters in the last batch its first trainer received, and the mean number
+ * of batches that were already there when a trainer asked for one. */
+static int report_readers(Trainer *t)
+{
+    int n = t->cfg->readers;
+    double *v = basin_calloc((size_t)n * 3 + 1, sizeof *v);
+    if (!v) return BASIN_ERR_RUNTIME;
+    RemoteFeedStats st;
+    remote_feed_stats(t->feed, &st);
+    if (t->rank < n) {
+        v[3 * t->rank] = st.reader_busy_s;
+        v[3 * t->rank + 1] = st.reader_idle_s;
+        v[3 * t->rank + 2] = (double)st.reader_samples;
+    }
+    v[3 * n] = st.batches ? st.ready_sum / (double)st.batches : 0.0;
+    int mrc = MPI_Allreduce(MPI_IN_PLACE, v, 3 * n, MPI_DOUBLE, MPI_MAX, t->comm);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, v + 3 * n, 1, MPI_DOUBLE, MPI_SUM, t->comm);
+    if (mrc != MPI_SUCCESS) {
+        free(v);
+        return basin_mpi_fail(mrc, "MPI_Allreduce(reader counters)", __FILE__, __LINE__);
+    }
+    for (int r = 0; r < n; r++)
+        basin_info("basin: reader rank %d: %.0f samples read in %.1f s (%.0f images/s while reading), "
+                   "%.1f s waiting for credits", t->world + r, v[3 * r + 2], v[3 * r],
+                   v[3 * r] > 0 ? v[3 * r + 2] / v[3 * r] : 0.0, v[3 * r + 1]);
+    basin_info("basin: trainers found %.2f of at most %d batches already received when they asked for one "
+               "(mean)", v[3 * n] / t->world, t->cfg->reader_prefetch);
+    free(v);
+    return BASIN_OK;
+}
+
+/* One trainer rank. comm: the trainers; lay: the reader processes, or NULL
+ * when this rank reads its own data; agree: where the outcome of the set-up
+ * is agreed (comm, or the whole job, readers included). */
+static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout *lay, MPI_Comm agree,
+                       TrainResult *result)
 {
     Trainer t = {.cfg = cfg, .comm = comm, .lock = RUNLOCK_INIT, .good_step = -1, .bn_comm = MPI_COMM_NULL};
     TrainResult res = {0};
@@ -297,18 +339,29 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     if (rc) return rc;
 
     basin_errors_hold();
-    rc = trainer_setup(&t);
+    int reader_failed = 0;
+    rc = BASIN_OK;
+    if (lay) {
+        /* The reader process's set-up message first: it says what the data
+         * is, or that the reader failed (then its own line says why). */
+        int rs = BASIN_OK;
+        rc = remote_feed_open(lay, t.rank, &t.feed, &rs);
+        if (!rc && rs) rc = rs, reader_failed = 1;
+    }
+    if (!rc) rc = trainer_setup(&t);
     /* A rank whose set-up failed (a file missing on its host) must not leave
      * the others waiting in the first collective: agree on the outcome. The
      * lowest rank that failed says why, so that a mistake every rank finds
-     * is one line. */
-    int worst = rc, speaker = rc ? t.rank : INT_MAX;
-    if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(MPI_IN_PLACE, &speaker, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) {
+     * is one line. With reader processes they agree too (trainers are ranks
+     * 0..T-1 of agree, as of comm). */
+    int worst = rc, speaker = rc && !reader_failed ? t.rank : INT_MAX;
+    if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, agree) != MPI_SUCCESS ||
+        MPI_Allreduce(MPI_IN_PLACE, &speaker, 1, MPI_INT, MPI_MIN, agree) != MPI_SUCCESS) {
         worst = BASIN_ERR_RUNTIME;
         speaker = t.rank;
     }
     basin_errors_release(speaker == t.rank);
+    if (!worst && t.feed) remote_feed_engage(t.feed); /* from now on the readers wait for our STOP */
     if (!worst && !cfg->check_only) worst = replicas_check_config(&t);
     if (!worst && !cfg->check_only) worst = ckpt_lock_outputs(&t);
     if (!worst) worst = ckpt_resume_setup(&t);
@@ -316,7 +369,7 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
         rc = worst;
         goto done;
     }
-    const DatasetInfo *info = reader_info(t.train);
+    const DatasetInfo *info = &t.train_info;
     char desc[4096];
     config_describe(cfg, desc, sizeof desc);
     if (cfg->check_only) {
@@ -344,6 +397,10 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     if (!rc && t.resuming) rc = ckpt_resume_apply(&t);
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
+    if (t.feed)
+        basin_info("basin: %d reader process(es), ranks %d-%d, read the training data for the %d trainer ranks "
+                   "(at most %d batches in flight per trainer); the trainers read the test split",
+                   cfg->readers, t.world, t.world + cfg->readers - 1, t.world, cfg->reader_prefetch);
     grads_describe(&t);
     basin_info("basin: %zu training and %zu test samples of %dx%dx%d, %d classes; %llu steps of %zu "
                "(%zu per rank), %llu per epoch",
@@ -355,6 +412,7 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
     basin_info("basin: %zu parameters, %.1f MFLOP per sample forward\n%s", t.net->n_params,
                2e-6 * net_forward_macs(t.net), layers);
     rc = train_loop(&t, &res);
+    if (rc == BASIN_OK && t.feed && t.start_step < t.total_steps) rc = report_readers(&t);
     if (rc == BASIN_OK && t.start_step < t.total_steps)
         basin_info("basin: trained %llu steps in %.1f s (%.0f images/s); metrics in %s%s%s",
                    (unsigned long long)res.steps, res.seconds, res.images_per_s, metrics_path,
@@ -374,6 +432,12 @@ int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
         }
     }
 done:
+    if (t.feed) {
+        /* STOP to the reader with the run's outcome (its exit code). */
+        int frc = remote_feed_close(t.feed, rc);
+        t.feed = NULL;
+        if (!rc) rc = frc;
+    }
     ckpt_write_status(&t, rc);
     if (t.samples_log) fclose(t.samples_log);
     if (t.rank == 0) checkpoint_free(&t.resume);
@@ -388,4 +452,85 @@ done:
     runlock_release(&t.lock);
     if (result) *result = res;
     return rc;
+}
+
+/* A reader process: its set-up, the job's agreement on everybody's set-up,
+ * then batches until every trainer it serves has stopped. */
+static int reader_role(const TrainConfig *cfg, const RemoteLayout *lay, int index, MPI_Comm agree)
+{
+    int rank;
+    BASIN_MPI(MPI_Comm_rank(agree, &rank));
+    ReaderConfig base;
+    trainer_train_reader_config(cfg, 0, 1, &base);
+    basin_errors_hold();
+    RemoteServer *srv = NULL;
+    int rc = remote_server_open(&base, lay, index, &srv);
+    int worst = rc, speaker = rc ? rank : INT_MAX;
+    if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, agree) != MPI_SUCCESS ||
+        MPI_Allreduce(MPI_IN_PLACE, &speaker, 1, MPI_INT, MPI_MIN, agree) != MPI_SUCCESS) {
+        worst = BASIN_ERR_RUNTIME;
+        speaker = rank;
+    }
+    basin_errors_release(speaker == rank);
+    rc = worst ? worst : remote_server_run(srv);
+    /* After an error the job is aborted: sends that will never be received
+     * are not waited for. */
+    if (rc != BASIN_ERR_RUNTIME) remote_server_close(srv);
+    return rc;
+}
+
+/* --readers N: the last N ranks of comm read, the others train on a
+ * communicator of their own (the all-reduce, supernodes, replica checks
+ * and checkpoints never see a reader). */
+static int run_with_readers(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
+{
+    int rank, size;
+    BASIN_MPI(MPI_Comm_rank(comm, &rank));
+    BASIN_MPI(MPI_Comm_size(comm, &size));
+    int n = cfg->readers, trainers = size - n;
+    char why[512] = "";
+    if (n >= size)
+        snprintf(why, sizeof why, "--readers %d: the job has %d rank(s), so no trainer would be left (the last %d "
+                 "ranks read; start at least %d)", n, size, n, n + 1);
+    else if (n > trainers)
+        snprintf(why, sizeof why, "--readers %d: only %d trainer rank(s) would be left, and each reader serves at "
+                 "least one (use at most %d readers on %d ranks)", n, trainers, size / 2, size);
+    else if (synthetic_is(cfg->data))
+        snprintf(why, sizeof why, "--readers with --data %s: synthetic data is generated, not read; run "
+                 "without --readers", cfg->data);
+    if (why[0]) {
+        if (rank == 0) basin_error(BASIN_ERR_USAGE, "%s", why);
+        return BASIN_ERR_USAGE; /* every rank found it */
+    }
+    if (cfg->check_only) return run_trainer(cfg, comm, NULL, comm, result); /* reads no batch */
+    int rc = preempt_install();
+    if (rc) return rc;
+    MPI_Comm data = MPI_COMM_NULL, sub = MPI_COMM_NULL;
+    BASIN_MPI(MPI_Comm_dup(comm, &data));
+    int mrc = MPI_Comm_split(comm, rank >= trainers, rank, &sub);
+    if (mrc != MPI_SUCCESS) {
+        MPI_Comm_free(&data);
+        return basin_mpi_fail(mrc, "MPI_Comm_split(trainers, readers)", __FILE__, __LINE__);
+    }
+    RemoteLayout lay = {.comm = data, .trainers = trainers, .readers = n, .prefetch = cfg->reader_prefetch,
+                        .timeout_s = cfg->collective_timeout};
+    if (rank < trainers) {
+        rc = run_trainer(cfg, sub, &lay, comm, result);
+    } else {
+        rc = reader_role(cfg, &lay, rank - trainers, comm);
+        if (result) {
+            *result = (TrainResult){0};
+            result->test_loss = result->test_accuracy = NAN;
+        }
+    }
+    if (rc == BASIN_ERR_RUNTIME) return rc; /* being aborted: no collective frees */
+    if ((mrc = MPI_Comm_free(&sub)) == MPI_SUCCESS) mrc = MPI_Comm_free(&data);
+    if (mrc != MPI_SUCCESS) return basin_mpi_fail(mrc, "MPI_Comm_free(readers)", __FILE__, __LINE__);
+    return rc;
+}
+
+int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
+{
+    if (cfg->readers > 0) return run_with_readers(cfg, comm, result);
+    return run_trainer(cfg, comm, NULL, comm, result);
 }

@@ -24,7 +24,7 @@
 static int resume_check(Trainer *t, const Checkpoint *ck)
 {
     const CheckpointState *st = &ck->st;
-    const DatasetInfo *info = reader_info(t->train);
+    const DatasetInfo *info = &t->train_info;
     const char *spec = model_resolve(t->cfg->model);
     if (strcmp(st->model_spec, spec) != 0)
         return basin_error(BASIN_ERR_USAGE, "checkpoint %s is of another model (%s), not %s: resume it "
@@ -171,7 +171,8 @@ int ckpt_resume_apply(Trainer *t)
         }
     }
     uint64_t spe = t->steps_per_epoch;
-    TRY(reader_seek(t->train, t->start_step / spe, t->start_step % spe));
+    /* Reader processes are told the start step when the loop starts. */
+    if (t->train) TRY(reader_seek(t->train, t->start_step / spe, t->start_step % spe));
     basin_info("basin: resumed from %s at step %llu (epoch %llu)", t->rank == 0 ? t->resume.path : "",
                (unsigned long long)t->start_step, (unsigned long long)(t->start_step / spe + 1));
     return BASIN_OK;
@@ -228,7 +229,7 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
     char path[4096] = "";
     TRY(grads_gather_momentum(t));
     if (t->rank == 0) {
-        const DatasetInfo *info = reader_info(t->train);
+        const DatasetInfo *info = &t->train_info;
         char text[4096];
         config_describe(cfg, text, sizeof text);
         /* The layer table and the state: a failure here (out of memory,

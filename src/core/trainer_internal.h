@@ -31,6 +31,7 @@
 #include "core/trainer.h"
 #include "models/models.h"
 #include "reader/reader.h"
+#include "reader/remote.h"
 
 struct Trainer;
 
@@ -51,7 +52,9 @@ typedef struct Trainer {
     const TrainConfig *cfg;
     MPI_Comm comm;
     int rank, world;
-    Reader *train, *test;
+    Reader *train, *test;            /* train: NULL when reader processes feed this rank */
+    RemoteFeed *feed;                /* --readers: the stream of this rank's reader process */
+    DatasetInfo train_info;          /* of the training split (its own reader's, or the feed's) */
     Net *net;
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_specs;
@@ -114,6 +117,9 @@ typedef struct Trainer {
 } Trainer;
 
 /* trainer_setup.c */
+/* The training split's reader as trainer `rank` of `world` reads it (also
+ * what a reader process opens for the trainers it serves). */
+void trainer_train_reader_config(const TrainConfig *cfg, int rank, int world, ReaderConfig *out);
 int trainer_setup(Trainer *t);
 int trainer_open_outputs(Trainer *t, char *metrics_path, size_t len);
 void trainer_free_device(Trainer *t);

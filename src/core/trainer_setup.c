@@ -51,6 +51,15 @@ static int select_device(Trainer *t)
     return BASIN_OK;
 }
 
+void trainer_train_reader_config(const TrainConfig *cfg, int rank, int world, ReaderConfig *out)
+{
+    *out = (ReaderConfig){
+        .path = cfg->data, .split = "train", .limit = cfg->limit_train, .seed = cfg->seed,
+        .global_batch = cfg->batch, .rank = rank, .world = world,
+        .shuffle = 1, .drop_last = 1, .prefetch = cfg->prefetch, .augment = cfg->augment,
+    };
+}
+
 int trainer_setup(Trainer *t)
 {
     const TrainConfig *cfg = t->cfg;
@@ -66,16 +75,21 @@ int trainer_setup(Trainer *t)
                            cfg->batch, t->world, t->world);
     t->rank_batch = cfg->batch / (size_t)t->world;
 
-    ReaderConfig rc = {
-        .path = cfg->data, .split = "train", .limit = cfg->limit_train, .seed = cfg->seed,
-        .global_batch = cfg->batch, .rank = t->rank, .world = t->world,
-        .shuffle = 1, .drop_last = 1, .prefetch = cfg->prefetch, .augment = cfg->augment,
-    };
-    TRY(reader_open(&rc, &t->train));
-    const DatasetInfo *info = reader_info(t->train);
+    ReaderConfig rc;
+    trainer_train_reader_config(cfg, t->rank, t->world, &rc);
+    if (t->feed) {
+        /* Reader processes read the training split: its shape and steps
+         * came with their set-up message (the reader checked the counts). */
+        t->train_info = *remote_feed_info(t->feed);
+        t->steps_per_epoch = remote_feed_steps_per_epoch(t->feed);
+    } else {
+        TRY(reader_open(&rc, &t->train));
+        t->train_info = *reader_info(t->train);
+        t->steps_per_epoch = reader_steps_per_epoch(t->train);
+    }
+    const DatasetInfo *info = &t->train_info;
     if ((size_t)t->world > info->count)
         return basin_error(BASIN_ERR_USAGE, "%d ranks but only %zu training samples", t->world, info->count);
-    t->steps_per_epoch = reader_steps_per_epoch(t->train);
     if (t->steps_per_epoch == 0)
         return basin_error(BASIN_ERR_USAGE, "--batch %zu is larger than the %zu training samples",
                            cfg->batch, info->count);

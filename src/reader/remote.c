@@ -1,0 +1,491 @@
+/* Reader processes and the trainers' end of them (remote.h has the protocol).
+ *
+ * A reader is single-threaded: it reads one slice at a time with reader.c
+ * (no prefetch thread: several Readers of one process never enter HDF5 at
+ * once), hands it to MPI_Isend and reads the next while the send proceeds.
+ * The K buffers of a trainer form a ring: batch j goes out of buffer j mod K,
+ * whose previous send (batch j - K) was received before the credit that
+ * allowed batch j came back. A trainer posts its receives in the same order,
+ * so batch j lands in its buffer j mod K (MPI keeps the order of the messages
+ * of one sender and tag).
+ *
+ * Waiting is polled with short sleeps, never spun on: readers and trainers
+ * may share cores. */
+#include "reader/remote.h"
+
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/mpi_check.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { TAG_HELLO = 7101, TAG_CTRL = 7102, TAG_BATCH = 7103 };
+enum { CTRL_START = 1, CTRL_CREDIT = 2, CTRL_STOP = 3 };
+enum { KIND_BATCH = 1, KIND_END = 2 };
+
+typedef struct {
+    int64_t status;
+    DatasetInfo info;
+    uint64_t steps, max_n;
+} Hello;
+
+typedef struct {
+    int64_t kind, status;
+    uint64_t gstep, epoch, step, global_n, n;
+    double busy_s, idle_s;
+    uint64_t samples;
+} Head;
+
+#define HEAD_BYTES 128
+
+/* Where the parts of one batch message lie in its buffer. */
+typedef struct {
+    size_t max_n, sf;               /* the largest slice, floats per sample */
+    size_t off_index, off_images, off_labels, bytes;
+} Layout;
+
+static int layout_make(size_t max_n, size_t sf, Layout *l)
+{
+    l->max_n = max_n;
+    l->sf = sf;
+    l->off_index = HEAD_BYTES;
+    l->off_images = (HEAD_BYTES + max_n * sizeof(uint64_t) + 63) / 64 * 64;
+    l->off_labels = l->off_images + max_n * sf * sizeof(float);
+    l->bytes = l->off_labels + max_n * sizeof(int32_t);
+    if (l->bytes > (size_t)INT_MAX)
+        return basin_error(BASIN_ERR_USAGE, "--readers: a slice of %zu samples is %zu bytes, more than one MPI "
+                           "message holds (2 GiB): use a smaller --batch or more trainer ranks", max_n, l->bytes);
+    return BASIN_OK;
+}
+
+static void nap(long *ns)
+{
+    struct timespec ts = {0, *ns};
+    nanosleep(&ts, NULL);
+    if (*ns < 250000) *ns *= 2;
+}
+
+/* ============================== reader side ============================== */
+
+typedef struct {
+    int trainer;          /* its rank on the layout's comm */
+    Reader *r;
+    unsigned char **ring; /* K buffers */
+    MPI_Request *req;     /* K sends */
+    uint64_t sent;
+    int64_t credits;      /* receives posted by the trainer and not yet sent to */
+    int state;            /* 0: before START, 1: streaming, 2: stopped */
+    uint64_t next, end;   /* the next step to send, the end of the run */
+} Served;
+
+struct RemoteServer {
+    RemoteLayout lay;
+    int index;
+    Served *sv;
+    int n;
+    Layout lo;
+    double busy_s, idle_s;
+    uint64_t samples;
+    int code, code_set;
+};
+
+int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int index, RemoteServer **out)
+{
+    *out = NULL;
+    RemoteServer *s = basin_calloc(1, sizeof *s);
+    if (!s) return BASIN_ERR_RUNTIME;
+    s->lay = *lay;
+    s->index = index;
+    for (int t = index; t < lay->trainers; t += lay->readers) s->n++;
+    s->sv = basin_calloc((size_t)(s->n ? s->n : 1), sizeof *s->sv);
+    int rc = s->sv ? BASIN_OK : BASIN_ERR_RUNTIME;
+    Hello h;
+    memset(&h, 0, sizeof h);
+    for (int i = 0; i < s->n && !rc; i++) {
+        Served *v = &s->sv[i];
+        v->trainer = index + i * lay->readers;
+        ReaderConfig rc_i = *base;
+        rc_i.rank = v->trainer;
+        rc_i.world = lay->trainers;
+        rc_i.prefetch = 0;
+        rc = reader_open(&rc_i, &v->r);
+    }
+    if (!rc && s->n) {
+        h.info = *reader_info(s->sv[0].r);
+        h.steps = reader_steps_per_epoch(s->sv[0].r);
+        size_t N = h.info.count, B = base->global_batch, first, max_n;
+        if ((size_t)lay->trainers > N) {
+            rc = basin_error(BASIN_ERR_USAGE, "%s: %d trainer ranks but only %zu training samples", base->path,
+                             lay->trainers, N);
+        } else {
+            order_rank_slice(B < N ? B : N, 0, lay->trainers, &first, &max_n);
+            h.max_n = max_n;
+            rc = layout_make(max_n, (size_t)h.info.c * (size_t)h.info.h * (size_t)h.info.w, &s->lo);
+        }
+    }
+    for (int i = 0; i < s->n && !rc; i++) {
+        Served *v = &s->sv[i];
+        v->ring = basin_calloc((size_t)lay->prefetch, sizeof *v->ring);
+        v->req = basin_malloc((size_t)lay->prefetch * sizeof *v->req);
+        if (!v->ring || !v->req) {
+            rc = BASIN_ERR_RUNTIME;
+            break;
+        }
+        for (int k = 0; k < lay->prefetch; k++) {
+            v->req[k] = MPI_REQUEST_NULL;
+            v->ring[k] = basin_aligned_alloc(s->lo.bytes);
+            if (!v->ring[k]) {
+                rc = BASIN_ERR_RUNTIME;
+                break;
+            }
+        }
+    }
+    /* Every trainer hears the outcome, so that none waits for a reader that
+     * failed: it then fails the job's agreement with this reader's line. */
+    h.status = rc;
+    for (int t = index; t < lay->trainers; t += lay->readers) {
+        int mrc = MPI_Send(&h, (int)sizeof h, MPI_BYTE, t, TAG_HELLO, lay->comm);
+        if (mrc != MPI_SUCCESS && !rc) rc = basin_mpi_fail(mrc, "MPI_Send(hello)", __FILE__, __LINE__);
+    }
+    *out = s;
+    return rc;
+}
+
+static int send_end(RemoteServer *s, Served *v)
+{
+    Head h;
+    memset(&h, 0, sizeof h);
+    h.kind = KIND_END;
+    for (; v->credits > 0; v->credits--)
+        BASIN_MPI(MPI_Send(&h, (int)sizeof h, MPI_BYTE, v->trainer, TAG_BATCH, s->lay.comm));
+    return BASIN_OK;
+}
+
+static int handle_ctrl(RemoteServer *s, const int64_t msg[3], int source)
+{
+    Served *v = NULL;
+    for (int i = 0; i < s->n; i++)
+        if (s->sv[i].trainer == source) v = &s->sv[i];
+    if (!v) return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: a message from rank %d, which it does not serve",
+                              s->index, source);
+    switch (msg[0]) {
+    case CTRL_START:
+        if (v->state != 0)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: trainer %d started twice", s->index, source);
+        v->state = 1;
+        v->credits = s->lay.prefetch;
+        v->next = (uint64_t)msg[1];
+        v->end = (uint64_t)msg[2];
+        return reader_seek(v->r, 0, v->next);
+    case CTRL_CREDIT:
+        v->credits++;
+        return BASIN_OK;
+    case CTRL_STOP:
+        if (!s->code_set) s->code = (int)msg[1], s->code_set = 1;
+        TRY(send_end(s, v));
+        v->state = 2;
+        return BASIN_OK;
+    default:
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: unknown message %lld from rank %d", s->index,
+                          (long long)msg[0], source);
+    }
+}
+
+/* Take the control messages that have arrived; with block, wait for one. */
+static int poll_ctrl(RemoteServer *s, int block)
+{
+    long ns = 20000;
+    double t0 = basin_clock();
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        BASIN_MPI(MPI_Iprobe(MPI_ANY_SOURCE, TAG_CTRL, s->lay.comm, &flag, &st));
+        if (flag) {
+            int64_t msg[3];
+            BASIN_MPI(MPI_Recv(msg, 3, MPI_INT64_T, st.MPI_SOURCE, TAG_CTRL, s->lay.comm, MPI_STATUS_IGNORE));
+            TRY(handle_ctrl(s, msg, st.MPI_SOURCE));
+            block = 0; /* got one: take the rest without waiting */
+            continue;
+        }
+        if (!block) break;
+        nap(&ns);
+    }
+    s->idle_s += basin_clock() - t0;
+    return BASIN_OK;
+}
+
+/* Read v's next step and send it against one credit. */
+static int produce(RemoteServer *s, Served *v)
+{
+    int K = s->lay.prefetch, k = (int)(v->sent % (uint64_t)K);
+    BASIN_MPI(MPI_Wait(&v->req[k], MPI_STATUS_IGNORE));
+    unsigned char *buf = v->ring[k];
+    double t0 = basin_clock();
+    Batch b;
+    int rc = reader_next(v->r, &b);
+    s->busy_s += basin_clock() - t0;
+    Head h;
+    memset(&h, 0, sizeof h);
+    h.kind = KIND_BATCH;
+    h.status = rc;
+    h.gstep = v->next;
+    if (!rc) {
+        if (b.n > s->lo.max_n)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: a slice of %zu samples, more than %zu", s->index, b.n,
+                              s->lo.max_n);
+        s->samples += b.n;
+        h.epoch = b.epoch, h.step = b.step, h.global_n = b.global_n, h.n = b.n;
+        memcpy(buf + s->lo.off_index, b.index, b.n * sizeof(uint64_t));
+        memcpy(buf + s->lo.off_images, b.images, b.n * s->lo.sf * sizeof(float));
+        memcpy(buf + s->lo.off_labels, b.labels, b.n * sizeof(int32_t));
+    }
+    h.busy_s = s->busy_s, h.idle_s = s->idle_s, h.samples = s->samples;
+    memcpy(buf, &h, sizeof h);
+    /* A failed read still goes out (its header says so): the trainer stops
+     * with an error instead of waiting for the batch. */
+    int bytes = rc ? (int)sizeof h : (int)s->lo.bytes;
+    BASIN_MPI(MPI_Isend(buf, bytes, MPI_BYTE, v->trainer, TAG_BATCH, s->lay.comm, &v->req[k]));
+    v->sent++;
+    v->credits--;
+    v->next++;
+    return rc;
+}
+
+int remote_server_run(RemoteServer *s)
+{
+    for (;;) {
+        int waiting = 0, progress = 0;
+        /* One step of every trainer that may have it, in trainer order. */
+        for (int i = 0; i < s->n; i++) {
+            Served *v = &s->sv[i];
+            if (v->state != 2) waiting = 1;
+            if (v->state != 1 || v->next >= v->end || v->credits <= 0) continue;
+            TRY(produce(s, v));
+            progress = 1;
+            TRY(poll_ctrl(s, 0)); /* also moves the sends on */
+        }
+        if (!waiting) break;
+        if (!progress) TRY(poll_ctrl(s, 1));
+    }
+    return s->code;
+}
+
+void remote_server_close(RemoteServer *s)
+{
+    if (!s) return;
+    for (int i = 0; i < s->n && s->sv; i++) {
+        Served *v = &s->sv[i];
+        for (int k = 0; v->req && k < s->lay.prefetch; k++) {
+            if (v->req[k] != MPI_REQUEST_NULL && MPI_Wait(&v->req[k], MPI_STATUS_IGNORE) != MPI_SUCCESS)
+                basin_warn("reader %d: a send to trainer %d did not complete", s->index, v->trainer);
+        }
+        for (int k = 0; v->ring && k < s->lay.prefetch; k++) free(v->ring[k]);
+        free(v->ring);
+        free(v->req);
+        if (v->r) reader_close(v->r);
+    }
+    free(s->sv);
+    free(s);
+}
+
+/* ============================== trainer side ============================= */
+
+struct RemoteFeed {
+    RemoteLayout lay;
+    int trainer, reader;
+    DatasetInfo info;
+    size_t steps;
+    Layout lo;
+    unsigned char **ring;
+    MPI_Request *req;
+    int *done;            /* receive k completed and not yet used */
+    uint64_t first;       /* the step of the first batch */
+    uint64_t got;         /* batches handed out */
+    int held;             /* buffer the caller holds, or -1 */
+    int engaged, started;
+    RemoteFeedStats st;
+};
+
+/* Wait for req, polling; past the layout's timeout, an error naming the reader. */
+static int wait_timed(RemoteFeed *f, MPI_Request *req, const char *what)
+{
+    int flag = 0;
+    BASIN_MPI(MPI_Test(req, &flag, MPI_STATUS_IGNORE));
+    long ns = 10000;
+    double t0 = basin_clock();
+    while (!flag) {
+        if (f->lay.timeout_s > 0 && basin_clock() - t0 > f->lay.timeout_s)
+            return basin_error(BASIN_ERR_RUNTIME, "trainer %d: no %s from reader rank %d within %.0f s "
+                               "(--collective-timeout): the reader is stalled or gone", f->trainer, what,
+                               f->reader, f->lay.timeout_s);
+        nap(&ns);
+        BASIN_MPI(MPI_Test(req, &flag, MPI_STATUS_IGNORE));
+    }
+    return BASIN_OK;
+}
+
+int remote_feed_open(const RemoteLayout *lay, int trainer, RemoteFeed **out, int *reader_status)
+{
+    *out = NULL;
+    *reader_status = BASIN_OK;
+    RemoteFeed *f = basin_calloc(1, sizeof *f);
+    if (!f) return BASIN_ERR_RUNTIME;
+    f->lay = *lay;
+    f->trainer = trainer;
+    f->reader = lay->trainers + trainer % lay->readers;
+    f->held = -1;
+    Hello h;
+    MPI_Request req;
+    int rc = BASIN_OK, mrc = MPI_Irecv(&h, (int)sizeof h, MPI_BYTE, f->reader, TAG_HELLO, lay->comm, &req);
+    if (mrc != MPI_SUCCESS) rc = basin_mpi_fail(mrc, "MPI_Irecv(hello)", __FILE__, __LINE__);
+    if (!rc) rc = wait_timed(f, &req, "set-up message");
+    if (!rc && h.status) *reader_status = (int)h.status;
+    if (!rc && !h.status) {
+        f->info = h.info;
+        f->steps = h.steps;
+        rc = layout_make(h.max_n, (size_t)h.info.c * (size_t)h.info.h * (size_t)h.info.w, &f->lo);
+    }
+    if (!rc && !h.status) {
+        int K = lay->prefetch;
+        f->ring = basin_calloc((size_t)K, sizeof *f->ring);
+        f->req = basin_malloc((size_t)K * sizeof *f->req);
+        f->done = basin_calloc((size_t)K, sizeof *f->done);
+        if (!f->ring || !f->req || !f->done) rc = BASIN_ERR_RUNTIME;
+        for (int k = 0; !rc && k < K; k++) {
+            f->req[k] = MPI_REQUEST_NULL;
+            f->ring[k] = basin_aligned_alloc(f->lo.bytes);
+            if (!f->ring[k]) rc = BASIN_ERR_RUNTIME;
+        }
+    }
+    if (rc || *reader_status) {
+        remote_feed_close(f, rc);
+        return rc;
+    }
+    *out = f;
+    return BASIN_OK;
+}
+
+const DatasetInfo *remote_feed_info(const RemoteFeed *f)
+{
+    return &f->info;
+}
+
+size_t remote_feed_steps_per_epoch(const RemoteFeed *f)
+{
+    return f->steps;
+}
+
+int remote_feed_reader_rank(const RemoteFeed *f)
+{
+    return f->reader;
+}
+
+void remote_feed_engage(RemoteFeed *f)
+{
+    f->engaged = 1;
+}
+
+static int send_ctrl(RemoteFeed *f, int64_t kind, int64_t a, int64_t b)
+{
+    int64_t msg[3] = {kind, a, b};
+    BASIN_MPI(MPI_Send(msg, 3, MPI_INT64_T, f->reader, TAG_CTRL, f->lay.comm));
+    return BASIN_OK;
+}
+
+static int post(RemoteFeed *f, int k)
+{
+    f->done[k] = 0;
+    BASIN_MPI(MPI_Irecv(f->ring[k], (int)f->lo.bytes, MPI_BYTE, f->reader, TAG_BATCH, f->lay.comm, &f->req[k]));
+    return BASIN_OK;
+}
+
+int remote_feed_start(RemoteFeed *f, uint64_t start, uint64_t end)
+{
+    if (f->started) return BASIN_FAIL(BASIN_ERR_RUNTIME, "remote_feed_start called twice");
+    for (int k = 0; k < f->lay.prefetch; k++) TRY(post(f, k));
+    f->started = 1;
+    f->first = start;
+    return send_ctrl(f, CTRL_START, (int64_t)start, (int64_t)end);
+}
+
+int remote_feed_next(RemoteFeed *f, Batch *out, double *wait_s)
+{
+    if (!f->started) return BASIN_FAIL(BASIN_ERR_RUNTIME, "remote_feed_next before remote_feed_start");
+    if (f->held >= 0) {
+        /* The caller is done with the batch it had: its buffer takes the
+         * batch K steps on, and the reader may send one more. */
+        TRY(post(f, f->held));
+        f->held = -1;
+        TRY(send_ctrl(f, CTRL_CREDIT, 0, 0));
+    }
+    int K = f->lay.prefetch, k = (int)(f->got % (uint64_t)K), ready = 0;
+    for (int j = 0; j < K; j++) {
+        if (!f->done[j] && f->req[j] != MPI_REQUEST_NULL)
+            BASIN_MPI(MPI_Test(&f->req[j], &f->done[j], MPI_STATUS_IGNORE));
+        ready += f->done[j];
+    }
+    f->st.ready_sum += ready;
+    double t0 = basin_clock();
+    if (!f->done[k]) TRY(wait_timed(f, &f->req[k], "batch"));
+    if (wait_s) *wait_s += basin_clock() - t0;
+    f->done[k] = 0;
+    Head h;
+    memcpy(&h, f->ring[k], sizeof h);
+    uint64_t want = f->first + f->got;
+    if (h.kind != KIND_BATCH)
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d ended the stream before step %llu",
+                          f->trainer, f->reader, (unsigned long long)want);
+    if (h.status)
+        return basin_error(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d could not read step %llu (its line says why)",
+                           f->trainer, f->reader, (unsigned long long)want);
+    if (h.gstep != want || h.n > f->lo.max_n)
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d sent step %llu (%llu samples), expected "
+                          "step %llu", f->trainer, f->reader, (unsigned long long)h.gstep,
+                          (unsigned long long)h.n, (unsigned long long)want);
+    f->held = k;
+    f->got++;
+    f->st.batches++;
+    f->st.reader_busy_s = h.busy_s;
+    f->st.reader_idle_s = h.idle_s;
+    f->st.reader_samples = h.samples;
+    out->epoch = h.epoch;
+    out->step = h.step;
+    out->global_n = h.global_n;
+    out->n = h.n;
+    out->images = (float *)(f->ring[k] + f->lo.off_images);
+    out->labels = (int32_t *)(f->ring[k] + f->lo.off_labels);
+    out->index = (const uint64_t *)(f->ring[k] + f->lo.off_index);
+    return BASIN_OK;
+}
+
+void remote_feed_stats(const RemoteFeed *f, RemoteFeedStats *out)
+{
+    *out = f->st;
+}
+
+int remote_feed_close(RemoteFeed *f, int code)
+{
+    if (!f) return BASIN_OK;
+    int rc = BASIN_OK;
+    if (code == BASIN_ERR_RUNTIME && f->started) {
+        /* The job is being aborted (basin-train's MPI_Abort): a reader that
+         * failed or stalled will not fill the posted receives, so neither
+         * wait for them nor free the memory they may still write. */
+        if (f->engaged) send_ctrl(f, CTRL_STOP, code, 0);
+        return BASIN_OK;
+    }
+    if (f->engaged) rc = send_ctrl(f, CTRL_STOP, code, 0);
+    /* The reader answers STOP by filling every receive still posted (with
+     * batches already on their way, or END), so each completes. */
+    for (int k = 0; !rc && f->req && k < f->lay.prefetch; k++)
+        if (f->req[k] != MPI_REQUEST_NULL && !f->done[k]) rc = wait_timed(f, &f->req[k], "last message");
+    for (int k = 0; f->ring && k < f->lay.prefetch; k++) free(f->ring[k]);
+    free(f->ring);
+    free(f->req);
+    free(f->done);
+    free(f);
+    return rc;
+}
