@@ -38,6 +38,7 @@ void config_defaults(TrainConfig *cfg)
     cfg->threads = 1;
     cfg->device = "cpu";
     cfg->prefetch = 1;
+    cfg->reader_prefetch = 2;
     cfg->allreduce = "auto";
     cfg->wire = "fp32";
     cfg->bucket_mb = 4.0;
@@ -128,6 +129,9 @@ void config_usage(const char *prog, const char *algorithms)
            "  --device cpu|cuda       where the network runs: OpenBLAS, or the GPU of this rank's\n"
            "                          index on its host (default cpu)\n"
            "  --no-prefetch           read batches on the training thread\n"
+           "  --readers N             the last N ranks only read, augment and send batches to\n"
+           "                          the others, which train (default 0: every rank reads)\n"
+           "  --reader-prefetch K     batches in flight per trainer with --readers (default 2)\n"
            "  --check[=RANKS]         validate options, data and model as if on RANKS ranks\n"
            "                          (default: as started); write nothing\n"
            "  --help                  this text\n",
@@ -178,6 +182,7 @@ enum {
     OPT_AUGMENT, OPT_SYNC_BN, OPT_ZERO_INIT_RESIDUAL,
     OPT_OPTIMIZER, OPT_LARS_ETA, OPT_ADAM_BETA1, OPT_ADAM_BETA2, OPT_ADAM_EPS,
     OPT_WIRE,
+    OPT_READERS, OPT_READER_PREFETCH,
 };
 
 static const struct option long_options[] = {
@@ -205,6 +210,8 @@ static const struct option long_options[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"device", required_argument, NULL, OPT_DEVICE},
     {"no-prefetch", no_argument, NULL, OPT_NO_PREFETCH},
+    {"readers", required_argument, NULL, OPT_READERS},
+    {"reader-prefetch", required_argument, NULL, OPT_READER_PREFETCH},
     {"check", optional_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, OPT_HELP},
     {"allreduce", required_argument, NULL, OPT_ALLREDUCE},
@@ -304,6 +311,8 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
             cfg->device = optarg;
             break;
         case OPT_NO_PREFETCH: cfg->prefetch = 0; break;
+        case OPT_READERS: TRY(parse_long(name, optarg, 0, 1 << 20, &v)); cfg->readers = (int)v; break;
+        case OPT_READER_PREFETCH: TRY(parse_long(name, optarg, 1, 64, &v)); cfg->reader_prefetch = (int)v; break;
         case OPT_CHECK:
             cfg->check_only = 1;
             if (optarg) {

@@ -56,6 +56,8 @@ typedef struct {
     double grace_seconds;     /* preemption: most time from signal to exit */
     const char *status_file;  /* rank 0 writes the job's outcome here at exit (exit_codes.h) */
     int prefetch;
+    int readers;              /* --readers N: the last N ranks read and send batches (reader/remote.h) */
+    int reader_prefetch;      /* --reader-prefetch K: batches in flight per trainer */
     int check_only;           /* validate everything, write nothing, exit */
     int check_ranks;          /* with check_only: validate as if on this many ranks (0: as run) */
     int help;
