@@ -55,6 +55,10 @@ void metrics_step(Metrics *m, const StepRecord *r)
     for (int i = 0; i < 5; i++)
         fprintf(m->f, ",\"%s_mean_s\":%.6f,\"%s_max_s\":%.6f", names[i], r->timing_mean[i], names[i],
                 r->timing_max[i]);
+    if (r->readers > 0)
+        fprintf(m->f, ",\"readers\":%d,\"batches_ready\":%.3f,\"reader_images_per_s\":%.1f,\"reader_busy\":%.4f,"
+                "\"reader_credit_wait_s\":%.6f", r->readers, r->batches_ready, r->reader_images_per_s, r->reader_busy,
+                r->reader_credit_wait_s);
     fprintf(m->f, ",\"straggler\":%d}\n", r->straggler);
     fflush(m->f);
 }

@@ -5,6 +5,10 @@
  *    "comm_s":0.0004}
  *   {"event":"eval","epoch":1,"step":937,"test_loss":0.41,"test_accuracy":0.853,"time_s":9.1}
  *
+ * With reader processes (--readers) a step line also has "readers",
+ * "batches_ready", "reader_images_per_s", "reader_busy" and
+ * "reader_credit_wait_s" (StepRecord).
+ *
  * epoch is 1-based in the file (the epoch being trained), step counts global
  * steps from 1. Timings are means per step over the logging interval.
  */
@@ -31,6 +35,13 @@ typedef struct {
      * comm_exposed, optimizer; and the rank with the most busy time. */
     double timing_mean[5], timing_max[5];
     int straggler;
+    /* --readers N > 0 only (written when readers > 0): the mean number of
+     * batches a trainer found already received when it asked for one, the
+     * samples the readers read per second of the interval (all of them),
+     * the fraction of the interval they spent reading, and the seconds per
+     * step a reader waited for credits (its trainers were behind). */
+    int readers;
+    double batches_ready, reader_images_per_s, reader_busy, reader_credit_wait_s;
 } StepRecord;
 
 void metrics_step(Metrics *m, const StepRecord *r);

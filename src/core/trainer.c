@@ -184,6 +184,32 @@ static int report_interval(Trainer *t, StepRecord *r, const double tm[T_COUNT], 
     return BASIN_OK;
 }
 
+/* --readers: the readers' part of a step record, over the interval since
+ * *last (the feed's counters then). One trainer speaks for each reader (the
+ * reader's counters ride in the batches it sends). */
+static int reader_interval(Trainer *t, StepRecord *r, RemoteFeedStats *last, double dt, uint64_t steps)
+{
+    RemoteFeedStats now;
+    remote_feed_stats(t->feed, &now);
+    double v[4] = {0, 0, 0, 0};
+    uint64_t nb = now.batches - last->batches;
+    v[0] = nb ? (now.ready_sum - last->ready_sum) / (double)nb : 0.0;
+    if (t->rank < t->cfg->readers) { /* trainer t is reader t's first */
+        v[1] = (double)(now.reader_samples - last->reader_samples);
+        v[2] = now.reader_busy_s - last->reader_busy_s;
+        v[3] = now.reader_idle_s - last->reader_idle_s;
+    }
+    *last = now;
+    BASIN_MPI(MPI_Allreduce(MPI_IN_PLACE, v, 4, MPI_DOUBLE, MPI_SUM, t->comm));
+    int n = t->cfg->readers;
+    r->readers = n;
+    r->batches_ready = v[0] / t->world;
+    r->reader_images_per_s = dt > 0 ? v[1] / dt : 0.0;
+    r->reader_busy = dt > 0 ? v[2] / (n * dt) : 0.0;
+    r->reader_credit_wait_s = steps ? v[3] / n / (double)steps : 0.0;
+    return BASIN_OK;
+}
+
 static int train_loop(Trainer *t, TrainResult *res)
 {
     const TrainConfig *cfg = t->cfg;
@@ -192,6 +218,7 @@ static int train_loop(Trainer *t, TrainResult *res)
     double iv[3] = {0, 0, 0};    /* loss sum, correct, samples over the interval */
     double tm[T_COUNT] = {0};
     uint64_t iv_steps = 0, images = 0;
+    RemoteFeedStats feed_last = {0};
     res->test_loss = res->test_accuracy = NAN;
     if (t->train) reader_take_wait_seconds(t->train);
 
@@ -266,6 +293,7 @@ static int train_loop(Trainer *t, TrainResult *res)
             };
             device_times(t, tm);
             TRY(report_interval(t, &r, tm, iv_steps));
+            if (t->feed) TRY(reader_interval(t, &r, &feed_last, dt, iv_steps));
             res->train_loss = r.loss;
             basin_info("epoch %d/%d  step %6llu/%llu  loss %.4f  acc %5.1f%%  %7.0f img/s  lr %.4g  ETA %s",
                        epoch, t->epochs, (unsigned long long)done, (unsigned long long)t->total_steps,
@@ -454,8 +482,14 @@ done:
     return rc;
 }
 
+static void reader_trace_event(void *arg, const char *name, int tid, double t_begin, double t_end)
+{
+    trace_event(arg, name, "reader", tid, t_begin, t_end);
+}
+
 /* A reader process: its set-up, the job's agreement on everybody's set-up,
- * then batches until every trainer it serves has stopped. */
+ * then batches until every trainer it serves has stopped. With --trace it
+ * writes its own file (its reads, and its waits for credits). */
 static int reader_role(const TrainConfig *cfg, const RemoteLayout *lay, int index, MPI_Comm agree)
 {
     int rank;
@@ -465,6 +499,11 @@ static int reader_role(const TrainConfig *cfg, const RemoteLayout *lay, int inde
     basin_errors_hold();
     RemoteServer *srv = NULL;
     int rc = remote_server_open(&base, lay, index, &srv);
+    Trace trace = {0};
+    if (!rc && cfg->trace) {
+        rc = trainer_trace_open(cfg, rank, basin_clock(), &trace);
+        if (!rc) remote_server_on_event(srv, reader_trace_event, &trace);
+    }
     int worst = rc, speaker = rc ? rank : INT_MAX;
     if (MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, agree) != MPI_SUCCESS ||
         MPI_Allreduce(MPI_IN_PLACE, &speaker, 1, MPI_INT, MPI_MIN, agree) != MPI_SUCCESS) {
@@ -476,6 +515,7 @@ static int reader_role(const TrainConfig *cfg, const RemoteLayout *lay, int inde
     /* After an error the job is aborted: sends that will never be received
      * are not waited for. */
     if (rc != BASIN_ERR_RUNTIME) remote_server_close(srv);
+    trace_close(&trace);
     return rc;
 }
 

@@ -122,6 +122,8 @@ typedef struct Trainer {
 void trainer_train_reader_config(const TrainConfig *cfg, int rank, int world, ReaderConfig *out);
 int trainer_setup(Trainer *t);
 int trainer_open_outputs(Trainer *t, char *metrics_path, size_t len);
+/* --trace: this rank's file, <trace>.rank<R>.json (its folder made). */
+int trainer_trace_open(const TrainConfig *cfg, int rank, double t0, Trace *trace);
 void trainer_free_device(Trainer *t);
 
 /* gradients.c */

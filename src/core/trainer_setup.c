@@ -169,6 +169,22 @@ static void on_layer(void *arg, int layer, int backward, double t0, double t1)
     trace_event(&t->trace, name, backward ? "backward" : "forward", 0, t0, t1);
 }
 
+int trainer_trace_open(const TrainConfig *cfg, int rank, double t0, Trace *trace)
+{
+    char path[4096];
+    size_t n = strlen(cfg->trace);
+    int stem = n > 5 && strcmp(cfg->trace + n - 5, ".json") == 0 ? (int)n - 5 : (int)n;
+    snprintf(path, sizeof path, "%.*s.rank%d.json", stem, cfg->trace, rank);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        TRY(basin_make_dirs(dir)); /* every rank: its host may not share rank 0's disk */
+    }
+    return trace_open(trace, path, rank, t0);
+}
+
 int trainer_open_outputs(Trainer *t, char *metrics_path, size_t len)
 {
     const TrainConfig *cfg = t->cfg;
@@ -186,18 +202,7 @@ int trainer_open_outputs(Trainer *t, char *metrics_path, size_t len)
         if (!t->samples_log) rc = basin_error(BASIN_ERR_RUNTIME, "cannot write %s", path);
     }
     if (!rc && cfg->trace) {
-        char path[4096];
-        size_t n = strlen(cfg->trace);
-        int stem = n > 5 && strcmp(cfg->trace + n - 5, ".json") == 0 ? (int)n - 5 : (int)n;
-        snprintf(path, sizeof path, "%.*s.rank%d.json", stem, cfg->trace, t->rank);
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *slash = strrchr(dir, '/');
-        if (slash && slash != dir) {
-            *slash = '\0';
-            rc = basin_make_dirs(dir); /* every rank: its host may not share rank 0's disk */
-        }
-        if (!rc) rc = trace_open(&t->trace, path, t->rank, t->t_start);
+        rc = trainer_trace_open(cfg, t->rank, t->t_start, &t->trace);
         if (!rc) {
             t->net->on_layer = on_layer;
             t->net->on_layer_arg = t;

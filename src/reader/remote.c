@@ -90,7 +90,15 @@ struct RemoteServer {
     double busy_s, idle_s;
     uint64_t samples;
     int code, code_set;
+    RemoteEventFn on_event;
+    void *event_arg;
 };
+
+void remote_server_on_event(RemoteServer *s, RemoteEventFn fn, void *arg)
+{
+    s->on_event = fn;
+    s->event_arg = arg;
+}
 
 int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int index, RemoteServer **out)
 {
@@ -213,7 +221,9 @@ static int poll_ctrl(RemoteServer *s, int block)
         if (!block) break;
         nap(&ns);
     }
-    s->idle_s += basin_clock() - t0;
+    double t1 = basin_clock();
+    s->idle_s += t1 - t0;
+    if (s->on_event && t1 - t0 > 1e-4) s->on_event(s->event_arg, "wait for credits", 1, t0, t1);
     return BASIN_OK;
 }
 
@@ -226,7 +236,9 @@ static int produce(RemoteServer *s, Served *v)
     double t0 = basin_clock();
     Batch b;
     int rc = reader_next(v->r, &b);
-    s->busy_s += basin_clock() - t0;
+    double t1 = basin_clock();
+    s->busy_s += t1 - t0;
+    if (s->on_event) s->on_event(s->event_arg, "read", 0, t0, t1);
     Head h;
     memset(&h, 0, sizeof h);
     h.kind = KIND_BATCH;

@@ -54,6 +54,10 @@ typedef struct RemoteServer RemoteServer;
  * HELLO carrying the outcome, also on failure (so no trainer waits for it).
  * Returns the set-up's status (a usage error after one line). */
 int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int index, RemoteServer **out);
+/* Called for each batch read (name "read", tid 0) and each wait for
+ * credits ("wait for credits", tid 1): the reader's trace. */
+typedef void (*RemoteEventFn)(void *arg, const char *name, int tid, double t_begin, double t_end);
+void remote_server_on_event(RemoteServer *s, RemoteEventFn fn, void *arg);
 /* Serve batches until every trainer of this reader has sent STOP; returns the
  * code the trainers stopped with (0, 2, 74, 75, 76), or an error of the
  * reader itself. */

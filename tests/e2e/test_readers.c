@@ -177,6 +177,13 @@ static void run_case(const char *data, const char *root, int readers, int resume
         EXPECT(got.params == NULL, "reader rank %d returned parameters", rank);
     }
     if (rank == 0) {
+        /* The step lines of the metrics say what the readers did. */
+        char path[4200];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", rdr_out);
+        char *m = slurp(path);
+        EXPECT(m && strstr(m, "\"batches_ready\":") && strstr(m, "\"reader_images_per_s\":"),
+               "%s: no reader metrics in the step lines", path);
+        free(m);
         size_t na = 0, nb = 0;
         float *ma = momentum_of(ref_out, &na), *mb = momentum_of(rdr_out, &nb);
         EXPECT(same_floats(ma, na, mb, nb), "%d reader(s), %d trainers%s: the final checkpoints' momentum differs",
