@@ -23,6 +23,10 @@
  *
  * --profile adds a per-layer breakdown: the same step, layer by layer as
  * net_forward / net_backward run them, each layer timed on its own.
+ * --profile-json FILE also writes it for basin-plan calibrate: one JSON
+ * object with model, batch, n_params, per layer (every layer of the
+ * network, forward order) kind, fwd_ms and bwd_ms (CPU ms per step; 0 for
+ * a layer the step skips), and loss_fwd_ms, loss_bwd_ms, sgd_ms.
  *
  * --device cuda runs the step through the CUDA backend (GPU 0) instead:
  * then every timed step also copies its batch from host memory to the
@@ -71,6 +75,7 @@ typedef struct {
     const char *device;
     int batch, steps, repeats, warmup, threads;
     int profile;
+    const char *profile_json; /* --profile-json FILE, or NULL */
     Shape in;    /* per-sample input shape (--input) */
     int classes; /* --classes */
 } Options;
@@ -115,6 +120,7 @@ static void usage(FILE *f)
             "  --threads N        BLAS threads (default 1; with more, the CPU-time rates\n"
             "                     divide by the CPU seconds of all threads)\n"
             "  --profile          also print a per-layer forward/backward breakdown (cpu)\n"
+            "  --profile-json F   --profile, and write it to F as JSON (basin-plan calibrate)\n"
             "  --device cpu|cuda  backend: OpenBLAS, or the CUDA backend on GPU 0 with the\n"
             "                     batch copied from host memory every step (default cpu)\n"
             "  --help             this text\n"
@@ -170,12 +176,13 @@ static int parse_args(int argc, char **argv, Options *o)
 {
     *o = (Options){.model = "mlp", .device = "cpu", .batch = 64, .steps = 20, .repeats = 5, .warmup = 3,
                    .threads = 1, .in = INPUT_SHAPE, .classes = CLASSES};
-    enum { OPT_PROFILE = 256, OPT_INPUT, OPT_CLASSES };
+    enum { OPT_PROFILE = 256, OPT_INPUT, OPT_CLASSES, OPT_PROFILE_JSON };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},   {"batch", required_argument, NULL, 'b'},
         {"steps", required_argument, NULL, 's'},   {"repeats", required_argument, NULL, 'r'},
         {"warmup", required_argument, NULL, 'w'},  {"threads", required_argument, NULL, 't'},
         {"profile", no_argument, NULL, OPT_PROFILE}, {"help", no_argument, NULL, 'h'},
+        {"profile-json", required_argument, NULL, OPT_PROFILE_JSON},
         {"device", required_argument, NULL, 'd'},
         {"input", required_argument, NULL, OPT_INPUT}, {"classes", required_argument, NULL, OPT_CLASSES},
         {NULL, 0, NULL, 0},
@@ -192,6 +199,10 @@ static int parse_args(int argc, char **argv, Options *o)
         case 'w': if (parse_count("warmup", optarg, 0, 1 << 20, &o->warmup)) return -1; break;
         case 't': if (parse_count("threads", optarg, 1, 1024, &o->threads)) return -1; break;
         case OPT_PROFILE: o->profile = 1; break;
+        case OPT_PROFILE_JSON:
+            o->profile = 1;
+            o->profile_json = optarg;
+            break;
         case OPT_INPUT: if (parse_shape(optarg, &o->in)) return -1; break;
         case OPT_CLASSES: if (parse_count("classes", optarg, 2, 1 << 20, &o->classes)) return -1; break;
         case 'd':
@@ -545,8 +556,30 @@ static void conv_detail(Net *net, int li, const float *x, size_t n, int reps)
     printf("\n");
 }
 
+/* --profile-json: the profile of run_profile as one JSON object. */
+static int write_profile_json(const char *path, const char *model, const Net *net, size_t batch, const Profile *p,
+                              double scale)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return BASIN_FAIL(BASIN_ERR_RUNTIME, "--profile-json %s: cannot write", path);
+    fprintf(f, "{\"format\": \"basin-bench-step-profile\", \"model\": \"");
+    for (const char *c = model; *c; c++) {
+        if (*c == '"' || *c == '\\') fputc('\\', f);
+        if ((unsigned char)*c >= 0x20) fputc(*c, f);
+    }
+    fprintf(f, "\", \"batch\": %zu, \"n_params\": %zu,\n \"layers\": [", batch, net->n_params);
+    for (int i = 0; i < net->n_layers; i++)
+        fprintf(f, "%s\n  {\"index\": %d, \"kind\": \"%s\", \"fwd_ms\": %.6f, \"bwd_ms\": %.6f}", i ? "," : "", i,
+                layer_kind_name(net->layers[i].kind), net->act[i] ? p->fwd[i] * scale : 0.0,
+                net->act[i] ? p->bwd[i] * scale : 0.0);
+    fprintf(f, "\n ], \"loss_fwd_ms\": %.6f, \"loss_bwd_ms\": %.6f, \"sgd_ms\": %.6f}\n", p->loss_fwd * scale,
+            p->loss_bwd * scale, p->sgd * scale);
+    if (fclose(f) != 0) return BASIN_FAIL(BASIN_ERR_RUNTIME, "--profile-json %s: write failed", path);
+    return BASIN_OK;
+}
+
 static int run_profile(Net *net, const Data *d, size_t batch, int steps, uint64_t first_step,
-                       const SgdConfig *sgd, double step_s)
+                       const SgdConfig *sgd, double step_s, const char *model, const char *json_path)
 {
     Profile p = {0};
     p.fwd = basin_calloc((size_t)net->n_layers, sizeof *p.fwd);
@@ -600,9 +633,10 @@ static int run_profile(Net *net, const Data *d, size_t batch, int steps, uint64_
         if (net->layers[i].kind == LAYER_CONV && (net->layers[i].col || net->layers[i].wino))
             conv_detail(net, i, net_output(net, net->layers[i].src, d->x), batch, steps);
     }
+    int rc = json_path ? write_profile_json(json_path, model, net, batch, &p, scale) : BASIN_OK;
     free(p.fwd);
     free(p.bwd);
-    return BASIN_OK;
+    return rc;
 }
 
 /* ---- main ------------------------------------------------------------------- */
@@ -721,7 +755,7 @@ int main(int argc, char **argv)
                dev[0] * per_step, dev[1] * per_step, dev[2] * per_step);
 
     if (o.profile) {
-        rc = run_profile(net, &d, batch, o.steps, step, &sgd, (double)batch / img.cpu);
+        rc = run_profile(net, &d, batch, o.steps, step, &sgd, (double)batch / img.cpu, o.model, o.profile_json);
         if (rc) goto done;
     }
 
