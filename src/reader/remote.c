@@ -18,6 +18,8 @@
 #include "core/mpi_check.h"
 
 #include <limits.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -92,6 +94,11 @@ struct RemoteServer {
     int code, code_set;
     RemoteEventFn on_event;
     void *event_arg;
+    /* Test hook BASIN_TEST_READER=stall:STEP or die:STEP (environment only,
+     * never an option): before reading global step STEP, reader 0 stops
+     * answering for good, or kills itself. */
+    int hook_kind;        /* 0 none, 1 stall, 2 die */
+    long hook_step;
 };
 
 void remote_server_on_event(RemoteServer *s, RemoteEventFn fn, void *arg)
@@ -107,9 +114,19 @@ int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int in
     if (!s) return BASIN_ERR_RUNTIME;
     s->lay = *lay;
     s->index = index;
+    const char *hook = getenv("BASIN_TEST_READER");
+    if (hook) {
+        char kind[16] = "";
+        if (sscanf(hook, "%15[a-z]:%ld", kind, &s->hook_step) == 2 && (!strcmp(kind, "stall") || !strcmp(kind, "die")))
+            s->hook_kind = !strcmp(kind, "stall") ? 1 : 2;
+        else
+            s->hook_kind = -1;
+    }
     for (int t = index; t < lay->trainers; t += lay->readers) s->n++;
     s->sv = basin_calloc((size_t)(s->n ? s->n : 1), sizeof *s->sv);
     int rc = s->sv ? BASIN_OK : BASIN_ERR_RUNTIME;
+    if (s->hook_kind < 0) rc = basin_error(BASIN_ERR_USAGE, "BASIN_TEST_READER='%s': expected stall:STEP or die:STEP",
+                                           getenv("BASIN_TEST_READER"));
     Hello h;
     memset(&h, 0, sizeof h);
     for (int i = 0; i < s->n && !rc; i++) {
@@ -231,6 +248,13 @@ static int poll_ctrl(RemoteServer *s, int block)
 static int produce(RemoteServer *s, Served *v)
 {
     int K = s->lay.prefetch, k = (int)(v->sent % (uint64_t)K);
+    if (s->hook_kind > 0 && s->index == 0 && (long)v->next == s->hook_step) {
+        if (s->hook_kind == 2) raise(SIGKILL);
+        for (;;) {
+            struct timespec ts = {1, 0};
+            nanosleep(&ts, NULL);
+        }
+    }
     BASIN_MPI(MPI_Wait(&v->req[k], MPI_STATUS_IGNORE));
     unsigned char *buf = v->ring[k];
     double t0 = basin_clock();
