@@ -572,7 +572,7 @@ def plan_main(argv):
     p.add_argument("--mem-bw", default="20", help="GB/s of one rank for element-wise work and the optimizer")
     p.add_argument("--profile", help="profile file from `basin-plan calibrate`")
     p.add_argument("--allreduce", default="hier", help="hier, rhd, ring, mpi or auto (= hier)")
-    p.add_argument("--bucket-mb", default="25")
+    p.add_argument("--bucket-mb", default="4", help="bucket size in MiB (default 4, as basin-train)")
     p.add_argument("--wire", default="fp32", help="fp32, bf16 or fp16")
     p.add_argument("--no-sharded-update", action="store_true")
     p.add_argument("--no-overlap", action="store_true")
