@@ -295,13 +295,15 @@ def collective_coef(algo, layout, n, wire, _memo={}):
             c[1] += intra_max
     if algo == "hier":
         # Steps 1 and 3 in shared memory: the owner of a shard reads it from
-        # all L local ranks and writes it; every rank copies the other
-        # shards; three barriers.
+        # all L local ranks and writes it; every rank copies the shards it
+        # does not own (all of them on a rank beyond the smallest host's
+        # size, which owns none); three barriers. The slowest rank counts.
         shard = (n + layout.Lmin - 1) // layout.Lmin
         L = max(layout.sizes)
         if L > 1:
+            gathered = layout.Lmin if L > layout.Lmin else layout.Lmin - 1
             c[0] += 3
-            c[1] += 4.0 * (shard * (L + 1) + shard * (layout.Lmin - 1))
+            c[1] += 4.0 * shard * (L + 1 + gathered)
     k, size = max(scale_collectives(algo, layout, n, wire), key=lambda t: t[1])
     if k:
         lg = math.ceil(math.log2(size))

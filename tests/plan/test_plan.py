@@ -123,6 +123,38 @@ if r.returncode == 0:
           "plan parts add up: %s" % d)
     check(0 < d["scaling_efficiency"] and d["recommended"]["allreduce"] in ("hier", "rhd", "ring"), "plan result")
 
+# uneven hosts 3,2 with hier: shards of 500 over Lmin = 2; the slowest rank
+# in shared memory reads 3 shards and writes 1 (an owner on the 3-rank host)
+# and local rank 2, which owns none, copies both: 4 (500 x 4 + 500 x 2) B.
+check(bp.collective_coef("hier", bp.Layout([3, 2]), 1000, "fp32")[:2] == [3, 12000],
+      "hier 3,2 shared memory: %s" % bp.collective_coef("hier", bp.Layout([3, 2]), 1000, "fp32"))
+
+# ---- a measured step profile: basin-bench-step --profile-json -> calibrate -> plan
+if len(sys.argv) > 2:
+    sp = os.path.join(tmp, "step.json")
+    r = subprocess.run([sys.argv[2], "--model", "mlp", "--batch", "8", "--steps", "2", "--repeats", "1",
+                        "--warmup", "1", "--profile-json", sp], capture_output=True, text=True)
+    check(r.returncode == 0, "basin-bench-step --profile-json: %s" % r.stderr)
+    cp = os.path.join(tmp, "compute.json")
+    r = subprocess.run([os.path.join(plan_dir, "basin-plan"), "calibrate", "--step-profile", sp, "-o", cp],
+                       capture_output=True, text=True)
+    check(r.returncode == 0, "calibrate --step-profile: %s" % r.stderr)
+    if r.returncode == 0:
+        comp = json.load(open(cp))["compute"]
+        check(comp["batch"] == 8 and len(comp["fwd_s"]) == 6 and sum(comp["bwd_s"]) > 0, "compute: %s" % comp)
+        r = subprocess.run([os.path.join(plan_dir, "basin-plan"), "--model", "mlp", "--batch", "16", "--layout", "2",
+                            "--profile", cp, "--json"], capture_output=True, text=True)
+        check(r.returncode == 0, "plan with a step profile: %s" % r.stderr)
+        if r.returncode == 0:
+            d = json.loads(r.stdout)
+            want = 2 * (sum(comp["fwd_s"]) + sum(comp["bwd_s"]) + comp["loss_s"])  # batch 16 = 2 x 8
+            check(close(d["compute_s"], want, 1e-6), "profile compute scaled by batch: %s vs %s" %
+                  (d["compute_s"], want))
+        r = subprocess.run([os.path.join(plan_dir, "basin-plan"), "--model", "cnn", "--layout", "2", "--profile", cp],
+                           capture_output=True, text=True)
+        check(r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, "a profile of another model: %s" %
+              r.stderr)
+
 # ---- refusals: one line on stderr, exit 2 --------------------------------
 bad_json = os.path.join(tmp, "bad.json")
 with open(bad_json, "w") as f:
