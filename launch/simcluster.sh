@@ -10,6 +10,8 @@
 #   --ranks-per-host N   MPI ranks on each host (default 2)
 #   --rate RATE          per-host link rate in each direction, a tc rate such
 #                        as 1gbit or 100mbit; "none" for no limit (default 1gbit)
+#   --delay TIME         added one-way delay per link direction, a tc time such
+#                        as 1ms (needs the kernel's netem; exit 77 without it)
 #   --mpirun-args ARGS   extra mpirun arguments, split on spaces
 #   --exec               run PROGRAM itself inside the first host instead of
 #                        under mpirun: it starts its own mpirun (a launcher),
@@ -31,6 +33,15 @@
 # (ctest's other tests): with two busy loops beside it on 2 cores, the
 # test's async part took 1.7-2.0 s that way and 0.2-0.4 s with setsid.
 #
+# What it cannot represent: the hosts share this machine's cores and memory
+# (H x N ranks on 2 cores run oversubscribed: compute slows by the sharing,
+# and a rank that waits yields its core), so compute speed, NUMA and memory
+# bandwidth are not a real cluster's; the switch is one Linux bridge with
+# no fabric contention of its own; there is no RDMA, only TCP; link delay
+# needs netem (absent from some kernels, e.g. this project's CI machine: the
+# links are then rate-limited only). Tested with up to 8 hosts (see
+# tests/allreduce); --hosts accepts up to 200.
+#
 # Open MPI sees H distinct hosts: shared memory (vader) inside a host, TCP
 # between hosts (btl_tcp_links 2 for full duplex over one link). The rsh
 # agent launch/simcluster_rsh.sh enters the target host's namespaces. Only
@@ -49,6 +60,7 @@ skip() { echo "simcluster.sh: $*" >&2; exit 77; }
 hosts=2
 per_host=2
 rate=1gbit
+delay=""
 extra=""
 exec_mode=0
 while [ $# -gt 0 ]; do
@@ -56,6 +68,7 @@ while [ $# -gt 0 ]; do
     --hosts) [ $# -ge 2 ] || die_usage "--hosts needs a value"; hosts=$2; shift 2 ;;
     --ranks-per-host) [ $# -ge 2 ] || die_usage "--ranks-per-host needs a value"; per_host=$2; shift 2 ;;
     --rate) [ $# -ge 2 ] || die_usage "--rate needs a value"; rate=$2; shift 2 ;;
+    --delay) [ $# -ge 2 ] || die_usage "--delay needs a value"; delay=$2; shift 2 ;;
     --mpirun-args) [ $# -ge 2 ] || die_usage "--mpirun-args needs a value"; extra=$2; shift 2 ;;
     --exec) exec_mode=1; shift ;;
     --help|-h) sed -n '2,/^set -u/p' "$0" | sed 's/^# \{0,1\}//;/^set -u/d'; exit 0 ;;
@@ -108,6 +121,15 @@ mkns() {
 }
 
 shape() { # namespace device
+    if [ -n "$delay" ]; then
+        # netem delays every packet; a tbf below it limits the rate.
+        ip netns exec "$1" tc qdisc add dev "$2" root handle 1: netem delay "$delay" \
+            || skip "tc netem delay '$delay' failed on $2 (bad time, or no sch_netem in this kernel)"
+        [ "$rate" = none ] && return 0
+        ip netns exec "$1" tc qdisc add dev "$2" parent 1:1 handle 10: tbf rate "$rate" burst 256kb latency 50ms \
+            || skip "tc tbf at rate '$rate' failed on $2 (bad rate, or no sch_tbf in this kernel)"
+        return 0
+    fi
     [ "$rate" = none ] && return 0
     ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$rate" burst 256kb latency 50ms \
         || skip "tc tbf at rate '$rate' failed on $2 (bad rate, or no sch_tbf in this kernel)"
