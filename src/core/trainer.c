@@ -59,15 +59,17 @@ static int evaluate(Trainer *t, int epoch, uint64_t step, TrainResult *res)
 {
     double t0 = basin_clock();
     TRY(bn_average_state(t)); /* every replica evaluates the same network */
-    TRY(reader_seek(t->test, 0, 0));
-    size_t steps = reader_steps_per_epoch(t->test);
+    if (t->feed) TRY(remote_feed_eval_begin(t->feed)); /* the reader sends the split's slices */
+    else TRY(reader_seek(t->test, 0, 0));
+    size_t steps = t->test_steps;
     ForwardCtx ctx = {.train = 0, .seed = t->cfg->seed};
     double acc[3] = {0, 0, 0}; /* loss sum, correct, samples */
     LayerTimeFn keep = t->net->on_layer;
     t->net->on_layer = NULL;
     for (size_t s = 0; s < steps; s++) {
         Batch b;
-        TRY(reader_next(t->test, &b));
+        if (t->feed) TRY(remote_feed_eval_next(t->feed, s, &b));
+        else TRY(reader_next(t->test, &b));
         size_t correct = 0;
         batch_to_device(t, &b);
         net_forward(t->net, b.images, b.labels, b.n, &ctx, &acc[0], &correct);
@@ -302,7 +304,7 @@ static int train_loop(Trainer *t, TrainResult *res)
             memset(iv, 0, sizeof iv);
             memset(tm, 0, sizeof tm);
             iv_steps = 0;
-            if (end_of_epoch && t->test && ((epoch % cfg->eval_every) == 0 || done == t->total_steps))
+            if (end_of_epoch && t->test_steps && ((epoch % cfg->eval_every) == 0 || done == t->total_steps))
                 TRY(evaluate(t, epoch, done, res));
             interval_t0 = basin_clock();
         }
@@ -427,12 +429,12 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
     basin_info("basin: %d rank(s); %s", t.world, desc);
     if (t.feed)
         basin_info("basin: %d reader process(es), ranks %d-%d, read the training data for the %d trainer ranks "
-                   "(at most %d batches in flight per trainer); the trainers read the test split",
+                   "(at most %d batches in flight per trainer), and the test split",
                    cfg->readers, t.world, t.world + cfg->readers - 1, t.world, cfg->reader_prefetch);
     grads_describe(&t);
     basin_info("basin: %zu training and %zu test samples of %dx%dx%d, %d classes; %llu steps of %zu "
                "(%zu per rank), %llu per epoch",
-               info->count, t.test ? reader_info(t.test)->count : (size_t)0, info->c, info->h, info->w,
+               info->count, t.test_count, info->c, info->h, info->w,
                info->classes, (unsigned long long)t.total_steps, cfg->batch, t.rank_batch,
                (unsigned long long)t.steps_per_epoch);
     char layers[32768];
@@ -494,11 +496,12 @@ static int reader_role(const TrainConfig *cfg, const RemoteLayout *lay, int inde
 {
     int rank;
     BASIN_MPI(MPI_Comm_rank(agree, &rank));
-    ReaderConfig base;
+    ReaderConfig base, test;
     trainer_train_reader_config(cfg, 0, 1, &base);
+    trainer_test_reader_config(cfg, 0, 1, &test);
     basin_errors_hold();
     RemoteServer *srv = NULL;
-    int rc = remote_server_open(&base, lay, index, &srv);
+    int rc = remote_server_open(&base, cfg->eval_every > 0 ? &test : NULL, lay, index, &srv);
     Trace trace = {0};
     if (!rc && cfg->trace) {
         rc = trainer_trace_open(cfg, rank, basin_clock(), &trace);

@@ -55,6 +55,7 @@ typedef struct Trainer {
     Reader *train, *test;            /* train: NULL when reader processes feed this rank */
     RemoteFeed *feed;                /* --readers: the stream of this rank's reader process */
     DatasetInfo train_info;          /* of the training split (its own reader's, or the feed's) */
+    size_t test_count, test_steps;   /* the test split (evaluation), from test or the feed */
     Net *net;
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_specs;
@@ -120,6 +121,8 @@ typedef struct Trainer {
 /* The training split's reader as trainer `rank` of `world` reads it (also
  * what a reader process opens for the trainers it serves). */
 void trainer_train_reader_config(const TrainConfig *cfg, int rank, int world, ReaderConfig *out);
+/* The same for the test split (evaluation: file order, no augmentation). */
+void trainer_test_reader_config(const TrainConfig *cfg, int rank, int world, ReaderConfig *out);
 int trainer_setup(Trainer *t);
 int trainer_open_outputs(Trainer *t, char *metrics_path, size_t len);
 /* --trace: this rank's file, <trace>.rank<R>.json (its folder made). */

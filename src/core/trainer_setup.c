@@ -60,6 +60,14 @@ void trainer_train_reader_config(const TrainConfig *cfg, int rank, int world, Re
     };
 }
 
+void trainer_test_reader_config(const TrainConfig *cfg, int rank, int world, ReaderConfig *out)
+{
+    trainer_train_reader_config(cfg, rank, world, out);
+    out->split = "test", out->limit = cfg->limit_test;
+    out->global_batch = cfg->eval_batch ? cfg->eval_batch : cfg->batch;
+    out->shuffle = 0, out->drop_last = 0, out->augment = NULL; /* evaluation is never augmented */
+}
+
 int trainer_setup(Trainer *t)
 {
     const TrainConfig *cfg = t->cfg;
@@ -97,11 +105,21 @@ int trainer_setup(Trainer *t)
     size_t eval_batch = cfg->eval_batch ? cfg->eval_batch : cfg->batch;
     size_t max_batch = t->rank_batch;
     if (cfg->eval_every > 0) {
-        ReaderConfig ec = rc;
-        ec.split = "test", ec.limit = cfg->limit_test, ec.global_batch = eval_batch;
-        ec.shuffle = 0, ec.drop_last = 0, ec.augment = NULL; /* evaluation is never augmented */
-        TRY(reader_open(&ec, &t->test));
-        const DatasetInfo *ti = reader_info(t->test);
+        const DatasetInfo *ti;
+        if (t->feed) {
+            /* The readers serve the test split too (and checked its shape). */
+            ti = remote_feed_test_info(t->feed);
+            if (!ti) return BASIN_FAIL(BASIN_ERR_RUNTIME, "the reader processes have no test split");
+            t->test_count = ti->count;
+            t->test_steps = remote_feed_test_steps(t->feed);
+        } else {
+            ReaderConfig ec;
+            trainer_test_reader_config(cfg, t->rank, t->world, &ec);
+            TRY(reader_open(&ec, &t->test));
+            ti = reader_info(t->test);
+            t->test_count = ti->count;
+            t->test_steps = reader_steps_per_epoch(t->test);
+        }
         if (ti->c != info->c || ti->h != info->h || ti->w != info->w || ti->classes != info->classes)
             return basin_error(BASIN_ERR_USAGE, "%s: test and train samples differ in shape or classes",
                                cfg->data);

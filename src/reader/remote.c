@@ -24,14 +24,17 @@
 #include <string.h>
 #include <time.h>
 
-enum { TAG_HELLO = 7101, TAG_CTRL = 7102, TAG_BATCH = 7103 };
-enum { CTRL_START = 1, CTRL_CREDIT = 2, CTRL_STOP = 3 };
+enum { TAG_HELLO = 7101, TAG_CTRL = 7102, TAG_BATCH = 7103, TAG_EVAL = 7104 };
+enum { CTRL_START = 1, CTRL_CREDIT = 2, CTRL_STOP = 3, CTRL_EVAL = 4 };
 enum { KIND_BATCH = 1, KIND_END = 2 };
 
 typedef struct {
     int64_t status;
     DatasetInfo info;
     uint64_t steps, max_n;
+    int64_t has_test;          /* the readers serve the test split too */
+    DatasetInfo test_info;
+    uint64_t test_steps, test_max_n;
 } Hello;
 
 typedef struct {
@@ -75,6 +78,8 @@ static void nap(long *ns)
 typedef struct {
     int trainer;          /* its rank on the layout's comm */
     Reader *r;
+    Reader *test;         /* the test split's slices of this trainer, or NULL */
+    unsigned char *eval_buf;
     unsigned char **ring; /* K buffers */
     MPI_Request *req;     /* K sends */
     uint64_t sent;
@@ -88,7 +93,8 @@ struct RemoteServer {
     int index;
     Served *sv;
     int n;
-    Layout lo;
+    Layout lo, eval_lo;
+    size_t test_steps;
     double busy_s, idle_s;
     uint64_t samples;
     int code, code_set;
@@ -107,7 +113,8 @@ void remote_server_on_event(RemoteServer *s, RemoteEventFn fn, void *arg)
     s->event_arg = arg;
 }
 
-int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int index, RemoteServer **out)
+int remote_server_open(const ReaderConfig *base, const ReaderConfig *test, const RemoteLayout *lay, int index,
+                       RemoteServer **out)
 {
     *out = NULL;
     RemoteServer *s = basin_calloc(1, sizeof *s);
@@ -137,6 +144,13 @@ int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int in
         rc_i.world = lay->trainers;
         rc_i.prefetch = 0;
         rc = reader_open(&rc_i, &v->r);
+        if (!rc && test) {
+            ReaderConfig tc = *test;
+            tc.rank = v->trainer;
+            tc.world = lay->trainers;
+            tc.prefetch = 0;
+            rc = reader_open(&tc, &v->test);
+        }
     }
     if (!rc && s->n) {
         h.info = *reader_info(s->sv[0].r);
@@ -149,6 +163,20 @@ int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int in
             order_rank_slice(B < N ? B : N, 0, lay->trainers, &first, &max_n);
             h.max_n = max_n;
             rc = layout_make(max_n, (size_t)h.info.c * (size_t)h.info.h * (size_t)h.info.w, &s->lo);
+        }
+    }
+    if (!rc && s->n && test) {
+        const DatasetInfo *ti = reader_info(s->sv[0].test);
+        if (ti->c != h.info.c || ti->h != h.info.h || ti->w != h.info.w || ti->classes != h.info.classes) {
+            rc = basin_error(BASIN_ERR_USAGE, "%s: test and train samples differ in shape or classes", base->path);
+        } else {
+            size_t N = ti->count, B = test->global_batch, first, max_n;
+            order_rank_slice(B < N ? B : N, 0, lay->trainers, &first, &max_n);
+            h.has_test = 1;
+            h.test_info = *ti;
+            h.test_steps = s->test_steps = reader_steps_per_epoch(s->sv[0].test);
+            h.test_max_n = max_n;
+            rc = layout_make(max_n, (size_t)ti->c * (size_t)ti->h * (size_t)ti->w, &s->eval_lo);
         }
     }
     for (int i = 0; i < s->n && !rc; i++) {
@@ -167,6 +195,7 @@ int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int in
                 break;
             }
         }
+        if (!rc && v->test && !(v->eval_buf = basin_aligned_alloc(s->eval_lo.bytes))) rc = BASIN_ERR_RUNTIME;
     }
     /* Every trainer hears the outcome, so that none waits for a reader that
      * failed: it then fails the job's agreement with this reader's line. */
@@ -189,6 +218,8 @@ static int send_end(RemoteServer *s, Served *v)
     return BASIN_OK;
 }
 
+static int serve_eval(RemoteServer *s, Served *v);
+
 static int handle_ctrl(RemoteServer *s, const int64_t msg[3], int source)
 {
     Served *v = NULL;
@@ -208,6 +239,8 @@ static int handle_ctrl(RemoteServer *s, const int64_t msg[3], int source)
     case CTRL_CREDIT:
         v->credits++;
         return BASIN_OK;
+    case CTRL_EVAL:
+        return serve_eval(s, v);
     case CTRL_STOP:
         if (!s->code_set) s->code = (int)msg[1], s->code_set = 1;
         TRY(send_end(s, v));
@@ -244,6 +277,51 @@ static int poll_ctrl(RemoteServer *s, int block)
     return BASIN_OK;
 }
 
+/* Read r's next batch into buf (layout lo) with its header; the status of
+ * the read. */
+static int pack(RemoteServer *s, Reader *r, const Layout *lo, uint64_t gstep, unsigned char *buf)
+{
+    double t0 = basin_clock();
+    Batch b;
+    int rc = reader_next(r, &b);
+    double t1 = basin_clock();
+    s->busy_s += t1 - t0;
+    if (s->on_event) s->on_event(s->event_arg, "read", 0, t0, t1);
+    Head h;
+    memset(&h, 0, sizeof h);
+    h.kind = KIND_BATCH;
+    h.status = rc;
+    h.gstep = gstep;
+    if (!rc) {
+        if (b.n > lo->max_n)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: a slice of %zu samples, more than %zu", s->index, b.n,
+                              lo->max_n);
+        s->samples += b.n;
+        h.epoch = b.epoch, h.step = b.step, h.global_n = b.global_n, h.n = b.n;
+        memcpy(buf + lo->off_index, b.index, b.n * sizeof(uint64_t));
+        memcpy(buf + lo->off_images, b.images, b.n * lo->sf * sizeof(float));
+        memcpy(buf + lo->off_labels, b.labels, b.n * sizeof(int32_t));
+    }
+    h.busy_s = s->busy_s, h.idle_s = s->idle_s, h.samples = s->samples;
+    memcpy(buf, &h, sizeof h);
+    return rc;
+}
+
+/* The whole test split of trainer v's slices, in order, each sent when the
+ * trainer has posted its receive (evaluation is rare; no prefetch). */
+static int serve_eval(RemoteServer *s, Served *v)
+{
+    if (!v->test) return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: evaluation asked without a test split", s->index);
+    TRY(reader_seek(v->test, 0, 0));
+    for (size_t step = 0; step < s->test_steps; step++) {
+        int rc = pack(s, v->test, &s->eval_lo, step, v->eval_buf);
+        int bytes = rc ? (int)sizeof(Head) : (int)s->eval_lo.bytes;
+        BASIN_MPI(MPI_Send(v->eval_buf, bytes, MPI_BYTE, v->trainer, TAG_EVAL, s->lay.comm));
+        if (rc) return rc;
+    }
+    return BASIN_OK;
+}
+
 /* Read v's next step and send it against one credit. */
 static int produce(RemoteServer *s, Served *v)
 {
@@ -257,32 +335,10 @@ static int produce(RemoteServer *s, Served *v)
     }
     BASIN_MPI(MPI_Wait(&v->req[k], MPI_STATUS_IGNORE));
     unsigned char *buf = v->ring[k];
-    double t0 = basin_clock();
-    Batch b;
-    int rc = reader_next(v->r, &b);
-    double t1 = basin_clock();
-    s->busy_s += t1 - t0;
-    if (s->on_event) s->on_event(s->event_arg, "read", 0, t0, t1);
-    Head h;
-    memset(&h, 0, sizeof h);
-    h.kind = KIND_BATCH;
-    h.status = rc;
-    h.gstep = v->next;
-    if (!rc) {
-        if (b.n > s->lo.max_n)
-            return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: a slice of %zu samples, more than %zu", s->index, b.n,
-                              s->lo.max_n);
-        s->samples += b.n;
-        h.epoch = b.epoch, h.step = b.step, h.global_n = b.global_n, h.n = b.n;
-        memcpy(buf + s->lo.off_index, b.index, b.n * sizeof(uint64_t));
-        memcpy(buf + s->lo.off_images, b.images, b.n * s->lo.sf * sizeof(float));
-        memcpy(buf + s->lo.off_labels, b.labels, b.n * sizeof(int32_t));
-    }
-    h.busy_s = s->busy_s, h.idle_s = s->idle_s, h.samples = s->samples;
-    memcpy(buf, &h, sizeof h);
+    int rc = pack(s, v->r, &s->lo, v->next, buf);
     /* A failed read still goes out (its header says so): the trainer stops
      * with an error instead of waiting for the batch. */
-    int bytes = rc ? (int)sizeof h : (int)s->lo.bytes;
+    int bytes = rc ? (int)sizeof(Head) : (int)s->lo.bytes;
     BASIN_MPI(MPI_Isend(buf, bytes, MPI_BYTE, v->trainer, TAG_BATCH, s->lay.comm, &v->req[k]));
     v->sent++;
     v->credits--;
@@ -322,6 +378,8 @@ void remote_server_close(RemoteServer *s)
         free(v->ring);
         free(v->req);
         if (v->r) reader_close(v->r);
+        if (v->test) reader_close(v->test);
+        free(v->eval_buf);
     }
     free(s->sv);
     free(s);
@@ -335,6 +393,11 @@ struct RemoteFeed {
     DatasetInfo info;
     size_t steps;
     Layout lo;
+    int has_test;
+    DatasetInfo test_info;
+    size_t test_steps;
+    Layout eval_lo;
+    unsigned char *eval_buf;
     unsigned char **ring;
     MPI_Request *req;
     int *done;            /* receive k completed and not yet used */
@@ -383,6 +446,13 @@ int remote_feed_open(const RemoteLayout *lay, int trainer, RemoteFeed **out, int
         f->info = h.info;
         f->steps = h.steps;
         rc = layout_make(h.max_n, (size_t)h.info.c * (size_t)h.info.h * (size_t)h.info.w, &f->lo);
+        if (!rc && h.has_test) {
+            f->has_test = 1;
+            f->test_info = h.test_info;
+            f->test_steps = h.test_steps;
+            rc = layout_make(h.test_max_n, (size_t)h.info.c * (size_t)h.info.h * (size_t)h.info.w, &f->eval_lo);
+            if (!rc && !(f->eval_buf = basin_aligned_alloc(f->eval_lo.bytes))) rc = BASIN_ERR_RUNTIME;
+        }
     }
     if (!rc && !h.status) {
         int K = lay->prefetch;
@@ -412,6 +482,47 @@ const DatasetInfo *remote_feed_info(const RemoteFeed *f)
 size_t remote_feed_steps_per_epoch(const RemoteFeed *f)
 {
     return f->steps;
+}
+
+const DatasetInfo *remote_feed_test_info(const RemoteFeed *f)
+{
+    return f->has_test ? &f->test_info : NULL;
+}
+
+size_t remote_feed_test_steps(const RemoteFeed *f)
+{
+    return f->test_steps;
+}
+
+int remote_feed_eval_begin(RemoteFeed *f)
+{
+    if (!f->has_test) return BASIN_FAIL(BASIN_ERR_RUNTIME, "remote_feed_eval_begin: the readers have no test split");
+    int64_t msg[3] = {CTRL_EVAL, 0, 0};
+    BASIN_MPI(MPI_Send(msg, 3, MPI_INT64_T, f->reader, TAG_CTRL, f->lay.comm));
+    return BASIN_OK;
+}
+
+int remote_feed_eval_next(RemoteFeed *f, uint64_t step, Batch *out)
+{
+    MPI_Request req;
+    BASIN_MPI(MPI_Irecv(f->eval_buf, (int)f->eval_lo.bytes, MPI_BYTE, f->reader, TAG_EVAL, f->lay.comm, &req));
+    TRY(wait_timed(f, &req, "evaluation batch"));
+    Head h;
+    memcpy(&h, f->eval_buf, sizeof h);
+    if (h.status)
+        return basin_error(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d could not read test step %llu (its line "
+                           "says why)", f->trainer, f->reader, (unsigned long long)step);
+    if (h.kind != KIND_BATCH || h.gstep != step || h.n > f->eval_lo.max_n)
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d sent test step %llu, expected %llu",
+                          f->trainer, f->reader, (unsigned long long)h.gstep, (unsigned long long)step);
+    out->epoch = h.epoch;
+    out->step = h.step;
+    out->global_n = h.global_n;
+    out->n = h.n;
+    out->images = (float *)(f->eval_buf + f->eval_lo.off_images);
+    out->labels = (int32_t *)(f->eval_buf + f->eval_lo.off_labels);
+    out->index = (const uint64_t *)(f->eval_buf + f->eval_lo.off_index);
+    return BASIN_OK;
 }
 
 int remote_feed_reader_rank(const RemoteFeed *f)
@@ -522,6 +633,7 @@ int remote_feed_close(RemoteFeed *f, int code)
     free(f->ring);
     free(f->req);
     free(f->done);
+    free(f->eval_buf);
     free(f);
     return rc;
 }

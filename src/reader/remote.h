@@ -17,11 +17,14 @@
  *                              resumed run starts at its checkpoint's step)
  *                       CREDIT the trainer posted one more receive
  *                       STOP   the run ended, with the job's exit code
+ *                       EVAL   send the test split's slices (an evaluation)
  *   reader  -> trainer  BATCH  one step's slice: a header (step, epoch, sizes,
  *                              the reader's counters), the images, the labels
  *                              and the sample indices, in one message
  *                       END    fills a receive the trainer posted but will
  *                              not use, after its STOP
+ *                       TEST   one test step's slice, answering EVAL (a tag
+ *                              of its own, one at a time: no prefetch)
  * Flow control is by credits: a trainer posts K receives (--reader-prefetch)
  * at START and one more each time it is done with a batch, telling its reader
  * with a CREDIT; a reader sends a batch only against a credit, so at most K
@@ -49,11 +52,13 @@ typedef struct {
 /* ---- reader side ------------------------------------------------------------ */
 typedef struct RemoteServer RemoteServer;
 
-/* Open reader `index`'s data (base: the training split's ReaderConfig; its
- * rank, world and prefetch are set here) and send every trainer it serves a
- * HELLO carrying the outcome, also on failure (so no trainer waits for it).
- * Returns the set-up's status (a usage error after one line). */
-int remote_server_open(const ReaderConfig *base, const RemoteLayout *lay, int index, RemoteServer **out);
+/* Open reader `index`'s data (base: the training split's ReaderConfig, test:
+ * the test split's or NULL when there is no evaluation; their rank, world and
+ * prefetch are set here) and send every trainer it serves a HELLO carrying
+ * the outcome, also on failure (so no trainer waits for it). Returns the
+ * set-up's status (a usage error after one line). */
+int remote_server_open(const ReaderConfig *base, const ReaderConfig *test, const RemoteLayout *lay, int index,
+                       RemoteServer **out);
 /* Called for each batch read (name "read", tid 0) and each wait for
  * credits ("wait for credits", tid 1): the reader's trace. */
 typedef void (*RemoteEventFn)(void *arg, const char *name, int tid, double t_begin, double t_end);
@@ -74,6 +79,15 @@ typedef struct RemoteFeed RemoteFeed;
 int remote_feed_open(const RemoteLayout *lay, int trainer, RemoteFeed **out, int *reader_status);
 const DatasetInfo *remote_feed_info(const RemoteFeed *f);
 size_t remote_feed_steps_per_epoch(const RemoteFeed *f);
+/* The test split as the readers serve it (NULL: no evaluation), and its
+ * steps. Evaluation: remote_feed_eval_begin asks the reader for the whole
+ * split (EVAL), then remote_feed_eval_next(step) for step = 0, 1, ... takes
+ * this trainer's slices in order (valid until the next call; the reader
+ * sends each when its receive is posted). */
+const DatasetInfo *remote_feed_test_info(const RemoteFeed *f);
+size_t remote_feed_test_steps(const RemoteFeed *f);
+int remote_feed_eval_begin(RemoteFeed *f);
+int remote_feed_eval_next(RemoteFeed *f, uint64_t step, Batch *out);
 /* The reader's world rank on lay->comm. */
 int remote_feed_reader_rank(const RemoteFeed *f);
 /* Every rank agreed to train: from now on remote_feed_close sends STOP. */

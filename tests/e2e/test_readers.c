@@ -1,7 +1,8 @@
 /* Reader processes (--readers) change where batches are read, not what is
  * trained: with R readers and T trainers, the trainers reach the same bits
  * (parameters, batch-norm running statistics and momentum, with --augment
- * crop:2,flip) as T ranks that read their own data. Cases: every (R, T) with
+ * crop:2,flip) and the same evaluation (the readers serve the test split
+ * too) as T ranks that read their own data. Cases: every (R, T) with
  * R in {1, 2}, T in {2, 3} and R + T the ranks of the job.
  *
  * Also: a run stopped by a signal (exit 75 on every rank, readers included)
@@ -32,7 +33,11 @@ static void config(TrainConfig *cfg, const char *data, const char *out)
     cfg->batch = 60; /* divisible by 2 and 3 */
     cfg->lr = 0.05;
     cfg->limit_train = 1200;
-    cfg->eval_every = 0;
+    /* Evaluation at the end, read by the readers too: 101 samples in
+     * batches of 40, so slices are uneven and the last batch is short. */
+    cfg->eval_every = 1;
+    cfg->limit_test = 101;
+    cfg->eval_batch = 40;
     cfg->log_every = 1000;
     cfg->check_every = 5;
     cfg->augment = "crop:2,flip";
@@ -166,6 +171,11 @@ static void run_case(const char *data, const char *root, int readers, int resume
                readers, trainers, resume ? ", stopped and resumed" : "", rank, b, a);
         free(sa);
         free(sb);
+        EXPECT(ref.test_loss == got.test_loss && ref.test_accuracy == got.test_accuracy,
+               "%d reader(s), %d trainers%s: evaluation loss %.9g accuracy %.6f, in-process %.9g %.6f", readers,
+               trainers, resume ? ", stopped and resumed" : "", got.test_loss, got.test_accuracy, ref.test_loss,
+               ref.test_accuracy);
+        EXPECT(got.test_loss > 0, "rank %d: no evaluation (test loss %g)", rank, got.test_loss);
         EXPECT(got.steps == 12, "rank %d: %llu steps", rank, (unsigned long long)got.steps);
         EXPECT(same_floats(ref.params, ref.n_params, got.params, got.n_params),
                "%d reader(s), %d trainers%s: trainer %d's parameters differ from the in-process reader's", readers,
