@@ -124,16 +124,14 @@ int remote_server_open(const ReaderConfig *base, const ReaderConfig *test, const
     const char *hook = getenv("BASIN_TEST_READER");
     if (hook) {
         char kind[16] = "";
-        if (sscanf(hook, "%15[a-z]:%ld", kind, &s->hook_step) == 2 && (!strcmp(kind, "stall") || !strcmp(kind, "die")))
-            s->hook_kind = !strcmp(kind, "stall") ? 1 : 2;
-        else
-            s->hook_kind = -1;
+        int ok = sscanf(hook, "%15[a-z]:%ld", kind, &s->hook_step) == 2;
+        s->hook_kind = !ok ? -1 : !strcmp(kind, "stall") ? 1 : !strcmp(kind, "die") ? 2 : -1;
     }
     for (int t = index; t < lay->trainers; t += lay->readers) s->n++;
     s->sv = basin_calloc((size_t)(s->n ? s->n : 1), sizeof *s->sv);
     int rc = s->sv ? BASIN_OK : BASIN_ERR_RUNTIME;
-    if (s->hook_kind < 0) rc = basin_error(BASIN_ERR_USAGE, "BASIN_TEST_READER='%s': expected stall:STEP or die:STEP",
-                                           getenv("BASIN_TEST_READER"));
+    if (s->hook_kind < 0)
+        rc = basin_error(BASIN_ERR_USAGE, "BASIN_TEST_READER='%s': expected stall:STEP or die:STEP", hook);
     Hello h;
     memset(&h, 0, sizeof h);
     for (int i = 0; i < s->n && !rc; i++) {
@@ -184,11 +182,13 @@ int remote_server_open(const ReaderConfig *base, const ReaderConfig *test, const
         v->ring = basin_calloc((size_t)lay->prefetch, sizeof *v->ring);
         v->req = basin_malloc((size_t)lay->prefetch * sizeof *v->req);
         if (!v->ring || !v->req) {
+            free(v->req);
+            v->req = NULL;
             rc = BASIN_ERR_RUNTIME;
             break;
         }
+        for (int k = 0; k < lay->prefetch; k++) v->req[k] = MPI_REQUEST_NULL;
         for (int k = 0; k < lay->prefetch; k++) {
-            v->req[k] = MPI_REQUEST_NULL;
             v->ring[k] = basin_aligned_alloc(s->lo.bytes);
             if (!v->ring[k]) {
                 rc = BASIN_ERR_RUNTIME;
@@ -459,9 +459,13 @@ int remote_feed_open(const RemoteLayout *lay, int trainer, RemoteFeed **out, int
         f->ring = basin_calloc((size_t)K, sizeof *f->ring);
         f->req = basin_malloc((size_t)K * sizeof *f->req);
         f->done = basin_calloc((size_t)K, sizeof *f->done);
-        if (!f->ring || !f->req || !f->done) rc = BASIN_ERR_RUNTIME;
+        if (!f->ring || !f->req || !f->done) {
+            free(f->req);
+            f->req = NULL;
+            rc = BASIN_ERR_RUNTIME;
+        }
+        for (int k = 0; !rc && k < K; k++) f->req[k] = MPI_REQUEST_NULL;
         for (int k = 0; !rc && k < K; k++) {
-            f->req[k] = MPI_REQUEST_NULL;
             f->ring[k] = basin_aligned_alloc(f->lo.bytes);
             if (!f->ring[k]) rc = BASIN_ERR_RUNTIME;
         }
