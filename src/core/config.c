@@ -132,6 +132,8 @@ void config_usage(const char *prog, const char *algorithms)
            "  --readers N             the last N ranks only read, augment and send batches to\n"
            "                          the others, which train (default 0: every rank reads)\n"
            "  --reader-prefetch K     batches in flight per trainer with --readers (default 2)\n"
+           "  --balance static:W0,..  trainer rank r takes W_r / sum(W) of each global batch\n"
+           "                          (default equal)\n"
            "  --check[=RANKS]         validate options, data and model as if on RANKS ranks\n"
            "                          (default: as started); write nothing\n"
            "  --help                  this text\n",
@@ -141,6 +143,26 @@ void config_usage(const char *prog, const char *algorithms)
 static int bad_value(const char *opt, const char *val, const char *want)
 {
     return basin_error(BASIN_ERR_USAGE, "--%s '%s': %s", opt, val, want);
+}
+
+/* --balance equal | static:W0,W1,... (positive integers, one per trainer rank). */
+static int parse_balance(TrainConfig *cfg, const char *s)
+{
+    cfg->balance_n = 0;
+    if (!strcmp(s, "equal")) return BASIN_OK;
+    const char *p = !strncmp(s, "static:", 7) ? s + 7 : NULL;
+    while (p && *p && cfg->balance_n < BASIN_MAX_BALANCE) {
+        char *end;
+        errno = 0;
+        long w = strtol(p, &end, 10);
+        if (end == p || errno || w < 1 || w > (long)BASIN_MAX_WEIGHT || (*end && *end != ',')) break;
+        cfg->balance_w[cfg->balance_n++] = (uint32_t)w;
+        p = *end ? end + 1 : end;
+        if (!*p) return end[0] == ',' ? bad_value("balance", s, "a weight after the last comma") : BASIN_OK;
+    }
+    cfg->balance_n = 0;
+    return bad_value("balance", s, "expected equal or static:W0,W1,... (one integer weight in [1, 1000000] per "
+                                   "trainer rank)");
 }
 
 static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
@@ -182,7 +204,7 @@ enum {
     OPT_AUGMENT, OPT_SYNC_BN, OPT_ZERO_INIT_RESIDUAL,
     OPT_OPTIMIZER, OPT_LARS_ETA, OPT_ADAM_BETA1, OPT_ADAM_BETA2, OPT_ADAM_EPS,
     OPT_WIRE,
-    OPT_READERS, OPT_READER_PREFETCH,
+    OPT_READERS, OPT_READER_PREFETCH, OPT_BALANCE,
 };
 
 static const struct option long_options[] = {
@@ -212,6 +234,7 @@ static const struct option long_options[] = {
     {"no-prefetch", no_argument, NULL, OPT_NO_PREFETCH},
     {"readers", required_argument, NULL, OPT_READERS},
     {"reader-prefetch", required_argument, NULL, OPT_READER_PREFETCH},
+    {"balance", required_argument, NULL, OPT_BALANCE},
     {"check", optional_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, OPT_HELP},
     {"allreduce", required_argument, NULL, OPT_ALLREDUCE},
@@ -313,6 +336,7 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
         case OPT_NO_PREFETCH: cfg->prefetch = 0; break;
         case OPT_READERS: TRY(parse_long(name, optarg, 0, 1 << 20, &v)); cfg->readers = (int)v; break;
         case OPT_READER_PREFETCH: TRY(parse_long(name, optarg, 1, 64, &v)); cfg->reader_prefetch = (int)v; break;
+        case OPT_BALANCE: TRY(parse_balance(cfg, optarg)); break;
         case OPT_CHECK:
             cfg->check_only = 1;
             if (optarg) {

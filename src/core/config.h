@@ -7,10 +7,17 @@
 
 #include "core/optim.h"
 
+/* The most ranks --balance static can weigh. */
+#define BASIN_MAX_BALANCE 1024
+
 typedef struct {
     const char *model;        /* preset name or spec (models.h) */
     const char *data;         /* dataset file (reader.h layout) or synthetic:CxHxW:CLASSES[:N] */
     const char *augment;      /* --augment SPEC of the training split (reader.h), "none": off */
+    /* --balance static:W0,W1,...: trainer rank r takes a share W_r / sum(W) of
+     * each global batch (order_share_slice); balance_n 0: equal shares. */
+    int balance_n;
+    uint32_t balance_w[BASIN_MAX_BALANCE];
     const char *output_dir;   /* metrics and, later, checkpoints go here */
     const char *metrics;      /* JSON-lines file; default <output_dir>/metrics.jsonl */
     int epochs;

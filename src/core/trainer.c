@@ -123,7 +123,7 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     }
     tm[T_DATA] += basin_clock() - c0; /* the wait for the prefetch (or the reader process) and the hand-over */
     size_t first, count;
-    order_rank_slice(b.global_n, t->rank, t->world, &first, &count);
+    order_share_slice(b.global_n, t->rank, t->world, cfg->balance_n ? cfg->balance_w : NULL, &first, &count);
     if (t->samples_log) {
         fprintf(t->samples_log, "%llu", (unsigned long long)gs);
         for (size_t i = 0; i < b.n; i++) fprintf(t->samples_log, " %llu", (unsigned long long)b.index[i]);
@@ -427,6 +427,16 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
     if (!rc && t.resuming) rc = ckpt_resume_apply(&t);
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
+    if (cfg->balance_n) {
+        char shares[4096] = "";
+        size_t used = 0;
+        for (int r = 0; r < t.world && used < sizeof shares; r++) {
+            size_t first, count;
+            order_share_slice(cfg->batch, r, t.world, cfg->balance_w, &first, &count);
+            used += (size_t)snprintf(shares + used, sizeof shares - used, "%s%zu", r ? ":" : "", count);
+        }
+        basin_info("basin: --balance static: samples per rank %s of %zu", shares, cfg->batch);
+    }
     if (t.feed)
         basin_info("basin: %d reader process(es), ranks %d-%d, read the training data for the %d trainer ranks "
                    "(at most %d batches in flight per trainer), and the test split",
@@ -538,6 +548,9 @@ static int run_with_readers(const TrainConfig *cfg, MPI_Comm comm, TrainResult *
     else if (n > trainers)
         snprintf(why, sizeof why, "--readers %d: only %d trainer rank(s) would be left, and each reader serves at "
                  "least one (use at most %d readers on %d ranks)", n, trainers, size / 2, size);
+    else if (cfg->balance_n && cfg->balance_n != trainers)
+        snprintf(why, sizeof why, "--balance static: %d weights for %d trainer ranks: give one per trainer (readers "
+                 "take no share)", cfg->balance_n, trainers);
     else if (synthetic_is(cfg->data))
         snprintf(why, sizeof why, "--readers with --data %s: synthetic data is generated, not read; run "
                  "without --readers", cfg->data);

@@ -42,6 +42,30 @@ void order_epoch(uint64_t seed, uint64_t epoch, uint64_t n, uint64_t *perm)
     }
 }
 
+void order_share_slice(size_t global_n, int rank, int world, const uint32_t *weights, size_t *first,
+                       size_t *count)
+{
+    if (!weights || world < 1 || rank < 0 || rank >= world) {
+        order_rank_slice(global_n, rank, world, first, count);
+        return;
+    }
+    /* Weights <= 1e6 and world <= 2^20 keep C_r below 2^40; a product with
+     * global_n stays exact in 128 bits. */
+    unsigned __int128 sum = 0, before = 0;
+    for (int k = 0; k < world; k++) {
+        if (k == rank) before = sum;
+        sum += weights[k];
+    }
+    if (sum == 0) {
+        *first = *count = 0;
+        return;
+    }
+    unsigned __int128 n = global_n;
+    size_t lo = (size_t)(n * before / sum), hi = (size_t)(n * (before + weights[rank]) / sum);
+    *first = lo;
+    *count = hi - lo;
+}
+
 void order_rank_slice(size_t global_n, int rank, int world, size_t *first, size_t *count)
 {
     if (world < 1 || rank < 0 || rank >= world) {

@@ -99,7 +99,7 @@ static int fill_slot(Reader *r, Slot *s, uint64_t epoch, uint64_t step)
     size_t start = (size_t)step * B;
     size_t end = count - start < B ? count : start + B;
     size_t first, n;
-    order_rank_slice(end - start, r->cfg.rank, r->cfg.world, &first, &n);
+    order_share_slice(end - start, r->cfg.rank, r->cfg.world, r->cfg.weights, &first, &n);
     for (size_t k = 0; k < n; k++) {
         size_t pos = start + first + k;
         s->index[k] = r->cfg.shuffle ? r->perm[pos] : pos;
@@ -211,6 +211,14 @@ int reader_open(const ReaderConfig *cfg, Reader **out)
     }
     size_t first;
     order_rank_slice(B < N ? B : N, 0, cfg->world, &first, &r->max_n);
+    if (cfg->weights) {
+        /* Every batch of a weighted reader is whole (drop_last): its own share of B. */
+        order_share_slice(B < N ? B : N, cfg->rank, cfg->world, cfg->weights, &first, &r->max_n);
+        if (!cfg->drop_last) {
+            rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "reader: weighted slices need drop_last");
+            goto cleanup;
+        }
+    }
     r->sample_floats = (size_t)r->info.c * (size_t)r->info.h * (size_t)r->info.w;
 
     if (r->aug.crop || r->aug.flip) {

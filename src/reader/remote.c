@@ -159,6 +159,11 @@ int remote_server_open(const ReaderConfig *base, const ReaderConfig *test, const
                              lay->trainers, N);
         } else {
             order_rank_slice(B < N ? B : N, 0, lay->trainers, &first, &max_n);
+            for (int t = 0; base->weights && t < lay->trainers; t++) { /* --balance: the largest share */
+                size_t c;
+                order_share_slice(B < N ? B : N, t, lay->trainers, base->weights, &first, &c);
+                if (t == 0 || c > max_n) max_n = c;
+            }
             h.max_n = max_n;
             rc = layout_make(max_n, (size_t)h.info.c * (size_t)h.info.h * (size_t)h.info.w, &s->lo);
         }

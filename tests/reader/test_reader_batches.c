@@ -13,7 +13,7 @@ static char dir[512], path[600];
 
 static ReaderConfig config(size_t batch, int rank, int world, int prefetch)
 {
-    ReaderConfig c = {path, "train", 0, 1234, batch, rank, world, 1, 0, prefetch, NULL};
+    ReaderConfig c = {path, "train", 0, 1234, batch, rank, world, 1, 0, prefetch, NULL, NULL};
     return c;
 }
 
