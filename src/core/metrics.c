@@ -59,6 +59,13 @@ void metrics_step(Metrics *m, const StepRecord *r)
         fprintf(m->f, ",\"readers\":%d,\"batches_ready\":%.3f,\"reader_images_per_s\":%.1f,\"reader_busy\":%.4f,"
                 "\"reader_credit_wait_s\":%.6f", r->readers, r->batches_ready, r->reader_images_per_s, r->reader_busy,
                 r->reader_credit_wait_s);
+    if (r->n_ranks > 0 && r->shares && r->busy) {
+        fprintf(m->f, ",\"shares\":[");
+        for (int i = 0; i < r->n_ranks; i++) fprintf(m->f, "%s%zu", i ? "," : "", r->shares[i]);
+        fprintf(m->f, "],\"busy_s\":[");
+        for (int i = 0; i < r->n_ranks; i++) fprintf(m->f, "%s%.6f", i ? "," : "", r->busy[i]);
+        fprintf(m->f, "]");
+    }
     fprintf(m->f, ",\"straggler\":%d}\n", r->straggler);
     fflush(m->f);
 }

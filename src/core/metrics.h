@@ -7,7 +7,8 @@
  *
  * With reader processes (--readers) a step line also has "readers",
  * "batches_ready", "reader_images_per_s", "reader_busy" and
- * "reader_credit_wait_s" (StepRecord).
+ * "reader_credit_wait_s" (StepRecord); with --balance, "shares" and
+ * "busy_s", one number per rank.
  *
  * epoch is 1-based in the file (the epoch being trained), step counts global
  * steps from 1. Timings are means per step over the logging interval.
@@ -42,6 +43,12 @@ typedef struct {
      * step a reader waited for credits (its trainers were behind). */
     int readers;
     double batches_ready, reader_images_per_s, reader_busy, reader_credit_wait_s;
+    /* --balance only (written when n_ranks > 0): every trainer rank's samples
+     * per step ("shares") and busy seconds per step ("busy_s": data wait,
+     * forward, backward, optimizer), rank order. */
+    int n_ranks;
+    const size_t *shares;
+    const double *busy;
 } StepRecord;
 
 void metrics_step(Metrics *m, const StepRecord *r);

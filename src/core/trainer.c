@@ -180,6 +180,14 @@ static int report_interval(Trainer *t, StepRecord *r, const double tm[T_COUNT], 
         r->timing_max[i] = max[i];
     }
     r->straggler = busy.rank;
+    if (t->cfg->balance_n) {
+        /* --balance: every rank's share and busy time, for rank 0's line. */
+        double own = (tm[T_DATA] + tm[T_FORWARD] + tm[T_BACKWARD] + tm[T_OPTIM]) / (double)steps;
+        BASIN_MPI(MPI_Gather(&own, 1, MPI_DOUBLE, t->busy_all, 1, MPI_DOUBLE, 0, t->comm));
+        r->n_ranks = t->world;
+        r->shares = t->shares;
+        r->busy = t->busy_all;
+    }
     r->data_wait_s = r->timing_mean[T_DATA];
     r->compute_s = r->timing_mean[T_FORWARD] + r->timing_mean[T_BACKWARD] + r->timing_mean[T_OPTIM];
     r->comm_s = r->timing_mean[T_COMM];
@@ -480,6 +488,8 @@ done:
     }
     ckpt_write_status(&t, rc);
     if (t.samples_log) fclose(t.samples_log);
+    free(t.shares);
+    free(t.busy_all);
     if (t.rank == 0) checkpoint_free(&t.resume);
     metrics_close(&t.metrics);
     trace_close(&t.trace);

@@ -56,6 +56,8 @@ typedef struct Trainer {
     RemoteFeed *feed;                /* --readers: the stream of this rank's reader process */
     DatasetInfo train_info;          /* of the training split (its own reader's, or the feed's) */
     size_t test_count, test_steps;   /* the test split (evaluation), from test or the feed */
+    size_t *shares;                  /* --balance: every rank's samples per step */
+    double *busy_all;                /* --balance, rank 0: every rank's busy seconds per step */
     Net *net;
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_specs;

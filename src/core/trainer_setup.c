@@ -85,9 +85,13 @@ int trainer_setup(Trainer *t)
         if (cfg->balance_n != t->world)
             return basin_error(BASIN_ERR_USAGE, "--balance static: %d weights for %d trainer ranks: give one per rank",
                                cfg->balance_n, t->world);
+        t->shares = basin_calloc((size_t)t->world, sizeof *t->shares);
+        t->busy_all = basin_calloc((size_t)t->world, sizeof *t->busy_all);
+        if (!t->shares || !t->busy_all) return BASIN_ERR_RUNTIME;
         for (int r = 0; r < t->world; r++) {
             size_t first, count;
             order_share_slice(cfg->batch, r, t->world, cfg->balance_w, &first, &count);
+            t->shares[r] = count;
             if (count == 0)
                 return basin_error(BASIN_ERR_USAGE, "--balance static: rank %d would get 0 of the %zu samples of "
                                    "a batch: raise its weight or --batch", r, cfg->batch);

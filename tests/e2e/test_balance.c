@@ -7,7 +7,8 @@
  * momentum; a wrong slice or scale moves them by 1e-3 and more), and every
  * replica holds the same bits. On 3 ranks, 1 reader feeding 2 trainers with
  * shares 3:1 trains the same bits as those 2 trainers reading themselves.
- * Refusals: a share of 0 samples, a weight count that is not the ranks'. */
+ * The metrics' step lines show every rank's share and busy time. Refusals:
+ * a share of 0 samples, a weight count that is not the ranks'. */
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -110,6 +111,19 @@ static void run_case(const char *data, const char *out, const char *model)
     size_t n = bal.n_params;
     EXPECT(n > 0 && n == eq.n_params, "%zu parameters, %zu with equal shares", n, eq.n_params);
     EXPECT(n > 0 && replicas_equal(bal.params, n, MPI_COMM_WORLD), "replicas differ with static shares");
+    if (rank == 0) {
+        /* The step line of the metrics shows every rank's share and busy time. */
+        char mpath[4200], line[16384] = "", want_shares[64];
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", out);
+        snprintf(want_shares, sizeof want_shares, "\"shares\":[45,15]");
+        if (world == 3) snprintf(want_shares, sizeof want_shares, "\"shares\":[30,10,20]");
+        FILE *mf = fopen(mpath, "r");
+        int found = 0;
+        while (mf && fgets(line, sizeof line, mf))
+            found |= strstr(line, want_shares) && strstr(line, "\"busy_s\":[");
+        if (mf) fclose(mf);
+        EXPECT(found, "%s: no step line with %s and busy_s", mpath, want_shares);
+    }
     if (rank == 0 && n > 0 && n == one.n_params) {
         double w_eq, w_one;
         size_t far_eq = count_far(eq.params, bal.params, n, &w_eq);
