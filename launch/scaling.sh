@@ -341,8 +341,7 @@ if kind == "weak" and model in ("mlp", "cnn", "resnet20"):
                  if o["quiet_repeats"] else "")
             verdicts.append(f"{title(o['kernel'])}: {o['efficiency']:.3f} ({ok}){q}")
     if verdicts:
-        issue = "issue 10" if model == "resnet20" else "issue 4"
-        target = (f"Target ({issue}): weak-scaling efficiency from 1 to 2 ranks >= 0.90. "
+        target = ("Target: weak-scaling efficiency from 1 to 2 ranks >= 0.90. "
                   "Measured: " + "; ".join(verdicts) + ".\n")
 
 # The plot: images/s and efficiency against ranks, one line per kernel mode.

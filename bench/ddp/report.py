@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 
-TARGET = 1.3  # basin images/s / PyTorch DDP images/s, for mlp and cnn (issue 4)
+TARGET = 1.3  # basin images/s / PyTorch DDP images/s, for mlp and cnn
 MODES = ("env", "native")
 
 
@@ -121,7 +121,7 @@ per-round ratios, which cancels slow drifts in the machine's load.
   pool, fc 1024, dropout 0.5, fc 10; SGD, momentum 0.9, weight decay 5e-4.
 
 {chr(10).join(sections)}
-Target (issue 4): basin images/s / PyTorch DDP images/s >= {TARGET:g} for mlp and cnn.
+Target: basin images/s / PyTorch DDP images/s >= {TARGET:g} for mlp and cnn.
 The benchmark reports it; it does not fail on it.
 
 ## Kernel modes

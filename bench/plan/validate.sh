@@ -1,5 +1,5 @@
 #!/bin/bash
-# Validation of basin-plan against the simulated cluster (issue 11, item 3).
+# Validation of basin-plan against the simulated cluster: predicted against measured.
 # Needs root (network namespaces) and an otherwise idle machine: it times
 # training steps. Takes about 1-2 hours on 2 cores.
 #

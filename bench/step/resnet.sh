@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training-step time of the residual networks, basin against PyTorch, one
-# core, and the table in bench/results/step-resnet.md (issue 10's targets).
+# core, and the table in bench/results/step-resnet.md.
 #
 #   bench/step/resnet.sh [--rounds N] [--repeats N] [--warmup N] [--cpu C]
 #                        [--kernels env|native|both] [--check] [--no-build]

@@ -126,7 +126,7 @@ counts of the table; CPU time), each layer timed on its own:
     cfg_txt = "; ".join(f"{m} {s} ({c} classes) batch {b}" for m, s, c, b in configs)
     md = f"""# Training-step time of residual networks: basin against PyTorch
 
-One process, one core, one BLAS/OpenMP thread (issue 10's targets). A step is
+One process, one core, one BLAS/OpenMP thread. A step is
 forward, softmax cross-entropy, backward and SGD (momentum 0.9, weight decay
 5e-4) on a batch of random images already in memory, batch norm in training
 mode. basin runs its presets; PyTorch runs bench/torch_models.py: for
