@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/trainer.h"
+#include "replicas.h"
 #include "testing.h"
 
 static int rank, world;
@@ -42,32 +43,6 @@ static void set_weights(TrainConfig *cfg, const uint32_t *w, int n)
 {
     cfg->balance_n = n;
     for (int i = 0; i < n; i++) cfg->balance_w[i] = w[i];
-}
-
-/* Parameters further apart than 2e-5 + 1e-3 |a|; *worst the largest gap. */
-static size_t count_far(const float *a, const float *b, size_t n, double *worst)
-{
-    size_t far = 0;
-    *worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > *worst) *worst = d;
-        far += d > 2e-5 + 1e-3 * fabs((double)a[i]);
-    }
-    return far;
-}
-
-static int replicas_equal(const float *x, size_t n, MPI_Comm comm)
-{
-    float *x0 = malloc((n ? n : 1) * sizeof *x0);
-    int r;
-    MPI_Comm_rank(comm, &r);
-    if (r == 0) memcpy(x0, x, n * sizeof *x0);
-    MPI_Bcast(x0, (int)n, MPI_FLOAT, 0, comm);
-    int same = memcmp(x0, x, n * sizeof *x0) == 0, all = 0;
-    MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_MIN, comm);
-    free(x0);
-    return all;
 }
 
 static void run_case(const char *data, const char *out, const char *model)
@@ -126,8 +101,8 @@ static void run_case(const char *data, const char *out, const char *model)
     }
     if (rank == 0 && n > 0 && n == one.n_params) {
         double w_eq, w_one;
-        size_t far_eq = count_far(eq.params, bal.params, n, &w_eq);
-        size_t far_one = count_far(one.params, bal.params, n, &w_one);
+        size_t far_eq = count_far(eq.params, bal.params, n, 2e-5, 1e-3, &w_eq);
+        size_t far_one = count_far(one.params, bal.params, n, 2e-5, 1e-3, &w_one);
         EXPECT(far_eq == 0, "%s: %zu of %zu parameters differ between static and equal shares (max %.3g)", cfg.model,
                far_eq, n, w_eq);
         EXPECT(far_one == 0, "%s: %zu of %zu parameters differ between static shares and 1 rank (max %.3g)",

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "core/trainer.h"
+#include "replicas.h"
 #include "testing.h"
 
 /* Residual blocks with projection and identity shortcuts, bn after conv and
@@ -27,33 +28,6 @@
  * say nothing about batch norm. */
 static const char *const model =
     "conv:8:3,bn,res(conv:8:3,bn,conv:8:3,bn),res(conv:16:3:2,bn,conv:16:3,bn),gap,fc:16,bn,fc:10";
-
-/* Every rank's copy of x (n floats) equals rank 0's. */
-static int replicas_equal(const float *x, size_t n)
-{
-    float *x0 = malloc((n ? n : 1) * sizeof *x0);
-    int rank;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    if (rank == 0) memcpy(x0, x, n * sizeof *x0);
-    MPI_Bcast(x0, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
-    int same = memcmp(x0, x, n * sizeof *x0) == 0, all = 0;
-    MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    free(x0);
-    return all;
-}
-
-/* Elements of a and b further apart than 1e-4 + 2e-3 |a|; *worst the largest gap. */
-static size_t count_far(const float *a, const float *b, size_t n, double *worst)
-{
-    size_t far = 0;
-    *worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > *worst) *worst = d;
-        far += d > 1e-4 + 2e-3 * fabs((double)a[i]);
-    }
-    return far;
-}
 
 static void run_case(const char *data, const char *out, int sync_bn, int zero_init)
 {
@@ -82,12 +56,12 @@ static void run_case(const char *data, const char *out, int sync_bn, int zero_in
     EXPECT(trainer_run(&cfg, MPI_COMM_WORLD, &many) == 0, "%d-rank run failed", world);
     EXPECT(many.state && many.n_state > 0, "no batch-norm state kept");
     if (!many.params || !many.state) return;
-    EXPECT(replicas_equal(many.params, many.n_params), "sync %d: parameters of the replicas differ", sync_bn);
-    EXPECT(replicas_equal(many.state, many.n_state), "sync %d: running statistics of the replicas differ", sync_bn);
+    EXPECT(replicas_equal(many.params, many.n_params, MPI_COMM_WORLD), "sync %d: parameters of the replicas differ", sync_bn);
+    EXPECT(replicas_equal(many.state, many.n_state, MPI_COMM_WORLD), "sync %d: running statistics of the replicas differ", sync_bn);
     if (rank == 0 && one.params && one.state) {
         double wp, ws;
-        size_t fp = count_far(one.params, many.params, many.n_params, &wp);
-        size_t fs = count_far(one.state, many.state, many.n_state, &ws);
+        size_t fp = count_far(one.params, many.params, many.n_params, 1e-4, 2e-3, &wp);
+        size_t fs = count_far(one.state, many.state, many.n_state, 1e-4, 2e-3, &ws);
         if (sync_bn) {
             EXPECT(fp == 0, "--sync-bn on %d ranks: %zu of %zu parameters differ from 1 rank's (max %.3g)", world,
                    fp, many.n_params, wp);
