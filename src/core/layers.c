@@ -195,12 +195,6 @@ void layer_init_state(const Layer *l, float *state)
     for (size_t i = 0; i < c; i++) state[i] = 0.0f, state[c + i] = 1.0f;
 }
 
-/* Sum the batch-norm sums across ranks when the context asks for it. */
-static void sum_stats(const ForwardCtx *ctx, double *buf, size_t n)
-{
-    if (ctx && ctx->stats_sum) ctx->stats_sum(ctx->stats_arg, buf, n);
-}
-
 void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
                    const ForwardCtx *ctx)
 {
@@ -252,7 +246,7 @@ void layer_forward(Layer *l, const Ops *ops, const float *x, float *y, size_t n,
             ops->bn_moments(x, n, c, hw, sum, sumsq);
             l->bn_count = (double)n * (double)hw;
             if (ctx->stats_sum) {
-                sum_stats(ctx, l->bn_sums, 2 * c);
+                ctx->stats_sum(ctx->stats_arg, l->bn_sums, 2 * c);
                 l->bn_count = (double)ctx->stats_batch * (double)hw;
             }
             if (l->bn_count > 0.0)
@@ -350,7 +344,7 @@ void layer_backward(Layer *l, const Ops *ops, const float *x, const float *y,
         ops->bn_param_grads(sdy, sdyxhat, c, l->dw, l->db);
         if (!l->need_dx) break;
         /* dx needs the sums over the batch the statistics came from. */
-        if (ctx && ctx->stats_sum) sum_stats(ctx, sdy, 2 * c);
+        if (ctx && ctx->stats_sum) ctx->stats_sum(ctx->stats_arg, sdy, 2 * c);
         if (n) ops->bn_bwd_dx(dy, x, n, c, hw, l->bn_mean, l->bn_invstd, l->w, sdy, sdyxhat,
                               l->bn_count, dx);
         break;

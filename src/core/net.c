@@ -69,8 +69,9 @@ static int home_of(const Net *net, int i)
  * slot holds each output's gradient: an output's gradient is live from the
  * backward of its last reader until its own backward, and slots are handed
  * out greedily over that order (a sequential network needs two). */
-static int plan_backward(Net *net)
+static int plan_backward(Net *net, int *scratch)
 {
+    *scratch = 0;
     int n = net->n_layers;
     for (int i = 0; i < n; i++) {
         Layer *l = &net->layers[i];
@@ -98,6 +99,9 @@ static int plan_backward(Net *net)
         Layer *l = &net->layers[i];
         if (l->kind == LAYER_FLATTEN || !net->up[i]) continue;
         int in[2] = {home_of(net, l->src), l->kind == LAYER_ADD ? home_of(net, l->src2) : -1};
+        /* A layer (not add, which sums in place) whose input's gradient a
+         * later reader already holds writes its dx to the scratch buffer. */
+        if (l->kind != LAYER_ADD && l->need_dx && in[0] >= 0 && net->dslot_of[in[0]] >= 0) *scratch = 1;
         for (int k = 0; k < 2; k++)
             if (in[k] >= 0 && net->up[in[k]] && net->dslot_of[in[k]] < 0) TAKE_SLOT(net->dslot_of[in[k]]);
         if (net->dslot_of[i] >= 0) busy[net->dslot_of[i]] = 0;
@@ -144,7 +148,8 @@ int net_create(const LayerSpec *specs, int n, Shape in, int classes, const Ops *
     if (!net->layers || !net->act || !net->up || !net->dslot_of || !net->dwritten) goto fail;
     rc = plan_layers(net->layers, specs, n, in, &net->n_params, &net->n_state);
     if (rc) goto fail;
-    rc = plan_backward(net);
+    int scratch = 0;
+    rc = plan_backward(net, &scratch);
     if (rc) goto fail;
     const Layer *last = &net->layers[n - 1];
     if (last->kind != LAYER_LINEAR || shape_size(last->out) != (size_t)classes) {
@@ -193,19 +198,9 @@ int net_create(const LayerSpec *specs, int n, Shape in, int classes, const Ops *
     }
     net->dbuf[0] = net->dslot[0];
     net->dbuf[1] = net->dslot[1];
-    for (int i = 0; i < n && !net->dscratch; i++) {
-        /* An output read by two layers: the second dx is added. */
-        int reads = 0;
-        for (int j = i + 1; j < n; j++) {
-            const Layer *m = &net->layers[j];
-            if (m->kind == LAYER_FLATTEN) continue;
-            reads += home_of(net, m->src) == i;
-            reads += m->kind == LAYER_ADD && home_of(net, m->src2) == i;
-        }
-        if (reads > 1) {
-            net->dscratch = ops->alloc(max_batch * max_act * sizeof(float));
-            if (!net->dscratch) goto fail;
-        }
+    if (scratch) {
+        net->dscratch = ops->alloc(max_batch * max_act * sizeof(float));
+        if (!net->dscratch) goto fail;
     }
     net->probs = ops->alloc(max_batch * (size_t)classes * sizeof(float));
     if (!net->probs) goto fail;
