@@ -142,27 +142,35 @@ cleanup:
     return rc;
 }
 
+/* The float nearest v, infinities for values beyond float's range. */
+static float to_float(double v) { return isnan(v) ? NAN : fabs(v) <= FLT_MAX ? (float)v : v > 0 ? INFINITY : -INFINITY; }
+
+/* Open the root attribute `name`, with its type class and number of values;
+ * one line and BASIN_ERR_USAGE when it is missing or damaged. The caller
+ * closes a, after a failure too. */
+static int open_root_attr(const char *path, hid_t file, const char *name, H5Attr *a, H5T_class_t *cls,
+                          hssize_t *npoints)
+{
+    char why[512];
+    int st = h5attr_open(file, name, a, why, sizeof why);
+    if (st < 0) return basin_error(BASIN_ERR_USAGE, "%s: damaged HDF5 file: %s", path, why);
+    if (st > 0) return basin_error(BASIN_ERR_USAGE, "%s: missing root attribute '%s'", path, name);
+    *cls = H5Tget_class(a->type);
+    *npoints = H5Sget_simple_extent_npoints(a->space);
+    if (*cls == H5T_NO_CLASS || *npoints < 0)
+        return dataset_damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
+    return BASIN_OK;
+}
+
 /* Read the scalar numeric root attribute `name` converted to mem_type; with
  * integer, it must be stored as an integer (a float would be truncated). */
 static int read_root_attr(const char *path, hid_t file, const char *name, int integer, hid_t mem_type, void *value)
 {
-    char why[512];
     H5Attr a;
-    int rc = BASIN_OK, st = h5attr_open(file, name, &a, why, sizeof why);
-    if (st < 0) {
-        rc = basin_error(BASIN_ERR_USAGE, "%s: damaged HDF5 file: %s", path, why);
-        goto cleanup;
-    }
-    if (st > 0) {
-        rc = basin_error(BASIN_ERR_USAGE, "%s: missing root attribute '%s'", path, name);
-        goto cleanup;
-    }
-    H5T_class_t cls = H5Tget_class(a.type);
-    hssize_t npoints = H5Sget_simple_extent_npoints(a.space);
-    if (cls == H5T_NO_CLASS || npoints < 0) {
-        rc = dataset_damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
-        goto cleanup;
-    }
+    H5T_class_t cls;
+    hssize_t npoints;
+    int rc = open_root_attr(path, file, name, &a, &cls, &npoints);
+    if (rc) goto cleanup;
     if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || npoints != 1) {
         rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' must be a single number", path, name);
         goto cleanup;
@@ -186,7 +194,7 @@ static int read_root_attr(const char *path, hid_t file, const char *name, int in
         }
         *(int *)value = (int)v;
     } else {
-        *(float *)value = isnan(v) ? NAN : fabs(v) <= FLT_MAX ? (float)v : v > 0 ? INFINITY : -INFINITY;
+        *(float *)value = to_float(v);
     }
 
 cleanup:
@@ -199,23 +207,11 @@ cleanup:
  * channel. *stored receives how many the file holds (1 or c). */
 static int read_channel_attr(const char *path, hid_t file, const char *name, int c, float *vals, int *stored)
 {
-    char why[512];
     H5Attr a;
-    int rc = BASIN_OK, st = h5attr_open(file, name, &a, why, sizeof why);
-    if (st < 0) {
-        rc = basin_error(BASIN_ERR_USAGE, "%s: damaged HDF5 file: %s", path, why);
-        goto cleanup;
-    }
-    if (st > 0) {
-        rc = basin_error(BASIN_ERR_USAGE, "%s: missing root attribute '%s'", path, name);
-        goto cleanup;
-    }
-    H5T_class_t cls = H5Tget_class(a.type);
-    hssize_t npoints = H5Sget_simple_extent_npoints(a.space);
-    if (cls == H5T_NO_CLASS || npoints < 0) {
-        rc = dataset_damaged(path, "H5Tget_class/H5Sget_simple_extent_npoints(%s)", name);
-        goto cleanup;
-    }
+    H5T_class_t cls;
+    hssize_t npoints;
+    int rc = open_root_attr(path, file, name, &a, &cls, &npoints);
+    if (rc) goto cleanup;
     if ((cls != H5T_INTEGER && cls != H5T_FLOAT) || (npoints != 1 && npoints != c)) {
         if (c == 1)
             rc = basin_error(BASIN_ERR_USAGE, "%s: root attribute '%s' must be a single number", path, name);
@@ -234,7 +230,7 @@ static int read_channel_attr(const char *path, hid_t file, const char *name, int
     }
     for (int k = 0; k < c; k++) {
         double x = v[npoints == 1 ? 0 : k];
-        vals[k] = isnan(x) ? NAN : fabs(x) <= FLT_MAX ? (float)x : x > 0 ? INFINITY : -INFINITY;
+        vals[k] = to_float(x);
     }
     *stored = (int)npoints;
 
