@@ -56,13 +56,18 @@ typedef struct {
      * without one, and in files written before it existed. */
     size_t n_moment2;
     const float *moment2;
+
+    /* Version 2, optional: each trainer rank's samples per global batch at
+     * next_step under --balance (text, FORMAT.md "Balance"); NULL or "" for
+     * none, as in files written before it existed. */
+    const char *balance;
 } CheckpointState;
 
 /* A checkpoint read back: the same fields, owning its memory. */
 typedef struct {
     CheckpointState st;        /* pointers below alias into this */
     uint32_t format_version;   /* of the file: CHECKPOINT_FORMAT_OLDEST .. CHECKPOINT_FORMAT_VERSION */
-    char *model_spec, *config_text, *layer_table;
+    char *model_spec, *config_text, *layer_table, *balance;
     float *params, *momentum, *state, *moment2;
     char path[4096];
 } Checkpoint;

@@ -99,6 +99,9 @@ int ckpt_header_hash(const CheckpointState *st, uint32_t version, const uint64_t
     if (version >= 2) bytes += 2 * 8 + 8 + table_len;
     int moment2 = version >= 2 && st->n_moment2 > 0;
     if (moment2) bytes += 2 * 8;
+    const char *balance = version >= 2 ? ckpt_str(st->balance) : "";
+    size_t balance_len = strlen(balance);
+    if (balance_len) bytes += 8 + balance_len;
     for (size_t i = 0; i < CKPT_N_FIELDS; i++) bytes += ckpt_kind_bytes(ckpt_fields[i].kind);
     unsigned char *buf = basin_malloc(bytes);
     if (!buf) return BASIN_ERR_RUNTIME;
@@ -123,6 +126,7 @@ int ckpt_header_hash(const CheckpointState *st, uint32_t version, const uint64_t
     p = put_text(p, spec, spec_len);
     p = put_text(p, conf, conf_len);
     if (version >= 2) p = put_text(p, table, table_len);
+    if (balance_len) p = put_text(p, balance, balance_len); /* only when present, as the second moment */
     *out = xxh64(buf, (size_t)(p - buf), 0);
     free(buf);
     return BASIN_OK;

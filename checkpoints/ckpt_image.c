@@ -266,6 +266,7 @@ int ckpt_build_metadata(const CheckpointState *st, uint32_t version, const uint6
     if (version >= 2 && n_moment2 > 0 &&
         (rc = put_attr(file, "n_moment2", H5T_STD_U64LE, H5T_NATIVE_UINT64, &n_moment2)))
         goto cleanup;
+    if (version >= 2 && *ckpt_str(st->balance) && (rc = put_string_attr(file, "balance", st->balance))) goto cleanup;
     if ((rc = put_attr(file, "header_xxh64", H5T_STD_U64LE, H5T_NATIVE_UINT64, &header_xxh))) goto cleanup;
     for (int b = 0; b < CKPT_N_BUFFERS; b++) {
         if (b == CKPT_STATE && (version < 2 || st->n_state == 0)) continue;

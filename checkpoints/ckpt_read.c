@@ -294,6 +294,11 @@ static int read_checked(const char *path, const struct stat *st_file, int meta_o
         goto cleanup;
     if ((rc = get_string_attr(file, "model_spec", &out->model_spec, why, why_len))) goto cleanup;
     if ((rc = get_string_attr(file, "config_text", &out->config_text, why, why_len))) goto cleanup;
+    /* Optional: only files of a run with --balance have it. */
+    if (version >= 2 && H5Aexists(file, "balance") > 0 &&
+        (rc = get_string_attr(file, "balance", &out->balance, why, why_len)))
+        goto cleanup;
+    st->balance = out->balance;
     if (n == 0 || n > SIZE_MAX / 2 / sizeof(float)) {
         rc = BAD("implausible n_params %llu", (unsigned long long)n);
         goto cleanup;
@@ -420,7 +425,8 @@ void checkpoint_free(Checkpoint *c)
     free(c->momentum);
     free(c->state);
     free(c->moment2);
-    c->model_spec = c->config_text = c->layer_table = NULL;
+    free(c->balance);
+    c->model_spec = c->config_text = c->layer_table = c->balance = NULL;
     c->params = c->momentum = c->state = c->moment2 = NULL;
     c->format_version = 0;
     memset(&c->st, 0, sizeof c->st);

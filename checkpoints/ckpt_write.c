@@ -161,7 +161,7 @@ int ckpt_write_version(const char *dir, const CheckpointState *st, uint32_t vers
     if (st->n_params > SIZE_MAX / 2 / sizeof(float))
         return basin_error(BASIN_ERR_USAGE, "checkpoint: %zu parameters is too many", st->n_params);
     if (strlen(ckpt_str(st->model_spec)) > CKPT_MAX_STRING ||
-        strlen(ckpt_str(st->config_text)) > CKPT_MAX_STRING)
+        strlen(ckpt_str(st->config_text)) > CKPT_MAX_STRING || strlen(ckpt_str(st->balance)) > CKPT_MAX_STRING)
         return basin_error(BASIN_ERR_USAGE, "checkpoint: model spec or configuration longer than %d bytes",
                            CKPT_MAX_STRING);
     if (version < CHECKPOINT_FORMAT_OLDEST || version > CHECKPOINT_FORMAT_VERSION)
@@ -177,7 +177,7 @@ int ckpt_write_version(const char *dir, const CheckpointState *st, uint32_t vers
     if (st->n_moment2 > 0 && !st->moment2) return basin_error(BASIN_ERR_USAGE, "checkpoint: no second moment to write");
     if (version < 2 && st->n_moment2 > 0)
         return basin_error(BASIN_ERR_USAGE, "checkpoint: format version %u holds no second moment", version);
-    if (version < 2 && (st->n_state > 0 || *ckpt_str(st->layer_table)))
+    if (version < 2 && (st->n_state > 0 || *ckpt_str(st->layer_table) || *ckpt_str(st->balance)))
         return basin_error(BASIN_ERR_USAGE, "checkpoint: format version %u holds no state or layer table", version);
 
     char name[64], path[PATH_MAX], tmp[PATH_MAX];

@@ -133,7 +133,8 @@ void config_usage(const char *prog, const char *algorithms)
            "                          the others, which train (default 0: every rank reads)\n"
            "  --reader-prefetch K     batches in flight per trainer with --readers (default 2)\n"
            "  --balance static:W0,..  trainer rank r takes W_r / sum(W) of each global batch\n"
-           "                          (default equal)\n"
+           "  --balance auto[:K]      shares follow each rank's measured samples per second,\n"
+           "                          re-measured every K steps (default 20); default equal\n"
            "  --check[=RANKS]         validate options, data and model as if on RANKS ranks\n"
            "                          (default: as started); write nothing\n"
            "  --help                  this text\n",
@@ -145,11 +146,22 @@ static int bad_value(const char *opt, const char *val, const char *want)
     return basin_error(BASIN_ERR_USAGE, "--%s '%s': %s", opt, val, want);
 }
 
-/* --balance equal | static:W0,W1,... (positive integers, one per trainer rank). */
+/* --balance equal | static:W0,W1,... (positive integers, one per trainer
+ * rank) | auto[:K]. */
 static int parse_balance(TrainConfig *cfg, const char *s)
 {
     cfg->balance_n = 0;
+    cfg->balance_every = 0;
     if (!strcmp(s, "equal")) return BASIN_OK;
+    if (!strncmp(s, "auto", 4) && (!s[4] || s[4] == ':')) {
+        char *end = NULL;
+        errno = 0;
+        long k = s[4] ? strtol(s + 5, &end, 10) : BASIN_BALANCE_EVERY;
+        if (s[4] && (end == s + 5 || *end || errno || k < 2 || k > 1000000))
+            return bad_value("balance", s, "auto:K takes a number of steps K in [2, 1000000]");
+        cfg->balance_every = (int)k;
+        return BASIN_OK;
+    }
     const char *p = !strncmp(s, "static:", 7) ? s + 7 : NULL;
     while (p && *p && cfg->balance_n < BASIN_MAX_BALANCE) {
         char *end;
@@ -161,8 +173,8 @@ static int parse_balance(TrainConfig *cfg, const char *s)
         if (!*p) return end[0] == ',' ? bad_value("balance", s, "a weight after the last comma") : BASIN_OK;
     }
     cfg->balance_n = 0;
-    return bad_value("balance", s, "expected equal or static:W0,W1,... (one integer weight in [1, 1000000] per "
-                                   "trainer rank)");
+    return bad_value("balance", s, "expected equal, auto[:K] or static:W0,W1,... (one integer weight in "
+                                   "[1, 1000000] per trainer rank)");
 }
 
 static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)

@@ -9,6 +9,8 @@
 
 /* The most ranks --balance static can weigh. */
 #define BASIN_MAX_BALANCE 1024
+/* --balance auto: steps between measurements unless auto:K says. */
+#define BASIN_BALANCE_EVERY 20
 
 typedef struct {
     const char *model;        /* preset name or spec (models.h) */
@@ -18,6 +20,10 @@ typedef struct {
      * each global batch (order_share_slice); balance_n 0: equal shares. */
     int balance_n;
     uint32_t balance_w[BASIN_MAX_BALANCE];
+    /* --balance auto[:K]: shares start even (or at the checkpoint's) and
+     * follow each rank's measured speed, re-measured every balance_every
+     * steps (balance.c); 0: off. */
+    int balance_every;
     const char *output_dir;   /* metrics and, later, checkpoints go here */
     const char *metrics;      /* JSON-lines file; default <output_dir>/metrics.jsonl */
     int epochs;

@@ -123,7 +123,10 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     }
     tm[T_DATA] += basin_clock() - c0; /* the wait for the prefetch (or the reader process) and the hand-over */
     size_t first, count;
-    order_share_slice(b.global_n, t->rank, t->world, cfg->balance_n ? cfg->balance_w : NULL, &first, &count);
+    order_share_slice(b.global_n, t->rank, t->world, balance_weights(t), &first, &count);
+    if (count != b.n)
+        return BASIN_FAIL(BASIN_ERR_RUNTIME, "step %llu: a slice of %zu samples where the shares give %zu",
+                          (unsigned long long)gs, b.n, count);
     if (t->samples_log) {
         fprintf(t->samples_log, "%llu", (unsigned long long)gs);
         for (size_t i = 0; i < b.n; i++) fprintf(t->samples_log, " %llu", (unsigned long long)b.index[i]);
@@ -150,6 +153,7 @@ static int train_step(Trainer *t, uint64_t gs, double *loss_sum, size_t *correct
     double c3 = basin_clock();
     tm[T_FORWARD] += c2 - c1;
     tm[T_BACKWARD] += c3 - c2;
+    if (t->bw) balance_account(t, c3 - c0, b.n); /* what grows with the share: data, forward, backward */
     trace_event(&t->trace, "data", "data", 0, c0, c1);
 
     TRY(grads_finish(t, c3, tm));
@@ -180,7 +184,7 @@ static int report_interval(Trainer *t, StepRecord *r, const double tm[T_COUNT], 
         r->timing_max[i] = max[i];
     }
     r->straggler = busy.rank;
-    if (t->cfg->balance_n) {
+    if (t->shares) {
         /* --balance: every rank's share and busy time, for rank 0's line. */
         double own = (tm[T_DATA] + tm[T_FORWARD] + tm[T_BACKWARD] + tm[T_OPTIM]) / (double)steps;
         BASIN_MPI(MPI_Gather(&own, 1, MPI_DOUBLE, t->busy_all, 1, MPI_DOUBLE, 0, t->comm));
@@ -258,6 +262,7 @@ static int train_loop(Trainer *t, TrainResult *res)
     for (uint64_t gs = t->start_step; gs < t->total_steps; gs++) {
         int epoch = (int)(gs / spe) + 1;
         size_t correct = 0, n_rank = 0, n_global = 0;
+        balance_step_begin(t, gs);
         TRY(train_step(t, gs, &iv[0], &correct, &n_rank, &n_global, tm));
         if ((long)gs == t->signal_step && t->rank == t->signal_rank) raise(SIGTERM);
         iv[1] += (double)correct;
@@ -272,6 +277,7 @@ static int train_loop(Trainer *t, TrainResult *res)
             TRY(bn_average_state(t));
             TRY(replicas_check(t, done));
         }
+        if (done < t->total_steps) TRY(balance_after_step(t, done));
 
         /* Step boundary: ranks agree whether any was told to stop, and follow
          * rank 0's clock for timed checkpoints (one tiny all-reduce). */
@@ -435,15 +441,16 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
     if (!rc && t.resuming) rc = ckpt_resume_apply(&t);
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
-    if (cfg->balance_n) {
+    if (t.shares) {
         char shares[4096] = "";
         size_t used = 0;
-        for (int r = 0; r < t.world && used < sizeof shares; r++) {
-            size_t first, count;
-            order_share_slice(cfg->batch, r, t.world, cfg->balance_w, &first, &count);
-            used += (size_t)snprintf(shares + used, sizeof shares - used, "%s%zu", r ? ":" : "", count);
-        }
-        basin_info("basin: --balance static: samples per rank %s of %zu", shares, cfg->batch);
+        for (int r = 0; r < t.world && used < sizeof shares; r++)
+            used += (size_t)snprintf(shares + used, sizeof shares - used, "%s%zu", r ? ":" : "", t.shares[r]);
+        if (cfg->balance_every)
+            basin_info("basin: --balance auto: samples per rank %s of %zu to start, re-measured every %d steps",
+                       shares, cfg->batch, cfg->balance_every);
+        else
+            basin_info("basin: --balance static: samples per rank %s of %zu", shares, cfg->batch);
     }
     if (t.feed)
         basin_info("basin: %d reader process(es), ranks %d-%d, read the training data for the %d trainer ranks "
@@ -453,7 +460,7 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
     basin_info("basin: %zu training and %zu test samples of %dx%dx%d, %d classes; %llu steps of %zu "
                "(%zu per rank), %llu per epoch",
                info->count, t.test_count, info->c, info->h, info->w,
-               info->classes, (unsigned long long)t.total_steps, cfg->batch, t.rank_batch,
+               info->classes, (unsigned long long)t.total_steps, cfg->batch, t.rank_share,
                (unsigned long long)t.steps_per_epoch);
     char layers[32768];
     net_describe(t.net, layers, sizeof layers);
@@ -488,8 +495,7 @@ done:
     }
     ckpt_write_status(&t, rc);
     if (t.samples_log) fclose(t.samples_log);
-    free(t.shares);
-    free(t.busy_all);
+    balance_free(&t);
     if (t.rank == 0) checkpoint_free(&t.resume);
     metrics_close(&t.metrics);
     trace_close(&t.trace);
@@ -517,8 +523,10 @@ static int reader_role(const TrainConfig *cfg, const RemoteLayout *lay, int inde
     int rank;
     BASIN_MPI(MPI_Comm_rank(agree, &rank));
     ReaderConfig base, test;
-    trainer_train_reader_config(cfg, 0, 1, &base);
-    trainer_test_reader_config(cfg, 0, 1, &test);
+    /* Rank and world are the served trainer's (remote_server_open); the
+     * world here sizes --balance auto's largest share. */
+    trainer_train_reader_config(cfg, 0, lay->trainers, &base);
+    trainer_test_reader_config(cfg, 0, lay->trainers, &test);
     basin_errors_hold();
     RemoteServer *srv = NULL;
     int rc = remote_server_open(&base, cfg->eval_every > 0 ? &test : NULL, lay, index, &srv);

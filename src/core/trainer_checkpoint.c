@@ -173,6 +173,8 @@ int ckpt_resume_apply(Trainer *t)
     uint64_t spe = t->steps_per_epoch;
     /* Reader processes are told the start step when the loop starts. */
     if (t->train) TRY(reader_seek(t->train, t->start_step / spe, t->start_step % spe));
+    /* --balance auto goes on with the checkpoint's shares (and its readers). */
+    TRY(balance_resume(t, t->rank == 0 ? t->resume.st.balance : NULL));
     basin_info("basin: resumed from %s at step %llu (epoch %llu)", t->rank == 0 ? t->resume.path : "",
                (unsigned long long)t->start_step, (unsigned long long)(t->start_step / spe + 1));
     return BASIN_OK;
@@ -236,6 +238,7 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
          * one line said so) is the checkpoint's failure, like a failed
          * write. */
         char *table = net_layer_table(t->net);
+        char *balance = t->bw ? balance_text(t) : NULL;
         const float *state = NULL;
         float *state_copy = NULL;
         /* Adam's second moment (whole after grads_gather_momentum). */
@@ -243,8 +246,9 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
         float *moment2_copy = n2 && t->on_gpu ? basin_malloc(n2 * sizeof(float)) : NULL;
         const float *moment2 = t->on_gpu ? moment2_copy : t->sgd.adam_v;
         if (moment2_copy) t->ops->to_host(moment2_copy, t->sgd.adam_v, n2 * sizeof(float));
-        if (!table || (n2 && !moment2) || host_net_state(t, &state, &state_copy) != BASIN_OK) {
+        if (!table || (t->bw && !balance) || (n2 && !moment2) || host_net_state(t, &state, &state_copy) != BASIN_OK) {
             free(table);
+            free(balance);
             free(moment2_copy);
             rc = BASIN_ERR_RUNTIME;
             goto told;
@@ -258,11 +262,12 @@ static int write_checkpoint(Trainer *t, uint64_t next_step, const char *why)
             .elapsed_s = t->elapsed_before + (t0 - t->t_start), .n_params = t->net->n_params,
             .params = trainer_host_state(t, t->net->params, 0), .momentum = trainer_host_state(t, t->net->mom, 1),
             .n_state = t->net->n_state, .state = state, .layer_table = table,
-            .n_moment2 = n2, .moment2 = moment2,
+            .n_moment2 = n2, .moment2 = moment2, .balance = balance,
         };
         if (t->stall_s > 0) nanosleep(&(struct timespec){(time_t)t->stall_s, (long)(fmod(t->stall_s, 1.0) * 1e9)}, NULL);
         rc = checkpoint_write(t->ckpt_dir, &st, cfg->keep_checkpoints, path, sizeof path);
         free(table);
+        free(balance);
         free(state_copy);
         free(moment2_copy);
     }

@@ -56,8 +56,20 @@ typedef struct Trainer {
     RemoteFeed *feed;                /* --readers: the stream of this rank's reader process */
     DatasetInfo train_info;          /* of the training split (its own reader's, or the feed's) */
     size_t test_count, test_steps;   /* the test split (evaluation), from test or the feed */
-    size_t *shares;                  /* --balance: every rank's samples per step */
-    double *busy_all;                /* --balance, rank 0: every rank's busy seconds per step */
+    /* --balance (balance.c); all NULL with equal shares. */
+    size_t *shares;                  /* every rank's samples per step, for the metrics */
+    double *busy_all;                /* rank 0: every rank's busy seconds per step */
+    uint32_t *bw;                    /* the shares of this step, as weights of order_share_slice */
+    uint32_t *bw_next;               /* auto: the shares from step bw_from on, when bw_pending */
+    int bw_pending;
+    uint64_t bw_from;
+    uint32_t *bal_w;                 /* scratch of 2 world shares */
+    double *bal_all;                 /* every rank's (busy seconds, samples) of a window */
+    double bal_busy;                 /* auto: this rank's busy seconds and samples since the */
+    size_t bal_samples;              /* shares last changed or were last measured */
+    uint64_t bal_steps;
+    size_t rank_share;               /* this rank's samples per step now */
+    double bal_fake_cost;            /* test hook: seconds per sample instead of the clock's */
     Net *net;
     LayerSpec specs[MODEL_MAX_LAYERS];
     int n_specs;
@@ -152,6 +164,27 @@ void bn_stats_sum(void *arg, double *buf, size_t n);
 /* Without --sync-bn: replace every rank's running statistics by their mean
  * over the ranks (before checkpoints, evaluations and replica checks). */
 int bn_average_state(Trainer *t);
+
+/* balance.c */
+/* Shares from the options; rank_batch the largest this rank may get. */
+int balance_setup(Trainer *t);
+void balance_free(Trainer *t);
+/* --balance auto: the largest share (buffers are this big); 0 otherwise. */
+size_t balance_share_cap(const TrainConfig *cfg, int world);
+/* This step's weights for order_share_slice (NULL: even). */
+const uint32_t *balance_weights(const Trainer *t);
+/* Collective on comm, every rank: with auto, continue with the shares of a
+ * checkpoint's "balance" text (rank 0's; NULL or "": none). */
+int balance_resume(Trainer *t, const char *text);
+/* For a checkpoint: the shares and a change waiting, malloc'd; NULL: none. */
+char *balance_text(const Trainer *t);
+/* Before step gs: a change that comes due takes effect. */
+void balance_step_begin(Trainer *t, uint64_t gs);
+/* After each step: this rank's busy seconds (data, forward, backward) and samples. */
+void balance_account(Trainer *t, double busy_s, size_t samples);
+/* Collective on comm after step done - 1: with auto, every K steps, measure
+ * and maybe decide new shares (they take effect a few steps later). */
+int balance_after_step(Trainer *t, uint64_t done);
 
 /* trainer_checkpoint.c */
 int ckpt_lock_outputs(Trainer *t);

@@ -57,7 +57,7 @@ void trainer_train_reader_config(const TrainConfig *cfg, int rank, int world, Re
         .path = cfg->data, .split = "train", .limit = cfg->limit_train, .seed = cfg->seed,
         .global_batch = cfg->batch, .rank = rank, .world = world,
         .shuffle = 1, .drop_last = 1, .prefetch = cfg->prefetch, .augment = cfg->augment,
-        .weights = cfg->balance_n ? cfg->balance_w : NULL,
+        .weights = cfg->balance_n ? cfg->balance_w : NULL, .max_share = balance_share_cap(cfg, world),
     };
 }
 
@@ -67,7 +67,7 @@ void trainer_test_reader_config(const TrainConfig *cfg, int rank, int world, Rea
     out->split = "test", out->limit = cfg->limit_test;
     out->global_batch = cfg->eval_batch ? cfg->eval_batch : cfg->batch;
     out->shuffle = 0, out->drop_last = 0, out->augment = NULL; /* evaluation is never augmented */
-    out->weights = NULL;                                         /* nor weighted */
+    out->weights = NULL, out->max_share = 0;                     /* nor weighted */
 }
 
 int trainer_setup(Trainer *t)
@@ -79,31 +79,7 @@ int trainer_setup(Trainer *t)
         return basin_error(BASIN_ERR_USAGE, "--supernode-size %d is larger than the %d rank(s) of the job: use a "
                            "divisor of the ranks per host, or leave it out for one supernode per host",
                            cfg->supernode_size, t->world);
-    if (cfg->balance_n) {
-        /* --balance static: each rank's share of the batch; the gradient
-         * scale 1 / batch makes the summed update the mean over the batch. */
-        if (cfg->balance_n != t->world)
-            return basin_error(BASIN_ERR_USAGE, "--balance static: %d weights for %d trainer ranks: give one per rank",
-                               cfg->balance_n, t->world);
-        t->shares = basin_calloc((size_t)t->world, sizeof *t->shares);
-        t->busy_all = basin_calloc((size_t)t->world, sizeof *t->busy_all);
-        if (!t->shares || !t->busy_all) return BASIN_ERR_RUNTIME;
-        for (int r = 0; r < t->world; r++) {
-            size_t first, count;
-            order_share_slice(cfg->batch, r, t->world, cfg->balance_w, &first, &count);
-            t->shares[r] = count;
-            if (count == 0)
-                return basin_error(BASIN_ERR_USAGE, "--balance static: rank %d would get 0 of the %zu samples of "
-                                   "a batch: raise its weight or --batch", r, cfg->batch);
-            if (r == t->rank) t->rank_batch = count;
-        }
-    } else {
-        if (cfg->batch % (size_t)t->world)
-            return basin_error(BASIN_ERR_USAGE,
-                               "--batch %zu is not divisible by the %d ranks: use a multiple of %d",
-                               cfg->batch, t->world, t->world);
-        t->rank_batch = cfg->batch / (size_t)t->world;
-    }
+    TRY(balance_setup(t));
 
     ReaderConfig rc;
     trainer_train_reader_config(cfg, t->rank, t->world, &rc);

@@ -56,6 +56,8 @@ struct Reader {
 
     Slot slot[2];
     uint64_t epoch, step; /* the next batch to read */
+    uint32_t *w;          /* the weights of the slices being read, or NULL (even) */
+    uint32_t *w_next[2];  /* --balance auto: the weights from global step w_from[i] on */
     double wait_s;        /* caller side only */
 
     /* prefetch; everything below is guarded by mu */
@@ -68,6 +70,8 @@ struct Reader {
     int held;             /* slot held by the caller, or -1 */
     int ready;            /* slot read and not yet handed out, or -1 */
     int failed;           /* first error of the thread; it stops after one */
+    int w_pending;        /* changes waiting, in step order: w_next[0..w_pending) */
+    uint64_t w_from[2];
 };
 
 static char *dup_string(const char *s)
@@ -86,6 +90,30 @@ static void advance(uint64_t *epoch, uint64_t *step, size_t steps)
     }
 }
 
+/* weights, or the even slices of a global batch of B as weights. */
+static void copy_weights(const Reader *r, const uint32_t *weights, size_t B, uint32_t *out)
+{
+    for (int k = 0; k < r->cfg.world; k++) {
+        size_t first, n;
+        order_rank_slice(B, k, r->cfg.world, &first, &n);
+        out[k] = weights ? weights[k] : (uint32_t)n;
+    }
+}
+
+/* A weight change that has come due at the batch about to be read (under mu
+ * with prefetch). */
+static void take_weights(Reader *r)
+{
+    while (r->w_pending && r->epoch * r->steps + r->step >= r->w_from[0]) {
+        uint32_t *w = r->w;
+        r->w = r->w_next[0];
+        r->w_next[0] = r->w_next[1];
+        r->w_next[1] = w;
+        r->w_from[0] = r->w_from[1];
+        r->w_pending--;
+    }
+}
+
 /* Read batch (epoch, step) of this rank into slot s. Runs on the prefetch
  * thread when there is one, else on the caller's. */
 static int fill_slot(Reader *r, Slot *s, uint64_t epoch, uint64_t step)
@@ -99,7 +127,7 @@ static int fill_slot(Reader *r, Slot *s, uint64_t epoch, uint64_t step)
     size_t start = (size_t)step * B;
     size_t end = count - start < B ? count : start + B;
     size_t first, n;
-    order_share_slice(end - start, r->cfg.rank, r->cfg.world, r->cfg.weights, &first, &n);
+    order_share_slice(end - start, r->cfg.rank, r->cfg.world, r->w, &first, &n);
     for (size_t k = 0; k < n; k++) {
         size_t pos = start + first + k;
         s->index[k] = r->cfg.shuffle ? r->perm[pos] : pos;
@@ -124,6 +152,7 @@ static void *prefetch_main(void *arg)
         while (!r->stop && r->ready >= 0) pthread_cond_wait(&r->cv, &r->mu);
         if (r->stop) break;
         int s = r->held == 0 ? 1 : 0;
+        take_weights(r);
         uint64_t epoch = r->epoch, step = r->step;
         advance(&r->epoch, &r->step, r->steps);
         pthread_mutex_unlock(&r->mu);
@@ -184,7 +213,8 @@ int reader_open(const ReaderConfig *cfg, Reader **out)
     Reader *r = basin_calloc(1, sizeof *r);
     if (!r) return BASIN_ERR_RUNTIME;
     r->cfg = *cfg;
-    r->cfg.augment = NULL; /* not kept: r->aug holds it */
+    r->cfg.augment = NULL; /* not kept: r->aug holds it, */
+    r->cfg.weights = NULL; /* nor these: r->w */
     if (!strcmp(cfg->split, "train")) r->aug = aug;
     r->path = dup_string(cfg->path);
     r->split = dup_string(cfg->split);
@@ -211,13 +241,22 @@ int reader_open(const ReaderConfig *cfg, Reader **out)
     }
     size_t first;
     order_rank_slice(B < N ? B : N, 0, cfg->world, &first, &r->max_n);
-    if (cfg->weights) {
+    if (cfg->weights || cfg->max_share) {
         /* Every batch of a weighted reader is whole (drop_last): its own share of B. */
-        order_share_slice(B < N ? B : N, cfg->rank, cfg->world, cfg->weights, &first, &r->max_n);
+        if (cfg->weights) order_share_slice(B < N ? B : N, cfg->rank, cfg->world, cfg->weights, &first, &r->max_n);
+        if (cfg->max_share > r->max_n) r->max_n = cfg->max_share < B ? cfg->max_share : B;
         if (!cfg->drop_last) {
             rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "reader: weighted slices need drop_last");
             goto cleanup;
         }
+        r->w = basin_malloc((size_t)cfg->world * sizeof *r->w);
+        r->w_next[0] = basin_malloc((size_t)cfg->world * sizeof *r->w);
+        r->w_next[1] = basin_malloc((size_t)cfg->world * sizeof *r->w);
+        if (!r->w || !r->w_next[0] || !r->w_next[1]) {
+            rc = BASIN_ERR_RUNTIME;
+            goto cleanup;
+        }
+        copy_weights(r, cfg->weights, B < N ? B : N, r->w);
     }
     r->sample_floats = (size_t)r->info.c * (size_t)r->info.h * (size_t)r->info.w;
 
@@ -314,6 +353,7 @@ int reader_next(Reader *r, Batch *out)
 {
     if (!r->cfg.prefetch) {
         double t0 = basin_clock();
+        take_weights(r);
         int rc = fill_slot(r, &r->slot[0], r->epoch, r->step);
         r->wait_s += basin_clock() - t0;
         if (rc) return rc;
@@ -352,6 +392,35 @@ double reader_take_wait_seconds(Reader *r)
     return w;
 }
 
+int reader_set_weights(Reader *r, const uint32_t *weights, uint64_t from)
+{
+    int W = r->cfg.world;
+    if (!r->w) return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader_set_weights: the reader was opened without weights");
+    size_t B = r->cfg.global_batch < r->info.count ? r->cfg.global_batch : r->info.count;
+    for (int k = 0; weights && k < W; k++) {
+        size_t first, n;
+        order_share_slice(B, k, W, weights, &first, &n);
+        if (n > r->max_n)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader_set_weights: rank %d's share %zu is above the %zu a batch "
+                              "holds", k, n, r->max_n);
+    }
+    if (r->cfg.prefetch) pthread_mutex_lock(&r->mu);
+    int read_ahead = r->epoch * r->steps + r->step > from, full = 0;
+    if (r->w_pending && r->w_from[r->w_pending - 1] >= from) r->w_pending--; /* replaced by this one */
+    if (r->w_pending < 2) {
+        copy_weights(r, weights, B, r->w_next[r->w_pending]);
+        r->w_from[r->w_pending++] = from;
+    } else {
+        full = 1;
+    }
+    if (r->cfg.prefetch) pthread_mutex_unlock(&r->mu);
+    if (full) return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader_set_weights: two changes are already waiting");
+    if (!read_ahead) return BASIN_OK;
+    /* A batch at or after `from` was read with the old weights: drop it and
+     * start again there (reader_seek stops the thread first). */
+    return reader_seek(r, from / r->steps, from % r->steps);
+}
+
 void reader_close(Reader *r)
 {
     if (!r) return;
@@ -366,6 +435,9 @@ void reader_close(Reader *r)
         free(r->slot[i].index);
     }
     free(r->perm);
+    free(r->w);
+    free(r->w_next[0]);
+    free(r->w_next[1]);
     free(r->aug_scratch);
     dataset_close(r->ds);
     free(r->split);

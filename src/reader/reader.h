@@ -160,7 +160,10 @@ typedef struct {
     const char *augment;   /* augmentation SPEC (above), on the reading thread;
                               NULL or "none": off. Ignored by any split but "train". */
     const uint32_t *weights; /* NULL: even slices; else world weights (order_share_slice),
-                                which must outlive the reader */
+                                copied by reader_open */
+    size_t max_share;      /* --balance auto: batches hold up to this many samples, the
+                              largest share later weights may give (0: the largest
+                              share of `weights`) */
 } ReaderConfig;
 
 typedef struct {
@@ -187,6 +190,16 @@ int reader_next(Reader *r, Batch *out);
 /* Seconds reader_next spent blocked waiting for data since the last call of
  * this function (the data-wait time of a training step). */
 double reader_take_wait_seconds(Reader *r);
+/* --balance auto: the slices of global step `from` (epoch * steps + step) and
+ * later follow `weights` (world of them, copied; NULL: even slices). Called
+ * while no batch at or after `from` has been read (with prefetch: the caller
+ * holds step from - 2 or earlier), the change waits for that step. Otherwise
+ * the batches read ahead are dropped and reading restarts at `from`, which
+ * must then be the caller's next step (a resume). At most two changes wait
+ * at once (a resume's shares and the change decided before its checkpoint);
+ * a change at or before the last waiting one replaces it. No share may
+ * exceed the reader's max_share. */
+int reader_set_weights(Reader *r, const uint32_t *weights, uint64_t from);
 void reader_close(Reader *r);
 
 /* ---- importer ------------------------------------------------------------------ */

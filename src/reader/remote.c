@@ -25,7 +25,7 @@
 #include <time.h>
 
 enum { TAG_HELLO = 7101, TAG_CTRL = 7102, TAG_BATCH = 7103, TAG_EVAL = 7104 };
-enum { CTRL_START = 1, CTRL_CREDIT = 2, CTRL_STOP = 3, CTRL_EVAL = 4 };
+enum { CTRL_START = 1, CTRL_CREDIT = 2, CTRL_STOP = 3, CTRL_EVAL = 4, CTRL_WEIGHTS = 5 };
 enum { KIND_BATCH = 1, KIND_END = 2 };
 
 typedef struct {
@@ -98,6 +98,8 @@ struct RemoteServer {
     double busy_s, idle_s;
     uint64_t samples;
     int code, code_set;
+    int64_t *ctrl;        /* one control message: 3 + trainers numbers at most */
+    uint32_t *weights;    /* CTRL_WEIGHTS's, as the readers take them */
     RemoteEventFn on_event;
     void *event_arg;
     /* Test hook BASIN_TEST_READER=stall:STEP or die:STEP (environment only,
@@ -129,7 +131,9 @@ int remote_server_open(const ReaderConfig *base, const ReaderConfig *test, const
     }
     for (int t = index; t < lay->trainers; t += lay->readers) s->n++;
     s->sv = basin_calloc((size_t)(s->n ? s->n : 1), sizeof *s->sv);
-    int rc = s->sv ? BASIN_OK : BASIN_ERR_RUNTIME;
+    s->ctrl = basin_malloc((3 + (size_t)lay->trainers) * sizeof *s->ctrl);
+    s->weights = basin_malloc((size_t)lay->trainers * sizeof *s->weights);
+    int rc = s->sv && s->ctrl && s->weights ? BASIN_OK : BASIN_ERR_RUNTIME;
     if (s->hook_kind < 0)
         rc = basin_error(BASIN_ERR_USAGE, "BASIN_TEST_READER='%s': expected stall:STEP or die:STEP", hook);
     Hello h;
@@ -164,6 +168,8 @@ int remote_server_open(const ReaderConfig *base, const ReaderConfig *test, const
                 order_share_slice(B < N ? B : N, t, lay->trainers, base->weights, &first, &c);
                 if (t == 0 || c > max_n) max_n = c;
             }
+            size_t cap = B < N ? B : N; /* --balance auto: room for the largest share it may give */
+            if (base->max_share > max_n) max_n = base->max_share < cap ? base->max_share : cap;
             h.max_n = max_n;
             rc = layout_make(max_n, (size_t)h.info.c * (size_t)h.info.h * (size_t)h.info.w, &s->lo);
         }
@@ -225,7 +231,9 @@ static int send_end(RemoteServer *s, Served *v)
 
 static int serve_eval(RemoteServer *s, Served *v);
 
-static int handle_ctrl(RemoteServer *s, const int64_t msg[3], int source)
+/* msg: kind, two numbers, and for CTRL_WEIGHTS msg[2] = the trainers' weights
+ * after them (count numbers in all). */
+static int handle_ctrl(RemoteServer *s, const int64_t *msg, int count, int source)
 {
     Served *v = NULL;
     for (int i = 0; i < s->n; i++)
@@ -246,6 +254,14 @@ static int handle_ctrl(RemoteServer *s, const int64_t msg[3], int source)
         return BASIN_OK;
     case CTRL_EVAL:
         return serve_eval(s, v);
+    case CTRL_WEIGHTS:
+        if (msg[2] != s->lay.trainers || count != 3 + s->lay.trainers)
+            return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: %lld weights from rank %d for %d trainers", s->index,
+                              (long long)msg[2], source, s->lay.trainers);
+        for (int k = 0; k < s->lay.trainers; k++) s->weights[k] = (uint32_t)msg[3 + k];
+        /* The trainer sent it before the credit for the step K before
+         * msg[1]: nothing at or after msg[1] has been read for it. */
+        return reader_set_weights(v->r, s->weights, (uint64_t)msg[1]);
     case CTRL_STOP:
         if (!s->code_set) s->code = (int)msg[1], s->code_set = 1;
         TRY(send_end(s, v));
@@ -267,9 +283,14 @@ static int poll_ctrl(RemoteServer *s, int block)
         MPI_Status st;
         BASIN_MPI(MPI_Iprobe(MPI_ANY_SOURCE, TAG_CTRL, s->lay.comm, &flag, &st));
         if (flag) {
-            int64_t msg[3];
-            BASIN_MPI(MPI_Recv(msg, 3, MPI_INT64_T, st.MPI_SOURCE, TAG_CTRL, s->lay.comm, MPI_STATUS_IGNORE));
-            TRY(handle_ctrl(s, msg, st.MPI_SOURCE));
+            int count = 0;
+            BASIN_MPI(MPI_Get_count(&st, MPI_INT64_T, &count));
+            if (count < 3 || count > 3 + s->lay.trainers)
+                return BASIN_FAIL(BASIN_ERR_RUNTIME, "reader %d: a control message of %d numbers from rank %d",
+                                  s->index, count, st.MPI_SOURCE);
+            BASIN_MPI(MPI_Recv(s->ctrl, count, MPI_INT64_T, st.MPI_SOURCE, TAG_CTRL, s->lay.comm,
+                               MPI_STATUS_IGNORE));
+            TRY(handle_ctrl(s, s->ctrl, count, st.MPI_SOURCE));
             block = 0; /* got one: take the rest without waiting */
             continue;
         }
@@ -387,6 +408,8 @@ void remote_server_close(RemoteServer *s)
         free(v->eval_buf);
     }
     free(s->sv);
+    free(s->ctrl);
+    free(s->weights);
     free(s);
 }
 
@@ -555,6 +578,19 @@ static int post(RemoteFeed *f, int k)
 {
     f->done[k] = 0;
     BASIN_MPI(MPI_Irecv(f->ring[k], (int)f->lo.bytes, MPI_BYTE, f->reader, TAG_BATCH, f->lay.comm, &f->req[k]));
+    return BASIN_OK;
+}
+
+int remote_feed_set_weights(RemoteFeed *f, const uint32_t *weights, uint64_t from)
+{
+    int W = f->lay.trainers;
+    int64_t *msg = basin_malloc((3 + (size_t)W) * sizeof *msg);
+    if (!msg) return BASIN_ERR_RUNTIME;
+    msg[0] = CTRL_WEIGHTS, msg[1] = (int64_t)from, msg[2] = W;
+    for (int k = 0; k < W; k++) msg[3 + k] = weights[k];
+    int mrc = MPI_Send(msg, 3 + W, MPI_INT64_T, f->reader, TAG_CTRL, f->lay.comm);
+    free(msg);
+    if (mrc != MPI_SUCCESS) return basin_mpi_fail(mrc, "MPI_Send(weights)", __FILE__, __LINE__);
     return BASIN_OK;
 }
 

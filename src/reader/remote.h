@@ -18,6 +18,10 @@
  *                       CREDIT the trainer posted one more receive
  *                       STOP   the run ended, with the job's exit code
  *                       EVAL   send the test split's slices (an evaluation)
+ *                       WEIGHTS  --balance auto: every trainer's share of the
+ *                              batches from a given step on (sent before
+ *                              the credit that would let the reader read
+ *                              that step, so it is never read twice)
  *   reader  -> trainer  BATCH  one step's slice: a header (step, epoch, sizes,
  *                              the reader's counters), the images, the labels
  *                              and the sample indices, in one message
@@ -92,6 +96,12 @@ int remote_feed_eval_next(RemoteFeed *f, uint64_t step, Batch *out);
 int remote_feed_reader_rank(const RemoteFeed *f);
 /* Every rank agreed to train: from now on remote_feed_close sends STOP. */
 void remote_feed_engage(RemoteFeed *f);
+/* --balance auto: the slices from global step `from` on follow weights (one
+ * per trainer). Before START: the stream starts with them (from = the start
+ * step). While streaming: from must be at least the step this trainer
+ * releases next plus K (--reader-prefetch): the reader has read nothing that
+ * far yet. */
+int remote_feed_set_weights(RemoteFeed *f, const uint32_t *weights, uint64_t from);
 /* Start the stream at global step `start`; the reader stops reading at `end`. */
 int remote_feed_start(RemoteFeed *f, uint64_t start, uint64_t end);
 /* The next step's slice (valid until the next call); the seconds spent

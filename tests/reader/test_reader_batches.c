@@ -13,7 +13,8 @@ static char dir[512], path[600];
 
 static ReaderConfig config(size_t batch, int rank, int world, int prefetch)
 {
-    ReaderConfig c = {path, "train", 0, 1234, batch, rank, world, 1, 0, prefetch, NULL, NULL};
+    ReaderConfig c = {.path = path, .split = "train", .seed = 1234, .global_batch = batch, .rank = rank,
+                      .world = world, .shuffle = 1, .prefetch = prefetch};
     return c;
 }
 
