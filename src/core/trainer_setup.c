@@ -57,6 +57,7 @@ void trainer_train_reader_config(const TrainConfig *cfg, int rank, int world, Re
         .path = cfg->data, .split = "train", .limit = cfg->limit_train, .seed = cfg->seed,
         .global_batch = cfg->batch, .rank = rank, .world = world,
         .shuffle = 1, .drop_last = 1, .prefetch = cfg->prefetch, .augment = cfg->augment,
+        .decode_cost = cfg->reader_cost,
         .weights = cfg->balance_n ? cfg->balance_w : NULL, .max_share = balance_share_cap(cfg, world),
     };
 }

@@ -13,7 +13,9 @@
  *
  * Augmentation (augment.c) runs where the batch is read, on the prefetch
  * thread when there is one, sample by sample after normalisation; only the
- * train split is augmented.
+ * train split is augmented. The decoding work of --reader-cost
+ * (decode_cost.c) follows it there, on every split: reader processes and
+ * the prefetch thread pay it alike.
  *
  * Serial HDF5 is not to be entered from two threads at once on the same file:
  * while prefetch is on, the Dataset (and the epoch permutation) belong to the
@@ -137,10 +139,12 @@ static int fill_slot(Reader *r, Slot *s, uint64_t epoch, uint64_t step)
     s->global_n = end - start;
     s->n = n;
     int rc = dataset_read(r->ds, s->index, n, s->images, s->labels);
-    if (rc || !r->aug_scratch) return rc;
-    for (size_t k = 0; k < n; k++)
+    if (rc) return rc;
+    for (size_t k = 0; r->aug_scratch && k < n; k++)
         augment_sample(&r->aug, &r->info, r->cfg.seed, epoch, s->index[k], s->images + k * r->sample_floats,
                        r->aug_scratch);
+    for (size_t k = 0; r->cfg.decode_cost > 0 && k < n; k++)
+        decode_cost_sample(&r->info, r->cfg.decode_cost, s->images + k * r->sample_floats);
     return BASIN_OK;
 }
 
@@ -203,6 +207,9 @@ int reader_open(const ReaderConfig *cfg, Reader **out)
     if (cfg->world < 1 || cfg->rank < 0 || cfg->rank >= cfg->world)
         return basin_error(BASIN_ERR_USAGE, "reader: rank %d is not in a world of %d", cfg->rank, cfg->world);
     if (cfg->global_batch == 0) return basin_error(BASIN_ERR_USAGE, "reader: the global batch size must be >= 1");
+    if (cfg->decode_cost < 0 || cfg->decode_cost > READER_MAX_COST)
+        return basin_error(BASIN_ERR_USAGE, "reader: a decoding cost of %d rounds is not in [0, %d]", cfg->decode_cost,
+                           READER_MAX_COST);
 
     Augment aug;
     char why[256];

@@ -146,6 +146,17 @@ void augment_draw(const Augment *a, uint64_t seed, uint64_t epoch, uint64_t inde
 void augment_sample(const Augment *a, const DatasetInfo *info, uint64_t seed, uint64_t epoch, uint64_t index,
                     float *image, float *scratch);
 
+/* ---- decoding cost (decode_cost.c) ----------------------------------------------- */
+/* --reader-cost N stands for the decoding of compressed images where they
+ * are read: for every sample, N rounds of an 8x8 forward DCT (type II) and
+ * its inverse (type III), as a JPEG decoder runs them, over every 8x8 block
+ * of every channel (edge blocks padded by repeating the last row and
+ * column), each round on the previous round's output. It computes into
+ * blocks of its own and only reads the sample, so the data is the same bit
+ * for bit at any N. N is at most READER_MAX_COST. */
+#define READER_MAX_COST 1000
+void decode_cost_sample(const DatasetInfo *info, int rounds, const float *image);
+
 /* ---- prefetching batch reader ------------------------------------------------ */
 typedef struct {
     const char *path;
@@ -164,6 +175,8 @@ typedef struct {
     size_t max_share;      /* --balance auto: batches hold up to this many samples, the
                               largest share later weights may give (0: the largest
                               share of `weights`) */
+    int decode_cost;       /* --reader-cost: rounds of decode_cost_sample on every sample
+                              read, after augmentation (0: none) */
 } ReaderConfig;
 
 typedef struct {
