@@ -132,6 +132,8 @@ void config_usage(const char *prog, const char *algorithms)
            "  --readers N             the last N ranks only read, augment and send batches to\n"
            "                          the others, which train (default 0: every rank reads)\n"
            "  --reader-prefetch K     batches in flight per trainer with --readers (default 2)\n"
+           "  --roles FILE            the ranks on the hosts of Open MPI hostfile FILE whose line\n"
+           "                          ends in '# basin:reader' only read, as with --readers\n"
            "  --reader-cost N         N rounds of an 8x8 DCT and its inverse over every sample\n"
            "                          where it is read, the work of decoding a compressed image;\n"
            "                          the data is unchanged, 0 to 1000 (default 0: off)\n"
@@ -220,7 +222,7 @@ enum {
     OPT_OPTIMIZER, OPT_LARS_ETA, OPT_ADAM_BETA1, OPT_ADAM_BETA2, OPT_ADAM_EPS,
     OPT_WIRE,
     OPT_READERS, OPT_READER_PREFETCH, OPT_BALANCE,
-    OPT_READER_COST,
+    OPT_ROLES, OPT_READER_COST,
 };
 
 static const struct option long_options[] = {
@@ -251,6 +253,7 @@ static const struct option long_options[] = {
     {"readers", required_argument, NULL, OPT_READERS},
     {"reader-prefetch", required_argument, NULL, OPT_READER_PREFETCH},
     {"balance", required_argument, NULL, OPT_BALANCE},
+    {"roles", required_argument, NULL, OPT_ROLES},
     {"reader-cost", required_argument, NULL, OPT_READER_COST},
     {"check", optional_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, OPT_HELP},
@@ -354,6 +357,10 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
         case OPT_READERS: TRY(parse_long(name, optarg, 0, 1 << 20, &v)); cfg->readers = (int)v; break;
         case OPT_READER_PREFETCH: TRY(parse_long(name, optarg, 1, 64, &v)); cfg->reader_prefetch = (int)v; break;
         case OPT_BALANCE: TRY(parse_balance(cfg, optarg)); break;
+        case OPT_ROLES:
+            if (!*optarg) return bad_value(name, optarg, "expected an Open MPI hostfile");
+            cfg->roles = optarg;
+            break;
         case OPT_READER_COST:
             TRY(parse_long(name, optarg, 0, READER_MAX_COST, &v));
             cfg->reader_cost = (int)v;

@@ -71,6 +71,7 @@ typedef struct {
     int prefetch;
     int readers;              /* --readers N: the last N ranks read and send batches (reader/remote.h) */
     int reader_prefetch;      /* --reader-prefetch K: batches in flight per trainer */
+    const char *roles;        /* --roles FILE: the ranks on its '# basin:reader' hosts read (roles.h) */
     int reader_cost;          /* --reader-cost N: N rounds of 8x8 DCT and inverse per sample read (reader.h) */
     int check_only;           /* validate everything, write nothing, exit */
     int check_ranks;          /* with check_only: validate as if on this many ranks (0: as run) */

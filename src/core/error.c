@@ -87,9 +87,16 @@ void basin_warn(const char *fmt, ...)
     va_end(ap);
 }
 
+static int info_speaker = -1;
+
+void basin_info_speaker(int speaks)
+{
+    info_speaker = speaks;
+}
+
 void basin_info(const char *fmt, ...)
 {
-    if (basin_env_rank() > 0) return;
+    if (info_speaker == 0 || (info_speaker < 0 && basin_env_rank() > 0)) return;
     va_list ap;
     va_start(ap, fmt);
     vprintf(fmt, ap);

@@ -32,6 +32,10 @@ int basin_error_at(int code, const char *file, int line, const char *fmt, ...)
 void basin_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Informational line on stdout, printed by rank 0 (or a rank-less process). */
 void basin_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Who prints basin_info's lines: 1 this process, 0 not this one, -1 (the
+ * default) the launcher's rank 0. A job whose rank 0 does not train (a
+ * reader placed by --roles) hands the lines to its first trainer. */
+void basin_info_speaker(int speaks);
 
 /* One line per job, not per rank: between basin_errors_hold() and
  * basin_errors_release(), this thread's error and warning lines are kept

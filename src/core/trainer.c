@@ -12,6 +12,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/preempt.h"
+#include "core/roles.h"
 #include "core/trainer_internal.h"
 
 static int sum_doubles(Trainer *t, double *v, int n)
@@ -331,10 +332,16 @@ static int train_loop(Trainer *t, TrainResult *res)
     return BASIN_OK;
 }
 
+/* The job's rank of reader r (lay->comm numbers trainers first). */
+static int reader_job_rank(const RemoteLayout *lay, int r)
+{
+    return lay->job_rank ? lay->job_rank[lay->trainers + r] : lay->trainers + r;
+}
+
 /* --readers: one line per reader process at the end of a run, from its
  * counters in the last batch its first trainer received, and the mean number
  * of batches that were already there when a trainer asked for one. */
-static int report_readers(Trainer *t)
+static int report_readers(Trainer *t, const RemoteLayout *lay)
 {
     int n = t->cfg->readers;
     double *v = basin_calloc((size_t)n * 3 + 1, sizeof *v);
@@ -355,7 +362,7 @@ static int report_readers(Trainer *t)
     }
     for (int r = 0; r < n; r++)
         basin_info("basin: reader rank %d: %.0f samples read in %.1f s (%.0f images/s while reading), "
-                   "%.1f s waiting for credits", t->world + r, v[3 * r + 2], v[3 * r],
+                   "%.1f s waiting for credits", reader_job_rank(lay, r), v[3 * r + 2], v[3 * r],
                    v[3 * r] > 0 ? v[3 * r + 2] / v[3 * r] : 0.0, v[3 * r + 1]);
     basin_info("basin: trainers found %.2f of at most %d batches already received when they asked for one "
                "(mean)", v[3 * n] / t->world, t->cfg->reader_prefetch);
@@ -452,10 +459,15 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
         else
             basin_info("basin: --balance static: samples per rank %s of %zu", shares, cfg->batch);
     }
-    if (t.feed)
-        basin_info("basin: %d reader process(es), ranks %d-%d, read the training data for the %d trainer ranks "
+    if (t.feed) {
+        int ranks[64], k = 0;
+        for (; k < cfg->readers && k < 64; k++) ranks[k] = reader_job_rank(lay, k);
+        char list[512];
+        roles_rank_text(ranks, k, list, sizeof list);
+        basin_info("basin: %d reader process(es), rank(s) %s%s, read the training data for the %d trainer ranks "
                    "(at most %d batches in flight per trainer), and the test split",
-                   cfg->readers, t.world, t.world + cfg->readers - 1, t.world, cfg->reader_prefetch);
+                   cfg->readers, list, k < cfg->readers ? ",..." : "", t.world, cfg->reader_prefetch);
+    }
     grads_describe(&t);
     basin_info("basin: %zu training and %zu test samples of %dx%dx%d, %d classes; %llu steps of %zu "
                "(%zu per rank), %llu per epoch",
@@ -467,7 +479,7 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
     basin_info("basin: %zu parameters, %.1f MFLOP per sample forward\n%s", t.net->n_params,
                2e-6 * net_forward_macs(t.net), layers);
     rc = train_loop(&t, &res);
-    if (rc == BASIN_OK && t.feed && t.start_step < t.total_steps) rc = report_readers(&t);
+    if (rc == BASIN_OK && t.feed && t.start_step < t.total_steps) rc = report_readers(&t, lay);
     if (rc == BASIN_OK && t.start_step < t.total_steps)
         basin_info("basin: trained %llu steps in %.1f s (%.0f images/s); metrics in %s%s%s",
                    (unsigned long long)res.steps, res.seconds, res.images_per_s, metrics_path,
@@ -550,61 +562,129 @@ static int reader_role(const TrainConfig *cfg, const RemoteLayout *lay, int inde
     return rc;
 }
 
-/* --readers N: the last N ranks of comm read, the others train on a
- * communicator of their own (the all-reduce, supernodes, replica checks
- * and checkpoints never see a reader). */
+/* --roles: whether this rank reads (*reader) and how many ranks do (*n),
+ * from the hostfile's reader hosts; desc for the log. Under --check=RANKS
+ * no rank's host is known: the file is only read and checked, and *n stays
+ * --readers'. */
+static int take_roles(const TrainConfig *cfg, MPI_Comm comm, int rank, int *reader, int *n, char *desc, size_t len)
+{
+    if (cfg->check_only && cfg->check_ranks > 0) return roles_check_file(cfg->roles, comm, desc, len);
+    int found = 0;
+    TRY(roles_assign(cfg->roles, comm, reader, &found, desc, len));
+    if (cfg->readers > 0 && found != cfg->readers) {
+        if (rank == 0)
+            basin_error(BASIN_ERR_USAGE, "--roles %s puts %d rank(s) on reader hosts but --readers says %d: give "
+                        "the count the file makes, or leave --readers out", cfg->roles, found, cfg->readers);
+        return BASIN_ERR_USAGE; /* every rank found it */
+    }
+    *n = found;
+    return BASIN_OK;
+}
+
+/* The refusals of a layout of n readers among size ranks (src: the option
+ * that made it), in why; empty when it can run. */
+static void check_layout(const TrainConfig *cfg, const char *src, int n, int size, char *why, size_t len)
+{
+    int trainers = size - n;
+    if (n >= size)
+        snprintf(why, len, "--readers %d: the job has %d rank(s), so no trainer would be left (the last %d "
+                 "ranks read; start at least %d)", n, size, n, n + 1);
+    else if (n > trainers)
+        snprintf(why, len, "%s: only %d trainer rank(s) would be left, and each reader serves at "
+                 "least one (use at most %d readers on %d ranks)", src, trainers, size / 2, size);
+    else if (cfg->balance_n && cfg->balance_n != trainers)
+        snprintf(why, len, "--balance static: %d weights for %d trainer ranks: give one per trainer (readers "
+                 "take no share)", cfg->balance_n, trainers);
+    else if (synthetic_is(cfg->data))
+        snprintf(why, len, "%s with --data %s: synthetic data is generated, not read; run without %s", src,
+                 cfg->data, cfg->roles ? "--roles" : "--readers");
+}
+
+/* The readers and trainers, each on their communicators: job orders the
+ * ranks of comm trainers first (each group in comm's order), as remote.h's
+ * layout wants; data is its duplicate for the batches; sub holds this
+ * rank's group; job_rank[i] is comm's rank of job's rank i. */
+static int split_roles(MPI_Comm comm, int reader, MPI_Comm *job, MPI_Comm *data, MPI_Comm *sub, int **job_rank)
+{
+    int rank, size;
+    BASIN_MPI(MPI_Comm_rank(comm, &rank));
+    BASIN_MPI(MPI_Comm_size(comm, &size));
+    *job = *data = *sub = MPI_COMM_NULL;
+    *job_rank = basin_malloc((size_t)size * sizeof **job_rank);
+    if (!*job_rank) return BASIN_ERR_RUNTIME;
+    int mrc = MPI_Comm_split(comm, 0, reader ? size + rank : rank, job);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Comm_dup(*job, data);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Comm_split(*job, reader, rank, sub);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Allgather(&rank, 1, MPI_INT, *job_rank, 1, MPI_INT, *job);
+    if (mrc != MPI_SUCCESS) return basin_mpi_fail(mrc, "MPI_Comm_split(trainers, readers)", __FILE__, __LINE__);
+    return BASIN_OK;
+}
+
+/* --readers N or --roles FILE: some ranks of comm read (the last N, or those
+ * on the file's reader hosts), the others train on a communicator of their
+ * own (the all-reduce, supernodes, replica checks and checkpoints never see
+ * a reader). */
 static int run_with_readers(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
 {
     int rank, size;
     BASIN_MPI(MPI_Comm_rank(comm, &rank));
     BASIN_MPI(MPI_Comm_size(comm, &size));
-    int n = cfg->readers, trainers = size - n;
-    char why[512] = "";
-    if (n >= size)
-        snprintf(why, sizeof why, "--readers %d: the job has %d rank(s), so no trainer would be left (the last %d "
-                 "ranks read; start at least %d)", n, size, n, n + 1);
-    else if (n > trainers)
-        snprintf(why, sizeof why, "--readers %d: only %d trainer rank(s) would be left, and each reader serves at "
-                 "least one (use at most %d readers on %d ranks)", n, trainers, size / 2, size);
-    else if (cfg->balance_n && cfg->balance_n != trainers)
-        snprintf(why, sizeof why, "--balance static: %d weights for %d trainer ranks: give one per trainer (readers "
-                 "take no share)", cfg->balance_n, trainers);
-    else if (synthetic_is(cfg->data))
-        snprintf(why, sizeof why, "--readers with --data %s: synthetic data is generated, not read; run "
-                 "without --readers", cfg->data);
+    if (cfg->check_only && cfg->check_ranks > 0) size = cfg->check_ranks; /* checked as on that many */
+    int reader = 0, n = cfg->readers;
+    char roles[2048] = "";
+    if (cfg->roles) TRY(take_roles(cfg, comm, rank, &reader, &n, roles, sizeof roles));
+    else reader = rank >= size - n;
+    if (roles[0]) basin_info("basin: %s", roles);
+    if (n == 0) return run_trainer(cfg, comm, NULL, comm, result); /* no host is marked reader */
+    char src[300], why[1024] = "";
+    if (cfg->roles) snprintf(src, sizeof src, "--roles %s (%d reader rank(s))", cfg->roles, n);
+    else snprintf(src, sizeof src, "--readers %d", n);
+    check_layout(cfg, src, n, size, why, sizeof why);
     if (why[0]) {
         if (rank == 0) basin_error(BASIN_ERR_USAGE, "%s", why);
         return BASIN_ERR_USAGE; /* every rank found it */
     }
-    if (cfg->check_only) return run_trainer(cfg, comm, NULL, comm, result); /* reads no batch */
+    /* The trainers' own view: the readers' count, and under --check=RANKS
+     * a check of the ranks that would train. */
+    TrainConfig c = *cfg;
+    c.readers = n;
+    if (c.check_only && c.check_ranks > 0) c.check_ranks = size - n;
+    if (c.check_only) return run_trainer(&c, comm, NULL, comm, result); /* reads no batch */
     int rc = preempt_install();
     if (rc) return rc;
-    MPI_Comm data = MPI_COMM_NULL, sub = MPI_COMM_NULL;
-    BASIN_MPI(MPI_Comm_dup(comm, &data));
-    int mrc = MPI_Comm_split(comm, rank >= trainers, rank, &sub);
-    if (mrc != MPI_SUCCESS) {
-        MPI_Comm_free(&data);
-        return basin_mpi_fail(mrc, "MPI_Comm_split(trainers, readers)", __FILE__, __LINE__);
+    MPI_Comm job, data, sub;
+    int *job_rank = NULL, pos = 0;
+    rc = split_roles(comm, reader, &job, &data, &sub, &job_rank);
+    if (!rc && MPI_Comm_rank(job, &pos) != MPI_SUCCESS) rc = BASIN_FAIL(BASIN_ERR_RUNTIME, "MPI_Comm_rank failed");
+    if (rc) {
+        free(job_rank);
+        return rc; /* the job is aborted */
     }
+    int trainers = size - n;
     RemoteLayout lay = {.comm = data, .trainers = trainers, .readers = n, .prefetch = cfg->reader_prefetch,
-                        .timeout_s = cfg->collective_timeout};
-    if (rank < trainers) {
-        rc = run_trainer(cfg, sub, &lay, comm, result);
+                        .timeout_s = cfg->collective_timeout, .job_rank = job_rank};
+    basin_info_speaker(pos == 0); /* the first trainer, wherever --roles put it */
+    if (!reader) {
+        rc = run_trainer(&c, sub, &lay, job, result);
     } else {
-        rc = reader_role(cfg, &lay, rank - trainers, comm);
+        rc = reader_role(&c, &lay, pos - trainers, job);
         if (result) {
             *result = (TrainResult){0};
             result->test_loss = result->test_accuracy = NAN;
         }
     }
+    basin_info_speaker(-1);
+    free(job_rank);
     if (rc == BASIN_ERR_RUNTIME) return rc; /* being aborted: no collective frees */
-    if ((mrc = MPI_Comm_free(&sub)) == MPI_SUCCESS) mrc = MPI_Comm_free(&data);
+    int mrc = MPI_Comm_free(&sub);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Comm_free(&data);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Comm_free(&job);
     if (mrc != MPI_SUCCESS) return basin_mpi_fail(mrc, "MPI_Comm_free(readers)", __FILE__, __LINE__);
     return rc;
 }
 
 int trainer_run(const TrainConfig *cfg, MPI_Comm comm, TrainResult *result)
 {
-    if (cfg->readers > 0) return run_with_readers(cfg, comm, result);
+    if (cfg->readers > 0 || cfg->roles) return run_with_readers(cfg, comm, result);
     return run_trainer(cfg, comm, NULL, comm, result);
 }

@@ -436,6 +436,12 @@ struct RemoteFeed {
     RemoteFeedStats st;
 };
 
+/* The reader's rank as the job numbers it (--roles places readers anywhere). */
+static int reader_name(const RemoteFeed *f)
+{
+    return f->lay.job_rank ? f->lay.job_rank[f->reader] : f->reader;
+}
+
 /* Wait for req, polling; past the layout's timeout, an error naming the reader. */
 static int wait_timed(RemoteFeed *f, MPI_Request *req, const char *what)
 {
@@ -447,7 +453,7 @@ static int wait_timed(RemoteFeed *f, MPI_Request *req, const char *what)
         if (f->lay.timeout_s > 0 && basin_clock() - t0 > f->lay.timeout_s)
             return basin_error(BASIN_ERR_RUNTIME, "trainer %d: no %s from reader rank %d within %.0f s "
                                "(--collective-timeout): the reader is stalled or gone", f->trainer, what,
-                               f->reader, f->lay.timeout_s);
+                               reader_name(f), f->lay.timeout_s);
         nap(&ns);
         BASIN_MPI(MPI_Test(req, &flag, MPI_STATUS_IGNORE));
     }
@@ -543,10 +549,10 @@ int remote_feed_eval_next(RemoteFeed *f, uint64_t step, Batch *out)
     memcpy(&h, f->eval_buf, sizeof h);
     if (h.status)
         return basin_error(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d could not read test step %llu (its line "
-                           "says why)", f->trainer, f->reader, (unsigned long long)step);
+                           "says why)", f->trainer, reader_name(f), (unsigned long long)step);
     if (h.kind != KIND_BATCH || h.gstep != step || h.n > f->eval_lo.max_n)
         return BASIN_FAIL(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d sent test step %llu, expected %llu",
-                          f->trainer, f->reader, (unsigned long long)h.gstep, (unsigned long long)step);
+                          f->trainer, reader_name(f), (unsigned long long)h.gstep, (unsigned long long)step);
     out->epoch = h.epoch;
     out->step = h.step;
     out->global_n = h.global_n;
@@ -629,13 +635,13 @@ int remote_feed_next(RemoteFeed *f, Batch *out, double *wait_s)
     uint64_t want = f->first + f->got;
     if (h.kind != KIND_BATCH)
         return BASIN_FAIL(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d ended the stream before step %llu",
-                          f->trainer, f->reader, (unsigned long long)want);
+                          f->trainer, reader_name(f), (unsigned long long)want);
     if (h.status)
         return basin_error(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d could not read step %llu (its line says why)",
-                           f->trainer, f->reader, (unsigned long long)want);
+                           f->trainer, reader_name(f), (unsigned long long)want);
     if (h.gstep != want || h.n > f->lo.max_n)
         return BASIN_FAIL(BASIN_ERR_RUNTIME, "trainer %d: reader rank %d sent step %llu (%llu samples), expected "
-                          "step %llu", f->trainer, f->reader, (unsigned long long)h.gstep,
+                          "step %llu", f->trainer, reader_name(f), (unsigned long long)h.gstep,
                           (unsigned long long)h.n, (unsigned long long)want);
     f->held = k;
     f->got++;

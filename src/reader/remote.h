@@ -51,6 +51,8 @@ typedef struct {
     int trainers, readers;
     int prefetch;       /* K: batches in flight per trainer, >= 1 */
     double timeout_s;   /* a trainer waits at most this long for a batch; <= 0: forever */
+    const int *job_rank;/* the job's rank of each rank of comm, for messages (NULL: the
+                           same); must outlive the server or feed */
 } RemoteLayout;
 
 /* ---- reader side ------------------------------------------------------------ */
