@@ -7,8 +7,9 @@
 # The node claims 8 CPUs (SlurmdParameters=config_overrides) so that four
 # 2-rank jobs run side by side on a small machine. Partitions: low (the
 # default, PreemptMode=REQUEUE), lowc (PreemptMode=CANCEL), both preempted
-# by high (PriorityTier 2); preempt/partition_prio. KillWait=30 is the time
-# a job has between SIGTERM and SIGKILL. Completed jobs are written to
+# by high (PriorityTier 2); preempt/partition_prio. KillWait=60 is the time
+# a job has between SIGTERM and SIGKILL (30 was once too short for the
+# time-limit job's stop while three other jobs shared 2 cores). Completed jobs are written to
 # DIR/jobcomp.txt (jobcomp/filetxt; no accounting database).
 
 slurm_free_port() {
@@ -73,7 +74,7 @@ PreemptMode=REQUEUE
 MpiDefault=none
 ReturnToService=2
 SlurmdParameters=config_overrides
-KillWait=30
+KillWait=60
 MinJobAge=3600
 InactiveLimit=0
 MessageTimeout=30
