@@ -2,9 +2,10 @@
 # One of 2 ranks at half speed: --balance equal against --balance auto.
 #
 # Rank 0 runs alone on core 0; rank 1 on core 1 beside a busy loop pinned to
-# that core in a session of its own. Linux gives each session (autogroup) an
-# equal part of a core, so rank 1 gets about half of core 1: half speed.
-# (A cgroup CPU quota would do the same; this needs no cgroup set-up.) Each
+# that core. Each rank and the busy loop run in a session of their own, and
+# Linux gives each session (autogroup) an equal part of a core it competes
+# for, so rank 1 gets half of core 1: half speed. (A cgroup CPU quota would do
+# the same; this needs no cgroup set-up.) Each
 # configuration trains cnn for 5 epochs on Fashion-MNIST from the same seed,
 # one after the other, and reports the median images/s over the logging
 # intervals (the first skipped as warm-up), the shares auto reached, and the
@@ -27,10 +28,10 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_TH
 out=runs/balance-halfspeed
 rm -rf "$out"
 mkdir -p "$out"
-# Each rank pinned to the core of its rank number.
+# Each rank pinned to the core of its rank number, in a session of its own.
 cat >"$out/pin.sh" <<'PIN'
 #!/bin/sh
-exec taskset -c "$OMPI_COMM_WORLD_RANK" "$@"
+exec setsid -w taskset -c "$OMPI_COMM_WORLD_RANK" "$@"
 PIN
 chmod +x "$out/pin.sh"
 setsid taskset -c 1 sh -c 'while :; do :; done' &
@@ -62,7 +63,8 @@ dacc = res["auto"]["acc"] - res["equal"]["acc"]
 fmt = lambda v: ":".join(str(x) for x in v) if v else "even"
 print("# One of 2 ranks at half speed: --balance auto against equal shares\n")
 print(f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {cpu}, 2 cores. Rank 0 alone on "
-      "core 0; rank 1 on core 1 beside a busy loop in its own session (autogroup), so rank 1 gets half a core.\n")
+      "core 0; rank 1 on core 1 beside a busy loop; each in a session (autogroup) of its own, so rank 1 gets half "
+      "a core.\n")
 print("    bench/balance/halfspeed.sh")
 print(f"    mpirun -np 2 (rank r pinned to core r) basin-train {args} --balance equal|auto\n")
 print(f"images/s: median over the logging intervals (50 steps each, the first skipped). Test accuracy after "
