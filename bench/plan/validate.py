@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 MODELS = {"mlp": "mlp", "cnn": "cnn", "wide-mlp": "flatten,fc:2048,relu,fc:2048,relu,fc:10"}
 
@@ -66,7 +67,7 @@ def measured_step_ms(metrics, global_batch):
     return 1e3 * secs / steps
 
 
-def report(pred_csv, runs, out_base):
+def report(pred_csv, runs, out_base, command="bench/plan/validate.sh"):
     rows = list(csv.DictReader(open(pred_csv)))
     errs = []
     for r in rows:
@@ -87,6 +88,15 @@ def report(pred_csv, runs, out_base):
     med, worst = statistics.median(errs), max(errs)
     with open(out_base + ".md", "w") as f:
         f.write("# basin-plan against the simulated cluster (held-out configurations)\n\n")
+        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+        f.write("Date: %s; machine: %s, %d cores; hosts are network namespaces with tc-limited links "
+                "(launch/simcluster.sh).\n\n    %s\n\n" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpu,
+                                                      os.cpu_count() or 0, command))
+        f.write("Calibrated only on configurations not predicted: the link terms from basin-bench-allreduce on "
+                "2 hosts x 1 rank and 2 hosts x 2 ranks at each rate (`basin-plan calibrate`), the compute terms "
+                "from basin-bench-step profiles run as W concurrent processes for each W predicted, so that they "
+                "carry the same sharing of this machine's 2 cores as the runs (the planner itself takes real "
+                "per-host rates). Weak scaling, 64 samples per rank, hier, 25 MiB buckets.\n\n")
         f.write("Predictions were written before the runs (%s); step = global batch / images/s "
                 "over the logging intervals after the first, median of the repeats.\n\n" % os.path.basename(pred_csv))
         f.write("| model | hosts x ranks | link | batch/rank | predicted ms (compute + comm + optim) | "
@@ -121,6 +131,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "predict":
         predict(*sys.argv[2:6])
     elif sys.argv[1] == "report":
-        report(*sys.argv[2:5])
+        report(*sys.argv[2:6])
     else:
         raise SystemExit("validate.py predict|report ...")

@@ -34,6 +34,7 @@ repeats=3
 rates="1gbit 250mbit"
 layouts="2x2 4x1 4x2 8x1"
 models="mlp cnn wide-mlp"
+args="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
     --build) build=$2; shift 2 ;;
@@ -123,14 +124,15 @@ for rep in $(seq 1 "$repeats"); do
         dir=$work/runs/$model-${hosts}x$rph-$rate-rep$rep
         mkdir -p "$dir"
         W=$((hosts * rph))
+        # mpirun forwards its standard input to rank 0: never the list being read.
         "$sim" --hosts "$hosts" --ranks-per-host "$rph" --rate "$rate" --mpirun-args "$yield" -- \
             "$build/launch/basin-train" --model "${spec[$model]}" --data "$data" --batch $((batch * W)) \
             --max-steps "$steps" --log-every $((steps / 6)) --eval-every 0 --allreduce hier --bucket-mb 25 \
-            --output-dir "$dir" >"$dir/log" 2>&1 || { tail -n 20 "$dir/log" >&2; exit 1; }
+            --output-dir "$dir" </dev/null >"$dir/log" 2>&1 || { tail -n 20 "$dir/log" >&2; exit 1; }
     done <"$configs"
 done
 
 # 4. the comparison
 /usr/bin/python3 "$root/bench/plan/validate.py" report "$work/predictions.csv" "$work/runs" \
-    "$root/bench/results/plan-validation"
+    "$root/bench/results/plan-validation" "bench/plan/validate.sh $args"
 cat "$root/bench/results/plan-validation.md"
