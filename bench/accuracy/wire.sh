@@ -6,9 +6,14 @@
 # (network namespaces). Accuracy only: nothing here is timed, so it may run
 # beside other work.
 #
-#   bench/accuracy/wire.sh [BUILD_DIR]        (default build)
+#   bench/accuracy/wire.sh [--fresh] [BUILD_DIR]        (default build)
+#
+# A run that stopped (a signal, a lost host) continues from its checkpoint
+# when the script is started again (--resume auto); --fresh starts over.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+fresh=0
+[ "${1:-}" = --fresh ] && { fresh=1; shift; }
 build=${1:-build}
 train=$build/launch/basin-train
 [ -x "$train" ] || { echo "wire.sh: $train missing (cmake --build $build)" >&2; exit 2; }
@@ -16,13 +21,13 @@ data=${BASIN_DATA:-data/fashion-mnist.h5}
 [ -f "$data" ] || { echo "wire.sh: $data missing (launch/train.sh imports it)" >&2; exit 2; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 out=runs/accuracy-wire
-rm -rf "$out"
+[ "$fresh" = 1 ] && rm -rf "$out"
 mkdir -p "$out"
-args=(--data "$data" --model cnn --epochs 15 --batch 64 --lr 0.02 --seed 1)
+args=(--data "$data" --model cnn --epochs 15 --batch 64 --lr 0.02 --seed 1 --resume auto)
 for wire in fp32 bf16; do
   echo "wire.sh: cnn 15 epochs, 2 hosts x 1 rank, --wire $wire" >&2
   launch/simcluster.sh --hosts 2 --ranks-per-host 1 --rate 1gbit -- "$train" "${args[@]}" --wire "$wire" \
-    --output-dir "$out/$wire" >"$out/$wire.log" 2>&1
+    --output-dir "$out/$wire" >>"$out/$wire.log" 2>&1
 done
 /usr/bin/python3 - "$out" "${args[*]}" >bench/results/accuracy-wire.md <<'PY'
 import json, sys, time
