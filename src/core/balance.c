@@ -65,12 +65,6 @@ static void shares_of(size_t batch, int world, const uint32_t *weights, uint32_t
     }
 }
 
-static void publish(Trainer *t)
-{
-    for (int r = 0; r < t->world; r++) t->shares[r] = t->bw[r];
-    t->rank_share = t->bw[t->rank];
-}
-
 int balance_setup(Trainer *t)
 {
     const TrainConfig *cfg = t->cfg;
@@ -81,7 +75,7 @@ int balance_setup(Trainer *t)
         if (cfg->batch % (size_t)t->world)
             return basin_error(BASIN_ERR_USAGE, "--batch %zu is not divisible by the %d ranks: use a multiple of %d",
                                cfg->batch, t->world, t->world);
-        t->rank_batch = t->rank_share = cfg->batch / (size_t)t->world;
+        t->rank_batch = cfg->batch / (size_t)t->world;
         return BASIN_OK;
     }
     if (cfg->balance_every && !strcmp(cfg->device, "cuda"))
@@ -91,19 +85,17 @@ int balance_setup(Trainer *t)
         return basin_error(BASIN_ERR_USAGE, "--balance auto: --batch %zu gives %d ranks less than one sample each",
                            cfg->batch, t->world);
     size_t W = (size_t)t->world;
-    t->shares = basin_calloc(W, sizeof *t->shares);
     t->busy_all = basin_calloc(W, sizeof *t->busy_all);
     t->bw = basin_calloc(W, sizeof *t->bw);
     t->bw_next = basin_calloc(W, sizeof *t->bw_next);
     t->bal_all = basin_calloc(2 * W, sizeof *t->bal_all);
     t->bal_w = basin_calloc(2 * W, sizeof *t->bal_w);
-    if (!t->shares || !t->busy_all || !t->bw || !t->bw_next || !t->bal_all || !t->bal_w) return BASIN_ERR_RUNTIME;
+    if (!t->busy_all || !t->bw || !t->bw_next || !t->bal_all || !t->bal_w) return BASIN_ERR_RUNTIME;
     shares_of(cfg->batch, t->world, cfg->balance_n ? cfg->balance_w : NULL, t->bw);
     for (int r = 0; r < t->world; r++)
         if (t->bw[r] == 0)
             return basin_error(BASIN_ERR_USAGE, "--balance static: rank %d would get 0 of the %zu samples of "
                                "a batch: raise its weight or --batch", r, cfg->batch);
-    publish(t);
     /* Test hook BASIN_TEST_BALANCE_COST=C0,C1,... (environment only, never
      * an option): rank r's busy time is C_r seconds per sample instead of
      * its clock's, so that auto's decisions are the same in every run. */
@@ -122,19 +114,18 @@ int balance_setup(Trainer *t)
     }
     /* Buffers for the largest share auto may give. */
     size_t cap = balance_share_cap(cfg, t->world);
-    t->rank_batch = cap > t->rank_share ? cap : t->rank_share;
+    t->rank_batch = cap > t->bw[t->rank] ? cap : t->bw[t->rank];
     return BASIN_OK;
 }
 
 void balance_free(Trainer *t)
 {
-    free(t->shares);
     free(t->busy_all);
     free(t->bw);
     free(t->bw_next);
     free(t->bal_all);
     free(t->bal_w);
-    t->shares = NULL, t->busy_all = NULL, t->bw = t->bw_next = t->bal_w = NULL, t->bal_all = NULL;
+    t->busy_all = NULL, t->bw = t->bw_next = t->bal_w = NULL, t->bal_all = NULL;
 }
 
 const uint32_t *balance_weights(const Trainer *t)
@@ -173,6 +164,18 @@ static void format_shares(const uint32_t *w, int world, char *buf, size_t len)
     buf[0] = 0;
     for (int r = 0; r < world && used < len; r++)
         used += (size_t)snprintf(buf + used, len - used, "%s%u", r ? ":" : "", w[r]);
+}
+
+void balance_log_start(const Trainer *t)
+{
+    if (!t->bw) return;
+    char shares[4096];
+    format_shares(t->bw, t->world, shares, sizeof shares);
+    if (t->cfg->balance_every)
+        basin_info("basin: --balance auto: samples per rank %s of %zu to start, re-measured every %d steps", shares,
+                   t->cfg->batch, t->cfg->balance_every);
+    else
+        basin_info("basin: --balance static: samples per rank %s of %zu", shares, t->cfg->batch);
 }
 
 char *balance_text(const Trainer *t)
@@ -231,7 +234,6 @@ int balance_resume(Trainer *t, const char *text)
     }
     free(buf);
     memcpy(t->bw, cur, (size_t)t->world * sizeof *t->bw);
-    publish(t);
     TRY(tell_readers(t, t->bw, t->start_step));
     if (pending) {
         memcpy(t->bw_next, next, (size_t)t->world * sizeof *t->bw_next);
@@ -247,7 +249,6 @@ void balance_step_begin(Trainer *t, uint64_t gs)
     if (!t->bw_pending || gs < t->bw_from) return;
     memcpy(t->bw, t->bw_next, (size_t)t->world * sizeof *t->bw);
     t->bw_pending = 0;
-    publish(t);
     t->bal_busy = 0.0, t->bal_samples = 0, t->bal_steps = 0; /* measure the new shares afresh */
 }
 
@@ -259,38 +260,34 @@ void balance_account(Trainer *t, double busy_s, size_t samples)
 }
 
 /* New shares proportional to rate[], each in [1, cap], summing to B: the
- * largest remainders get the samples left over, rank order breaking ties. */
-static void proportional(const double *rate, int world, size_t B, size_t cap, uint32_t *w)
+ * largest remainders get the samples left over, rank order breaking ties.
+ * rem: world doubles of scratch. */
+static void proportional(const double *rate, int world, size_t B, size_t cap, uint32_t *w, double *rem)
 {
     double sum = 0.0;
     for (int r = 0; r < world; r++) sum += rate[r];
     size_t given = 0;
-    double *rem = basin_calloc((size_t)world, sizeof *rem);
     for (int r = 0; r < world; r++) {
         double ideal = (double)B * rate[r] / sum;
         size_t n = (size_t)floor(ideal);
-        if (n < 1) n = 1;
-        if (n > cap) n = cap;
+        n = n < 1 ? 1 : n > cap ? cap : n;
         w[r] = (uint32_t)n;
         given += n;
-        if (rem) rem[r] = ideal - (double)n;
+        rem[r] = ideal - (double)n;
     }
-    /* Hand out (or take back) one sample at a time where the ideal is
-     * furthest above (or below) the share, within [1, cap]. */
+    /* One sample at a time to (or from) the rank whose ideal is furthest
+     * above (below) its share, within [1, cap]. */
     while (given != B) {
-        int best = -1;
-        for (int r = 0; r < world; r++) {
-            double d = rem ? rem[r] : 0.0;
-            int can = given < B ? w[r] < cap : w[r] > 1;
-            if (!can) continue;
-            if (best < 0 || (given < B ? d > (rem ? rem[best] : 0.0) : d < (rem ? rem[best] : 0.0))) best = r;
-        }
+        int more = given < B, best = -1;
+        for (int r = 0; r < world; r++)
+            if ((more ? w[r] < cap : w[r] > 1) &&
+                (best < 0 || (more ? rem[r] > rem[best] : rem[r] < rem[best])))
+                best = r;
         if (best < 0) break; /* cannot happen: 1 <= B / world <= cap */
-        if (given < B) w[best]++, given++;
-        else w[best]--, given--;
-        if (rem) rem[best] += given < B ? -1.0 : 1.0;
+        w[best] += more ? 1 : -1;
+        rem[best] -= more ? 1.0 : -1.0;
+        given = more ? given + 1 : given - 1;
     }
-    free(rem);
 }
 
 int balance_after_step(Trainer *t, uint64_t done)
@@ -302,7 +299,7 @@ int balance_after_step(Trainer *t, uint64_t done)
     double mine[2] = {t->bal_busy, (double)t->bal_samples};
     BASIN_MPI(MPI_Allgather(mine, 2, MPI_DOUBLE, t->bal_all, 2, MPI_DOUBLE, t->comm));
     int W = t->world;
-    double *rate = basin_calloc((size_t)W, sizeof *rate);
+    double *rate = basin_calloc(2 * (size_t)W, sizeof *rate); /* and the remainders' scratch */
     if (!rate) return BASIN_ERR_RUNTIME;
     int usable = 1;
     for (int r = 0; r < W; r++) {
@@ -313,7 +310,7 @@ int balance_after_step(Trainer *t, uint64_t done)
     uint32_t *w = t->bal_w;
     double old_t = 0.0, new_t = 0.0;
     if (usable) {
-        proportional(rate, W, cfg->batch, balance_share_cap(cfg, W), w);
+        proportional(rate, W, cfg->batch, balance_share_cap(cfg, W), w, rate + W);
         for (int r = 0; r < W; r++) {
             old_t = fmax(old_t, t->bw[r] / rate[r]);
             new_t = fmax(new_t, w[r] / rate[r]);

@@ -61,7 +61,7 @@ void metrics_step(Metrics *m, const StepRecord *r)
                 r->reader_credit_wait_s);
     if (r->n_ranks > 0 && r->shares && r->busy) {
         fprintf(m->f, ",\"shares\":[");
-        for (int i = 0; i < r->n_ranks; i++) fprintf(m->f, "%s%zu", i ? "," : "", r->shares[i]);
+        for (int i = 0; i < r->n_ranks; i++) fprintf(m->f, "%s%u", i ? "," : "", r->shares[i]);
         fprintf(m->f, "],\"busy_s\":[");
         for (int i = 0; i < r->n_ranks; i++) fprintf(m->f, "%s%.6f", i ? "," : "", r->busy[i]);
         fprintf(m->f, "]");

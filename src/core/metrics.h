@@ -47,7 +47,7 @@ typedef struct {
      * per step ("shares") and busy seconds per step ("busy_s": data wait,
      * forward, backward, optimizer), rank order. */
     int n_ranks;
-    const size_t *shares;
+    const uint32_t *shares;
     const double *busy;
 } StepRecord;
 

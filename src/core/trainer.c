@@ -185,12 +185,12 @@ static int report_interval(Trainer *t, StepRecord *r, const double tm[T_COUNT], 
         r->timing_max[i] = max[i];
     }
     r->straggler = busy.rank;
-    if (t->shares) {
+    if (t->bw) {
         /* --balance: every rank's share and busy time, for rank 0's line. */
         double own = (tm[T_DATA] + tm[T_FORWARD] + tm[T_BACKWARD] + tm[T_OPTIM]) / (double)steps;
         BASIN_MPI(MPI_Gather(&own, 1, MPI_DOUBLE, t->busy_all, 1, MPI_DOUBLE, 0, t->comm));
         r->n_ranks = t->world;
-        r->shares = t->shares;
+        r->shares = t->bw;
         r->busy = t->busy_all;
     }
     r->data_wait_s = r->timing_mean[T_DATA];
@@ -448,17 +448,7 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
     if (!rc && t.resuming) rc = ckpt_resume_apply(&t);
     if (rc) goto done;
     basin_info("basin: %d rank(s); %s", t.world, desc);
-    if (t.shares) {
-        char shares[4096] = "";
-        size_t used = 0;
-        for (int r = 0; r < t.world && used < sizeof shares; r++)
-            used += (size_t)snprintf(shares + used, sizeof shares - used, "%s%zu", r ? ":" : "", t.shares[r]);
-        if (cfg->balance_every)
-            basin_info("basin: --balance auto: samples per rank %s of %zu to start, re-measured every %d steps",
-                       shares, cfg->batch, cfg->balance_every);
-        else
-            basin_info("basin: --balance static: samples per rank %s of %zu", shares, cfg->batch);
-    }
+    balance_log_start(&t);
     if (t.feed) {
         int ranks[64], k = 0;
         for (; k < cfg->readers && k < 64; k++) ranks[k] = reader_job_rank(lay, k);
@@ -472,7 +462,8 @@ static int run_trainer(const TrainConfig *cfg, MPI_Comm comm, const RemoteLayout
     basin_info("basin: %zu training and %zu test samples of %dx%dx%d, %d classes; %llu steps of %zu "
                "(%zu per rank), %llu per epoch",
                info->count, t.test_count, info->c, info->h, info->w,
-               info->classes, (unsigned long long)t.total_steps, cfg->batch, t.rank_share,
+               info->classes, (unsigned long long)t.total_steps, cfg->batch,
+               t.bw ? (size_t)t.bw[t.rank] : cfg->batch / (size_t)t.world,
                (unsigned long long)t.steps_per_epoch);
     char layers[32768];
     net_describe(t.net, layers, sizeof layers);

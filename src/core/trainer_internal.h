@@ -57,7 +57,6 @@ typedef struct Trainer {
     DatasetInfo train_info;          /* of the training split (its own reader's, or the feed's) */
     size_t test_count, test_steps;   /* the test split (evaluation), from test or the feed */
     /* --balance (balance.c); all NULL with equal shares. */
-    size_t *shares;                  /* every rank's samples per step, for the metrics */
     double *busy_all;                /* rank 0: every rank's busy seconds per step */
     uint32_t *bw;                    /* the shares of this step, as weights of order_share_slice */
     uint32_t *bw_next;               /* auto: the shares from step bw_from on, when bw_pending */
@@ -68,7 +67,6 @@ typedef struct Trainer {
     double bal_busy;                 /* auto: this rank's busy seconds and samples since the */
     size_t bal_samples;              /* shares last changed or were last measured */
     uint64_t bal_steps;
-    size_t rank_share;               /* this rank's samples per step now */
     double bal_fake_cost;            /* test hook: seconds per sample instead of the clock's */
     Net *net;
     LayerSpec specs[MODEL_MAX_LAYERS];
@@ -176,6 +174,8 @@ const uint32_t *balance_weights(const Trainer *t);
 /* Collective on comm, every rank: with auto, continue with the shares of a
  * checkpoint's "balance" text (rank 0's; NULL or "": none). */
 int balance_resume(Trainer *t, const char *text);
+/* The shares at the start, one line (rank 0's log). */
+void balance_log_start(const Trainer *t);
 /* For a checkpoint: the shares and a change waiting, malloc'd; NULL: none. */
 char *balance_text(const Trainer *t);
 /* Before step gs: a change that comes due takes effect. */
