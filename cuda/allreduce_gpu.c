@@ -46,6 +46,14 @@
  * (tail) counts on first use and kept in a small cache (plan once, run many
  * for a trainer's fixed buckets; rhd planning sends no message).
  *
+ * 16-bit wire (ALLREDUCE_WIRE_BF16 / _FP16): the rhd plans of step 2 are
+ * made with the wire flag, so the messages between supernodes carry 16-bit
+ * values and the host adds them in fp32 (src/allreduce/wire.c); each chunk
+ * is one rhd run, so fp16's scale is agreed per 1 MiB chunk (one MPI_MAX of
+ * a float across supernodes). Steps 1 and 3 (NCCL, NVLink) and the PCIe
+ * copies stay fp32: only the network, the slowest link, carries half the
+ * bytes.
+ *
  * Same bits everywhere: each element is summed once by NCCL on its owner
  * (deterministic for a fixed communicator and count), once per rhd block
  * across supernodes (rhd reduces each block on one rank and copies it),
@@ -92,6 +100,7 @@ typedef struct PlanSlot {
 struct GpuAllreduce {
     MPI_Comm world;         /* a duplicate of the caller's */
     int algo;               /* ALGO_NCCL or ALGO_HIER */
+    unsigned wire;          /* ALLREDUCE_WIRE_* of the rhd across supernodes, or 0 */
     AllreduceTopology topo; /* a copy */
     size_t max_count;
     double timeout_s;
@@ -348,7 +357,7 @@ static int cross_init(GpuAllreduce *g, MPI_Comm cross_comm)
         return basin_error(BASIN_ERR_RUNTIME, "gpu all-reduce: out of memory for %zu chunk events", g->max_chunks);
     for (size_t k = 0; k < g->max_chunks; k++) CU(cudaEventCreateWithFlags(&g->chunk_done[k], cudaEventDisableTiming));
     if (g->max_shard >= CHUNK_COUNT) {
-        TRY(allreduce_plan(g->cross, "rhd", CHUNK_COUNT, 0, &g->plans[0].plan));
+        TRY(allreduce_plan(g->cross, "rhd", CHUNK_COUNT, g->wire, &g->plans[0].plan));
         g->plans[0].count = CHUNK_COUNT;
     }
     return BASIN_OK;
@@ -391,8 +400,8 @@ out:
     return st;
 }
 
-int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const char *algo, size_t max_count,
-                         double timeout_s, GpuAllreduce **out)
+int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const char *algo, unsigned wire,
+                         size_t max_count, double timeout_s, GpuAllreduce **out)
 {
     *out = NULL;
     const char *name = algo ? algo : "auto";
@@ -408,6 +417,13 @@ int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const ch
         kind = topo->nodes == 1 ? ALGO_NCCL : ALGO_HIER;
     else
         return basin_error(BASIN_ERR_USAGE, "unknown GPU all-reduce algorithm '%s' (choose auto, hier, nccl)", name);
+    if (wire & ~(unsigned)(ALLREDUCE_WIRE_BF16 | ALLREDUCE_WIRE_FP16) ||
+        (wire & ALLREDUCE_WIRE_BF16 && wire & ALLREDUCE_WIRE_FP16))
+        return basin_error(BASIN_ERR_USAGE, "gpu_allreduce_create: wire flags %#x are not one of 0, "
+                                            "ALLREDUCE_WIRE_BF16, ALLREDUCE_WIRE_FP16", wire);
+    if (wire && !strcmp(name, "nccl"))
+        return basin_error(BASIN_ERR_USAGE, "gpu all-reduce: nccl sends fp32 only; a 16-bit wire between "
+                                            "supernodes needs hier (or auto)");
 
     int rank, size, dev = -1, st = BASIN_OK;
     BASIN_MPI(MPI_Comm_rank(world, &rank));
@@ -434,6 +450,7 @@ int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const ch
     }
     g->world = MPI_COMM_NULL;
     g->algo = kind;
+    g->wire = kind == ALGO_HIER ? wire : 0;
     g->topo = *topo;
     g->max_count = max_count;
     g->timeout_s = timeout_s;
@@ -465,6 +482,11 @@ const char *gpu_allreduce_algorithm(const GpuAllreduce *g)
     return algo_name(g->algo);
 }
 
+const char *gpu_allreduce_wire(const GpuAllreduce *g)
+{
+    return g->wire & ALLREDUCE_WIRE_BF16 ? "bf16" : g->wire & ALLREDUCE_WIRE_FP16 ? "fp16" : "fp32";
+}
+
 /* ---- run ------------------------------------------------------------------------------------ */
 
 /* The rhd plan for n floats across supernodes (cached). */
@@ -478,7 +500,7 @@ static int plan_for(GpuAllreduce *g, size_t n, AllreducePlan **out)
     PlanSlot *s = &g->plans[1 + g->next_evict++ % (PLAN_CACHE - 1)];
     allreduce_plan_free(s->plan);
     s->plan = NULL;
-    TRY(allreduce_plan(g->cross, "rhd", n, 0, &s->plan));
+    TRY(allreduce_plan(g->cross, "rhd", n, g->wire, &s->plan));
     s->count = n;
     *out = s->plan;
     return BASIN_OK;

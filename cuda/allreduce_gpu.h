@@ -10,6 +10,13 @@
  *         host memory in 1 MiB chunks (Open MPI here is not CUDA-aware),
  *         NCCL all-gather inside the supernode. One rank per supernode:
  *         the host-staged rhd alone, no NCCL at all.
+ * Wire (ALLREDUCE_WIRE_BF16 / _FP16, allreduce.h): hier's rhd across
+ * supernodes sends 16-bit values and adds in fp32 on the host, exactly as
+ * the CPU hier does between supernodes (same rounding, same error bound,
+ * fp16's scale agreed per 1 MiB chunk); NCCL inside the supernode stays
+ * fp32. nccl has no step between supernodes to narrow: it refuses a 16-bit
+ * wire (BASIN_ERR_USAGE), and auto resolving to nccl (one supernode) runs
+ * fp32, as the CPU hier does in one supernode.
  * Shards follow src/allreduce/hier.c: the vector is cut into
  * min_local_size shards; local rank j < min_local_size owns shard j in
  * every supernode; larger supernodes' extra local ranks contribute and
@@ -51,14 +58,15 @@ typedef struct GpuAllreduce GpuAllreduce;
 
 /* Collective over world. topo: from allreduce_topology() of an
  * AllreduceComm on the same world (node, nodes, local_rank, local_size,
- * min_local_size). algo: "auto", "hier", "nccl" (NULL: auto).
+ * min_local_size). algo: "auto", "hier", "nccl" (NULL: auto). wire: 0
+ * (fp32), ALLREDUCE_WIRE_BF16 or ALLREDUCE_WIRE_FP16 (allreduce_wire_parse).
  * max_count: the largest count any run will use (sizes the pinned staging
  * buffer: max_count / min_local_size floats, rounded up, on owners when
  * there are several supernodes). timeout_s: bound on host-side waits
  * (<= 0: none). The CUDA device must already be selected
  * (ops_cuda_select). Unknown algo -> BASIN_ERR_USAGE with one clear line. */
-int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const char *algo, size_t max_count,
-                         double timeout_s, GpuAllreduce **out);
+int gpu_allreduce_create(MPI_Comm world, const AllreduceTopology *topo, const char *algo, unsigned wire,
+                         size_t max_count, double timeout_s, GpuAllreduce **out);
 
 /* Sum count floats at dev (device memory) in place over all ranks, after the
  * work already queued on `stream` (a cudaStream_t passed as void*; NULL is
@@ -80,6 +88,8 @@ int gpu_allreduce_join(GpuAllreduce *g, void *stream);
 
 /* The algorithm that runs ("auto" resolved): "hier" or "nccl". */
 const char *gpu_allreduce_algorithm(const GpuAllreduce *g);
+/* The values between supernodes: "fp32", "bf16" or "fp16" ("fp32" for nccl). */
+const char *gpu_allreduce_wire(const GpuAllreduce *g);
 
 /* Collective. NULL is allowed. */
 void gpu_allreduce_free(GpuAllreduce *g);

@@ -99,7 +99,8 @@ void config_usage(const char *prog, const char *algorithms)
            "  --allreduce ALGO        gradient all-reduce: %s; with --device\n"
            "                          cuda: auto, hier (NCCL in the supernode) or nccl (default auto)\n"
            "  --wire FMT              gradient values in all-reduce messages between supernodes\n"
-           "                          (hier; every message of rhd and ring): fp32, bf16 or fp16\n"
+           "                          (hier, also on cuda; every message of rhd and ring): fp32,\n"
+           "                          bf16 or fp16\n"
            "                          (16 bits, summed in fp32; fp16 scaled per bucket) (default fp32)\n"
            "  --bucket-mb X           gradient bucket size in MiB (default 4)\n"
            "  --no-overlap            reduce gradients after backward, not during it\n"
@@ -436,9 +437,9 @@ int config_parse(TrainConfig *cfg, int argc, char **argv)
     if (strcmp(cfg->wire, "fp32") && !strcmp(cfg->allreduce, "mpi"))
         return basin_error(BASIN_ERR_USAGE, "--wire %s: --allreduce mpi sends fp32 only (use hier, rhd, ring or auto)",
                            cfg->wire);
-    if (strcmp(cfg->wire, "fp32") && strcmp(cfg->device, "cpu"))
-        return basin_error(BASIN_ERR_USAGE, "--wire %s: the GPU all-reduce (--device %s) sends fp32 only", cfg->wire,
-                           cfg->device);
+    if (strcmp(cfg->wire, "fp32") && !strcmp(cfg->allreduce, "nccl"))
+        return basin_error(BASIN_ERR_USAGE, "--wire %s: --allreduce nccl sends fp32 only (use hier or auto)",
+                           cfg->wire);
     return BASIN_OK;
 }
 

@@ -107,13 +107,23 @@ static void optim_state_free(Trainer *t)
     owned_parts = NULL;
 }
 
+/* The all-reduce plan flags of --wire. */
+static int wire_flags(const TrainConfig *cfg, unsigned *wire)
+{
+    if (allreduce_wire_parse(cfg->wire, wire))
+        return basin_error(BASIN_ERR_USAGE, "--wire '%s': expected fp32, bf16 or fp16", cfg->wire);
+    return BASIN_OK;
+}
+
 /* The GPU all-reduce: created over the supernodes the CPU one found. */
 static int gpu_setup(Trainer *t, size_t n)
 {
 #ifdef BASIN_HAVE_CUDA
     GpuAllreduce *g = NULL;
-    TRY(gpu_allreduce_create(t->comm, allreduce_topology(t->ar), t->cfg->allreduce, n, t->cfg->collective_timeout,
-                             &g));
+    unsigned wire = 0;
+    TRY(wire_flags(t->cfg, &wire));
+    TRY(gpu_allreduce_create(t->comm, allreduce_topology(t->ar), t->cfg->allreduce, wire, n,
+                             t->cfg->collective_timeout, &g));
     t->gar = g;
     return BASIN_OK;
 #else
@@ -157,8 +167,7 @@ int grads_setup(Trainer *t)
     t->buckets = basin_calloc((size_t)t->n_buckets, sizeof *t->buckets);
     if (!t->buckets) return BASIN_ERR_RUNTIME;
     unsigned wire = 0;
-    if (allreduce_wire_parse(cfg->wire, &wire))
-        return basin_error(BASIN_ERR_USAGE, "--wire '%s': expected fp32, bf16 or fp16", cfg->wire);
+    TRY(wire_flags(cfg, &wire));
     for (int k = 0; k < t->n_buckets; k++) {
         Bucket *b = &t->buckets[k];
         b->t = t;
@@ -202,9 +211,11 @@ void grads_describe(const Trainer *t)
     const AllreduceTopology *topo = allreduce_topology(t->ar);
 #ifdef BASIN_HAVE_CUDA
     if (t->gar) {
-        basin_info("basin: %d supernode(s); GPU all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s",
+        const char *wire = gpu_allreduce_wire(t->gar);
+        basin_info("basin: %d supernode(s); GPU all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s%s%s%s",
                    topo->nodes, gpu_allreduce_algorithm(t->gar), t->n_buckets, cfg->bucket_mb,
-                   cfg->overlap ? "on" : "off");
+                   cfg->overlap ? "on" : "off", strcmp(wire, "fp32") ? ", " : "", strcmp(wire, "fp32") ? wire : "",
+                   strcmp(wire, "fp32") ? " between supernodes" : "");
         return;
     }
 #endif

@@ -20,6 +20,16 @@
  *         u = FLT_EPSILON / 2 (plus O(u^2)); twice that leaves margin
  *         without admitting a lost or doubled term (error ~|x_r|).
  *
+ * wire    hier (and auto) again with ALLREDUCE_WIRE_BF16 and _FP16: exact
+ *         inputs come out exact (their partial sums are small integers,
+ *         representable in both formats; fp16 through its scale); random
+ *         inputs end with the same bits on every rank and within
+ *         (R + 1) u sum |x_r| + P^2 FLT_EPSILON of the double sum (R the
+ *         rhd roundings across S supernodes, allreduce.h; u = 2^-8, 2^-11);
+ *         and across supernodes most results differ from the fp32 run (the
+ *         16-bit path ran), in one supernode none does. nccl refuses a
+ *         16-bit wire with BASIN_ERR_USAGE.
+ *
  * Sharing a GPU. NCCL refuses two ranks on one GPU. With P ranks on one GPU
  * the algorithms that would put two of them in one NCCL communicator
  * (nccl: any two ranks of a host; hier: two ranks of one supernode) are
@@ -238,7 +248,7 @@ static void test_algo(Ctx *x, const char *algo)
     const char *want = !strcmp(algo, "auto") ? (x->topo->nodes == 1 ? "nccl" : "hier") : algo;
     int blocked = !strcmp(want, "nccl") ? x->nccl_blocked : x->hier_blocked;
     GpuAllreduce *g = NULL;
-    int rc = gpu_allreduce_create(MPI_COMM_WORLD, x->topo, algo, x->max_count, 120.0, &g);
+    int rc = gpu_allreduce_create(MPI_COMM_WORLD, x->topo, algo, 0, x->max_count, 120.0, &g);
     if (blocked) {
         EXPECT(rc == BASIN_ERR_USAGE, "%s: two ranks share a GPU in one NCCL communicator, but create returned %d "
                "instead of BASIN_ERR_USAGE", algo, rc);
@@ -263,6 +273,69 @@ static void test_algo(Ctx *x, const char *algo)
     gpu_allreduce_free(g);
     x->ran++;
     if (x->rank == 0) printf("ok %s (%s): %d counts, exact and random\n", algo, want, NCOUNT);
+}
+
+/* rhd's roundings of a partial sum across S supernodes (allreduce.h). */
+static int rhd_roundings(int S)
+{
+    int lg = 0;
+    while ((2 << lg) <= S) lg++;
+    return S == 1 ? 0 : lg + ((S & (S - 1)) != 0);
+}
+
+static void test_wire(Ctx *x, const char *algo, unsigned wire, const char *name, double u)
+{
+    const char *want = !strcmp(algo, "auto") ? (x->topo->nodes == 1 ? "nccl" : "hier") : algo;
+    if (!strcmp(want, "nccl") ? x->nccl_blocked : x->hier_blocked) return; /* skipped (and said so) above */
+    GpuAllreduce *g = NULL, *g32 = NULL;
+    int rc = gpu_allreduce_create(MPI_COMM_WORLD, x->topo, algo, wire, x->max_count, 120.0, &g);
+    EXPECT(rc == BASIN_OK, "%s %s: gpu_allreduce_create returned %d", algo, name, rc);
+    if (rc) return;
+    const int across = x->topo->nodes > 1;
+    EXPECT(!strcmp(gpu_allreduce_wire(g), across ? name : "fp32"), "%s %s: the wire is %s", algo, name,
+           gpu_allreduce_wire(g));
+    rc = gpu_allreduce_create(MPI_COMM_WORLD, x->topo, algo, 0, x->max_count, 120.0, &g32);
+    EXPECT(rc == BASIN_OK, "%s fp32: gpu_allreduce_create returned %d", algo, rc);
+    if (rc) {
+        gpu_allreduce_free(g);
+        return;
+    }
+    const size_t n = x->max_count; /* several 1 MiB chunks and a tail */
+    for (int c = 0; c < NCOUNT; c++) test_exact(x, g, algo, COUNTS[c]);
+
+    for (size_t i = 0; i < n; i++) x->hin[i] = random_value(x->rank, i);
+    upload_run_download(x, g32, algo, n);
+    float *ref32 = malloc(n * sizeof *ref32);
+    if (!ref32) MPI_Abort(MPI_COMM_WORLD, 1);
+    memcpy(ref32, x->hout, n * sizeof *ref32);
+    upload_run_download(x, g, algo, n);
+    expect_same_bits(x, algo, name, n);
+    const int R = rhd_roundings(x->topo->nodes);
+    size_t bad = 0, differ = 0, first = 0;
+    for (size_t i = 0; i < n; i++) {
+        double sum = 0.0, mag = 0.0;
+        for (int r = 0; r < x->size; r++) {
+            double v = random_value(r, i);
+            sum += v;
+            mag += fabs(v);
+        }
+        double tol = (R + 1) * u * mag + (double)x->size * x->size * FLT_EPSILON;
+        if (!(fabs((double)x->hout[i] - sum) <= tol) && bad++ == 0) first = i;
+        differ += x->hout[i] != ref32[i];
+    }
+    EXPECT(bad == 0, "%s %s random: %zu elements beyond the bound, first [%zu] = %.9g", algo, name, bad, first,
+           (double)x->hout[first]);
+    if (across)
+        EXPECT(differ > n / 10, "%s %s: only %zu of %zu results differ from fp32: no 16-bit rounding?", algo, name,
+               differ, n);
+    else
+        EXPECT(differ == 0, "%s %s in one supernode: %zu results differ from fp32", algo, name, differ);
+    free(ref32);
+    gpu_allreduce_free(g32);
+    gpu_allreduce_free(g);
+    if (x->rank == 0)
+        printf("ok %s (%s) wire %s: exact, bound (R = %d), %zu of %zu differ from fp32\n", algo, want, name, R,
+               differ, n);
 }
 
 static void usage(const char *msg)
@@ -331,12 +404,19 @@ int main(int argc, char **argv)
     CHECK_CUDA(cudaMallocHost((void **)&x.hout, (x.max_count + CANARY) * sizeof(float)));
 
     GpuAllreduce *bogus = NULL;
-    EXPECT(gpu_allreduce_create(MPI_COMM_WORLD, x.topo, "ring", x.max_count, 0, &bogus) == BASIN_ERR_USAGE &&
+    EXPECT(gpu_allreduce_create(MPI_COMM_WORLD, x.topo, "ring", 0, x.max_count, 0, &bogus) == BASIN_ERR_USAGE &&
                !bogus,
            "an unknown algorithm must be BASIN_ERR_USAGE");
+    EXPECT(gpu_allreduce_create(MPI_COMM_WORLD, x.topo, "nccl", ALLREDUCE_WIRE_BF16, x.max_count, 0, &bogus) ==
+                   BASIN_ERR_USAGE && !bogus,
+           "nccl with a 16-bit wire must be BASIN_ERR_USAGE");
 
     const char *algos[] = {"auto", "hier", "nccl"};
     for (size_t a = 0; a < sizeof algos / sizeof algos[0]; a++) test_algo(&x, algos[a]);
+    for (size_t a = 0; a < 2; a++) {
+        test_wire(&x, algos[a], ALLREDUCE_WIRE_BF16, "bf16", 1.0 / 256);
+        test_wire(&x, algos[a], ALLREDUCE_WIRE_FP16, "fp16", 1.0 / 2048);
+    }
 
     CHECK_CUDA(cudaFreeHost(x.hout));
     CHECK_CUDA(cudaFreeHost(x.hin));

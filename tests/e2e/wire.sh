@@ -75,7 +75,7 @@ expect_usage() { # PATTERN ARGS...
 }
 expect_usage "expected fp32, bf16 or fp16" --wire fp8
 expect_usage "mpi sends fp32 only" --wire bf16 --allreduce mpi
-expect_usage "the GPU all-reduce (--device cuda) sends fp32 only" --wire fp16 --device cuda
+expect_usage "nccl sends fp32 only" --wire fp16 --allreduce nccl --device cuda
 
 echo "wire: $checks checks, $failures failed"
 [ "$failures" = 0 ]
