@@ -3,11 +3,13 @@
  *   mpirun -np P basin-bench-allreduce [--min-bytes B] [--max-bytes B]
  *       [--algos auto,rhd,ring,hier,mpi] [--runs R] [--supernode-size K]
  *       [--placement window|private] [--wire fp32|bf16|fp16] [--csv FILE]
+ *       [--samples FILE]
  *
  * For each size and algorithm: a correctness run on exact inputs (outside the
  * timed loop; #wrong counts wrong elements over all ranks and fails the run),
  * warm-up, then R timed runs of enough iterations to last ~20 ms; a run's
- * time is the slowest rank's, the table shows the median run.
+ * time is the slowest rank's, the table shows the median run; --samples
+ * writes every run (algo,bytes,run,time_us,algbw_gbs), to see the spread.
  *   algbw = bytes / time, busbw = algbw * 2(P-1)/P.
  * The buffer is reduced in place; with --placement window (default) it comes
  * from allreduce_buffer_alloc, as the trainer's gradient buffer does, and the
@@ -32,13 +34,14 @@ typedef struct Opts {
     unsigned wire; /* ALLREDUCE_WIRE_* plan flag, 0: fp32 */
     const char *wire_name;
     const char *csv;
+    const char *samples;
 } Opts;
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: basin-bench-allreduce [--min-bytes B] [--max-bytes B] [--algos a,b,...] [--runs R]\n"
                "         [--supernode-size K] [--placement window|private] [--wire fp32|bf16|fp16]\n"
-               "         [--csv FILE]\n"
+               "         [--csv FILE] [--samples FILE]\n"
                "  sizes double from min to max (default 4096 .. 268435456); algorithms from\n"
                "  auto, rhd, ring, hier, mpi (default all); R timed runs per point (default 5)\n");
 }
@@ -52,6 +55,7 @@ static int parse(int argc, char **argv, Opts *o)
     o->supernode_size = 0;
     o->window = 1;
     o->csv = NULL;
+    o->samples = NULL;
     o->wire = 0;
     o->wire_name = "fp32";
     for (int i = 1; i < argc; i++) {
@@ -80,6 +84,8 @@ static int parse(int argc, char **argv, Opts *o)
             o->wire_name = v;
         } else if (!strcmp(a, "--csv"))
             o->csv = v;
+        else if (!strcmp(a, "--samples"))
+            o->samples = v;
         else
             return basin_error(BASIN_ERR_USAGE, "unknown option or value: %s %s (see --help)", a, v);
     }
@@ -146,6 +152,15 @@ int main(int argc, char **argv)
     char (*chosen)[8] = calloc((size_t)(nalgo * nsizes), sizeof *chosen);
     double *samples = calloc((size_t)o.runs, sizeof *samples);
     long long total_wrong = 0;
+    int write_failed = 0;
+    FILE *sf = NULL;
+    if (rank == 0 && o.samples) {
+        if (!(sf = fopen(o.samples, "w"))) {
+            basin_error(BASIN_ERR_USAGE, "cannot write %s", o.samples);
+            MPI_Abort(MPI_COMM_WORLD, BASIN_ERR_USAGE);
+        }
+        fprintf(sf, "algo,bytes,run,time_us,algbw_gbs\n");
+    }
 
     if (rank == 0)
         printf("# basin all-reduce benchmark: %d ranks, %d supernode(s) of %d..%d ranks, %s buffers, "
@@ -178,7 +193,11 @@ int main(int argc, char **argv)
             int iters = tw > 0 ? (int)(0.02 / tw) : 1000;
             if (iters < 1) iters = 1;
             if (iters > 2000) iters = 2000;
-            for (int r = 0; r < o.runs; r++) samples[r] = timed(p, buf, iters);
+            for (int r = 0; r < o.runs; r++) {
+                samples[r] = timed(p, buf, iters);
+                if (sf) fprintf(sf, "%s,%zu,%d,%.3f,%.4f\n", algos[a], bytes, r, samples[r] * 1e6,
+                                (double)bytes / samples[r] / 1e9);
+            }
             qsort(samples, (size_t)o.runs, sizeof *samples, cmp_double);
             Row *row = &rows[a * nsizes + si];
             row->bytes = bytes;
@@ -220,6 +239,7 @@ int main(int argc, char **argv)
             FILE *f = fopen(o.csv, "w");
             if (!f) {
                 basin_error(BASIN_ERR_RUNTIME, "cannot write %s", o.csv);
+                write_failed = 1;
             } else {
                 fprintf(f, "algo,chosen,ranks,bytes,count,time_us,algbw_gbs,busbw_gbs,wrong\n");
                 for (int a = 0; a < nalgo; a++)
@@ -228,8 +248,15 @@ int main(int argc, char **argv)
                         fprintf(f, "%s,%s,%d,%zu,%zu,%.3f,%.4f,%.4f,%lld\n", algos[a], chosen[a * nsizes + s], size,
                                 r->bytes, r->bytes / sizeof(float), r->time * 1e6, r->algbw, r->busbw, r->wrong);
                     }
-                fclose(f);
+                if (fclose(f)) {
+                    basin_error(BASIN_ERR_RUNTIME, "cannot write %s", o.csv);
+                    write_failed = 1;
+                }
             }
+        }
+        if (sf && fclose(sf)) {
+            basin_error(BASIN_ERR_RUNTIME, "cannot write %s", o.samples);
+            write_failed = 1;
         }
     }
     free(rows);
@@ -240,6 +267,7 @@ int main(int argc, char **argv)
     else
         free(buf);
     allreduce_comm_free(c);
+    if (MPI_Bcast(&write_failed, 1, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS) write_failed = 1;
     MPI_Finalize();
-    return total_wrong ? 1 : 0;
+    return total_wrong || write_failed ? 1 : 0;
 }
