@@ -254,6 +254,7 @@ int winograd_plan(Winograd *wg, const Ops *ops, const Window *g, int k, size_t m
     if (wg->chunk_rows > (size_t)wg->th) wg->chunk_rows = (size_t)wg->th;
 
     wg->comb = comb_select();
+    wg->gemm = winograd_gemm_select();
     winograd_matrices(r, wg->at, wg->bt, wg->g);
     for (int xi = 0; xi < t; xi++) {
         wg->bt_rows[xi] = comb_of(wg->bt, t, t, xi, 0);
@@ -687,10 +688,14 @@ void winograd_forward(Winograd *wg, const Ops *ops, const float *w, const float 
             const size_t cols = (size_t)(ty1 - ty0) * (size_t)wg->tw * g;
             input_transform(wg, g, ty0, ty1, T, gcol);
             stage_done(wg, WINOGRAD_INPUT, &t0);
-            for (int xi = 0; xi < wg->tt; xi++) /* M[xi] (K, cols) = U[xi] (K, C) V[xi] (C, cols) */
-                ops->gemm(0, 0, K, cols, C, 1.0f, wg->u + (size_t)xi * K * C, C,
-                          wg->v + (size_t)xi * C * T + col0, T, 0.0f, wg->m + (size_t)xi * K * cols,
-                          cols);
+            for (int xi = 0; xi < wg->tt; xi++) { /* M[xi] (K, cols) = U[xi] (K, C) V[xi] (C, cols) */
+                const float *u = wg->u + (size_t)xi * K * C, *v = wg->v + (size_t)xi * C * T + col0;
+                float *m = wg->m + (size_t)xi * K * cols;
+                if (wg->gemm)
+                    wg->gemm->nn(K, cols, C, u, C, 1, v, T, m, cols);
+                else
+                    ops->gemm(0, 0, K, cols, C, 1.0f, u, C, v, T, 0.0f, m, cols);
+            }
             stage_done(wg, WINOGRAD_GEMM, &t0);
             output_transform(wg, g, ty0, ty1, cols);
             stage_done(wg, WINOGRAD_OUTPUT, &t0);
@@ -720,15 +725,24 @@ void winograd_backward(Winograd *wg, const Ops *ops, const float *dy, float *dw,
             output_adjoint(wg, g, ty0, ty1, cols);
             stage_done(wg, WINOGRAD_OUTPUT_ADJ, &t0);
             const float beta = col0 ? 1.0f : 0.0f; /* dU sums over every chunk */
-            for (int xi = 0; xi < wg->tt; xi++) /* dU[xi] (K, C) += dM[xi] (K, cols) V[xi]^T */
-                ops->gemm(0, 1, K, C, cols, 1.0f, wg->m + (size_t)xi * K * cols, cols,
-                          wg->v + (size_t)xi * C * T + col0, T, beta, wg->du + (size_t)xi * K * C, C);
+            for (int xi = 0; xi < wg->tt; xi++) { /* dU[xi] (K, C) += dM[xi] (K, cols) V[xi]^T */
+                const float *dm = wg->m + (size_t)xi * K * cols, *v = wg->v + (size_t)xi * C * T + col0;
+                float *du = wg->du + (size_t)xi * K * C;
+                if (wg->gemm)
+                    wg->gemm->nt(K, C, cols, dm, cols, v, T, du, C, col0 != 0);
+                else
+                    ops->gemm(0, 1, K, C, cols, 1.0f, dm, cols, v, T, beta, du, C);
+            }
             stage_done(wg, WINOGRAD_GEMM_DU, &t0);
             if (!dx) continue;
-            for (int xi = 0; xi < wg->tt; xi++) /* dV[xi] (C, cols) = U[xi]^T (C, K) dM[xi] */
-                ops->gemm(1, 0, C, cols, K, 1.0f, wg->u + (size_t)xi * K * C, C,
-                          wg->m + (size_t)xi * K * cols, cols, 0.0f, wg->dv + (size_t)xi * C * cols,
-                          cols);
+            for (int xi = 0; xi < wg->tt; xi++) { /* dV[xi] (C, cols) = U[xi]^T (C, K) dM[xi] */
+                const float *u = wg->u + (size_t)xi * K * C, *dm = wg->m + (size_t)xi * K * cols;
+                float *dv = wg->dv + (size_t)xi * C * cols;
+                if (wg->gemm)
+                    wg->gemm->nn(C, cols, K, u, 1, C, dm, cols, dv, cols);
+                else
+                    ops->gemm(1, 0, C, cols, K, 1.0f, u, C, dm, cols, 0.0f, dv, cols);
+            }
             stage_done(wg, WINOGRAD_GEMM_DV, &t0);
             input_adjoint(wg, g, ty0, ty1, cols);
             stage_done(wg, WINOGRAD_INPUT_ADJ, &t0);

@@ -43,8 +43,10 @@
  * Edges: partial tiles at the bottom and right read zeros past the padded
  * input and drop their outputs past OH, OW.
  *
- * Every pointer is host memory: the transforms are loops here, and only the
- * gemms go through the op table (so BLAS threads and counts are shared).
+ * Every pointer is host memory: the transforms are loops here. The gemms
+ * run basin's own kernels for these shapes where the CPU has them
+ * (core/winograd_gemm.h, picked at plan time), otherwise the op table's
+ * gemm (so BLAS threads and counts are shared).
  */
 #ifndef BASIN_WINOGRAD_H
 #define BASIN_WINOGRAD_H
@@ -52,6 +54,7 @@
 #include <stddef.h>
 
 #include "core/ops.h"
+#include "core/winograd_gemm.h"
 
 #define WINOGRAD_MAX_T 6 /* tile of F(2x2, 5x5) */
 
@@ -131,6 +134,9 @@ typedef struct Winograd {
     float *wscratch;        /* (r*r + t*r, K C) filter transforms */
 
     CombFn comb;            /* the kernel of every transform, for this CPU */
+    const WinogradGemm *gemm; /* the gemms' kernels for this CPU (winograd_gemm_select),
+                               or NULL: ops->gemm. Tests and benchmarks may set it
+                               after the plan (winograd_gemm_by_name). */
     WinogradProfile *profile; /* NULL, or where each stage adds its CPU time */
 } Winograd;
 

@@ -6,7 +6,9 @@
  * images of several chunks. Also: the 1-D matrices reproduce correlation
  * exactly (in double); a transform coefficient off by 1% fails these
  * tolerances; the portable transform kernel gives the same bits as the one
- * picked for the CPU; and the conv layer with BASIN_CONV=winograd agrees
+ * picked for the CPU; every gemm path this CPU runs (the op table's BLAS
+ * and each of core/winograd_gemm.h's kernels) meets the same tolerances
+ * and gives the same bits when run again; and the conv layer with BASIN_CONV=winograd agrees
  * with BASIN_CONV=im2col, while unset it is exactly one of them, as
  * winograd_pays decides.
  *
@@ -242,6 +244,24 @@ static void check_case(const Case *cs, uint64_t seed, double *worst)
                "%s: the portable transform kernel gives other results", what);
         outputs_free(&q);
     }
+    EXPECT(wg.gemm == winograd_gemm_select(), "%s: the plan's gemm is not winograd_gemm_select()",
+           what);
+
+    /* Every gemm path: within the tolerance, and the same bits again. */
+    static const char *const gemms[] = {"blas", "avx512", "avx2"};
+    for (size_t i = 0; i < sizeof gemms / sizeof gemms[0]; i++) {
+        if (winograd_gemm_by_name(gemms[i], &wg.gemm) != 0) continue;
+        Outputs q = outputs_run(&wg, &p, (size_t)cs->n), q2 = outputs_run(&wg, &p, (size_t)cs->n);
+        const Errors eg = {rel_err(q.y, p.y, p.ny), rel_err(q.dx, p.dx, p.nx), rel_err(q.dw, p.dw, p.nw)};
+        EXPECT(worst_of(eg) <= tol, "%s, gemm %s: off by y %.3g, dx %.3g, dW %.3g (tolerance %.0e)",
+               what, gemms[i], eg.y, eg.dx, eg.dw, tol);
+        EXPECT(memcmp(q.y, q2.y, p.ny * sizeof(float)) == 0 &&
+                   memcmp(q.dx, q2.dx, p.nx * sizeof(float)) == 0 &&
+                   memcmp(q.dw, q2.dw, p.nw * sizeof(float)) == 0,
+               "%s, gemm %s: a second run gives other bits", what, gemms[i]);
+        if (!(worst_of(eg) <= *worst)) *worst = worst_of(eg);
+        outputs_free(&q), outputs_free(&q2);
+    }
     outputs_free(&o);
     winograd_free(&wg, &ops_cpu);
     problem_free(&p);
@@ -420,6 +440,9 @@ int main(void)
         {3, 20, 3, 4, 6, 5, 1, 20},   /* two groups of images, the second partial */
         {5, 35, 2, 3, 7, 8, 2, 40},   /* three groups, the plan's batch larger */
         {3, 19, 4, 5, 13, 11, 1, 19}, /* 8 x 8 blocks of the layout moves and their edges */
+        {3, 16, 17, 33, 9, 9, 1, 16}, /* the gemm kernels' row and column edges */
+        {3, 3, 64, 64, 7, 7, 1, 3},   /* resnet20's last stage */
+        {3, 4, 16, 16, 28, 28, 1, 4}, /* resnet20.s first stage */
     };
     double worst[2] = {0.0, 0.0};
     printf("Winograd against direct convolution in double (max |err| / max |ref|):\n");
