@@ -78,6 +78,7 @@ typedef struct {
     const char *profile_json; /* --profile-json FILE, or NULL */
     Shape in;    /* per-sample input shape (--input) */
     int classes; /* --classes */
+    const char *wino_gemm; /* --wino-gemm NAME, or NULL: the plan's choice */
 } Options;
 
 typedef struct {
@@ -123,6 +124,8 @@ static void usage(FILE *f)
             "  --profile-json F   --profile, and write it to F as JSON (basin-plan calibrate)\n"
             "  --device cpu|cuda  backend: OpenBLAS, or the CUDA backend on GPU 0 with the\n"
             "                     batch copied from host memory every step (default cpu)\n"
+            "  --wino-gemm K      the gemms of Winograd convs: auto (the plan's choice for\n"
+            "                     this CPU, default), blas (the op table's), avx512 or avx2\n"
             "  --help             this text\n"
             "\n"
             "The last line of output is one JSON object with the results.\n");
@@ -176,7 +179,7 @@ static int parse_args(int argc, char **argv, Options *o)
 {
     *o = (Options){.model = "mlp", .device = "cpu", .batch = 64, .steps = 20, .repeats = 5, .warmup = 3,
                    .threads = 1, .in = INPUT_SHAPE, .classes = CLASSES};
-    enum { OPT_PROFILE = 256, OPT_INPUT, OPT_CLASSES, OPT_PROFILE_JSON };
+    enum { OPT_PROFILE = 256, OPT_INPUT, OPT_CLASSES, OPT_PROFILE_JSON, OPT_WINO_GEMM };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},   {"batch", required_argument, NULL, 'b'},
         {"steps", required_argument, NULL, 's'},   {"repeats", required_argument, NULL, 'r'},
@@ -185,6 +188,7 @@ static int parse_args(int argc, char **argv, Options *o)
         {"profile-json", required_argument, NULL, OPT_PROFILE_JSON},
         {"device", required_argument, NULL, 'd'},
         {"input", required_argument, NULL, OPT_INPUT}, {"classes", required_argument, NULL, OPT_CLASSES},
+        {"wino-gemm", required_argument, NULL, OPT_WINO_GEMM},
         {NULL, 0, NULL, 0},
     };
     opterr = 0;
@@ -205,6 +209,17 @@ static int parse_args(int argc, char **argv, Options *o)
             break;
         case OPT_INPUT: if (parse_shape(optarg, &o->in)) return -1; break;
         case OPT_CLASSES: if (parse_count("classes", optarg, 2, 1 << 20, &o->classes)) return -1; break;
+        case OPT_WINO_GEMM: {
+            const WinogradGemm *k;
+            if (winograd_gemm_by_name(optarg, &k)) {
+                basin_error(BASIN_ERR_USAGE,
+                            "--wino-gemm wants auto, blas, avx512 or avx2 (one this CPU runs), not '%s'",
+                            optarg);
+                return -1;
+            }
+            o->wino_gemm = optarg;
+            break;
+        }
         case 'd':
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
                 basin_error(BASIN_ERR_USAGE, "--device wants cpu or cuda, not '%s'", optarg);
@@ -675,6 +690,9 @@ int main(int argc, char **argv)
     Net *net = NULL;
     int rc = net_create(specs, n_layers, o.in, o.classes, ops, (size_t)o.batch, &net);
     if (rc) return rc == BASIN_ERR_USAGE ? 2 : 1;
+    if (o.wino_gemm) /* checked by parse_args */
+        for (int i = 0; i < net->n_layers; i++)
+            if (net->layers[i].wino) winograd_gemm_by_name(o.wino_gemm, &net->layers[i].wino->gemm);
     Data d = {0};
     double *wall = basin_calloc((size_t)o.repeats, sizeof *wall);
     double *cpu = basin_calloc((size_t)o.repeats, sizeof *cpu);
