@@ -24,7 +24,8 @@
  *
  * Memory: W = max(C, 2) landing slots of one piece (about one block,
  * ceil(n/p) floats; two when a block is a single piece) and one request per
- * piece sent, all allocated at plan time.
+ * piece sent, all allocated at plan time; a 16-bit wire adds W 16-bit
+ * landing slots and 2W 16-bit outgoing ones.
  *
  * Block b is reduced along the ring ending at rank b-1, which adds the last
  * contribution; that rank owns it and the all-gather only copies it, so all
@@ -63,7 +64,7 @@ struct ArRing {
     MPI_Request *sreq;   /* (nstream) one per piece sent */
     MPI_Request *rreq;   /* (window) one per landing slot */
     ArWire wire;         /* message format */
-    uint16_t *w_send;    /* 16-bit wire: (window * slot_count) outgoing pieces */
+    uint16_t *w_send;    /* 16-bit wire: (2 window * slot_count) outgoing pieces */
     uint16_t *w_recv;    /* (window * slot_count) landing slots */
 };
 
@@ -121,7 +122,7 @@ int ar_ring_plan_on(AllreduceComm *c, MPI_Comm comm, const int *world_of, size_t
     }
     if (wire != AR_WIRE_FP32 && size > 1) {
         size_t slots = (size_t)r->window * r->slot_count;
-        r->w_send = basin_aligned_alloc((slots ? slots : 1) * sizeof(uint16_t));
+        r->w_send = basin_aligned_alloc((slots ? 2 * slots : 1) * sizeof(uint16_t));
         r->w_recv = basin_aligned_alloc((slots ? slots : 1) * sizeof(uint16_t));
         if (!r->w_send || !r->w_recv) {
             ar_ring_free_on(r);
@@ -176,9 +177,14 @@ static int post_send(AllreduceComm *c, ArRing *r, const float *send, float *recv
     piece_of(r, sb, j, &lo, &cnt);
     const float *src = (rs && k == 0 ? send : recv) + lo;
     if (r->wire.kind != AR_WIRE_FP32) {
-        /* The piece is rounded into slot i % W, free once send i - W is out. */
-        if (i >= r->window) TRY(wait_req(c, &r->sreq[i - r->window], "ring send", k, r->right_world));
-        uint16_t *w = r->w_send + (size_t)(i % r->window) * r->slot_count;
+        /* The piece is rounded into slot i % 2W, free once send i - 2W is
+         * out. Send i is posted when piece i - C has arrived, so with W = C
+         * slots it would wait for the send C pieces back, which may still
+         * be in the network while the left neighbour is ahead: 2W slots
+         * (the bytes of W fp32 slots) keep the sends from waiting. */
+        const int slots = 2 * r->window;
+        if (i >= slots) TRY(wait_req(c, &r->sreq[i - slots], "ring send", k, r->right_world));
+        uint16_t *w = r->w_send + (size_t)(i % slots) * r->slot_count;
         ar_wire_pack(&r->wire, w, src, cnt);
         BASIN_MPI(MPI_Isend(w, (int)cnt, MPI_UINT16_T, r->right, TAG_RING, r->comm, &r->sreq[i]));
         return BASIN_OK;
