@@ -9,7 +9,8 @@
  * in_h in_w out_c out_h out_w units k stride pad w_off w_count b_off b_count
  * s_off s_count bn_momentum bn_eps), and float32 little-endian arrays
  * params.bin, x.bin, labels.bin (int32), logits.bin, grads.bin,
- * state0.bin (before), state.bin (after), loss.txt. */
+ * state0.bin (before), state.bin (after), loss.txt, and relu<I>.bin, the
+ * forward output of each relu layer I (which side of the kink basin took). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,13 @@ int main(int argc, char **argv)
     size_t correct = 0;
     net_forward(net, x, labels, n, &ctx, &loss, &correct);
     rc = rc || write_file(dir, "logits.bin", net->act[nl - 1], n * (size_t)classes * sizeof(float));
+    for (int i = 0; i < nl && !rc; i++) {
+        const Layer *l = &net->layers[i];
+        if (l->kind != LAYER_RELU) continue;
+        char name[64];
+        snprintf(name, sizeof name, "relu%d.bin", i);
+        rc = write_file(dir, name, net->act[i], n * shape_size(l->out) * sizeof(float));
+    }
     net_backward(net, x, labels, n, 1.0f / (float)n, NULL, NULL);
     rc = rc || write_file(dir, "grads.bin", net->grads, net->n_params * sizeof(float)) ||
          write_file(dir, "state.bin", net->state, net->n_state * sizeof(float));
