@@ -144,6 +144,11 @@ the first layer (bn, add, pooling not counted); SGEMM is cblas_sgemm
 1024x1024x1024 through basin's op table in the same process. basin's 3x3
 stride-1 convs with >= 16 input channels run as Winograd F(2x2, 3x3), which
 needs 2.25x fewer multiplications: their GFLOP/s is an effective rate.
+The Winograd products run on basin's own small-gemm kernel
+(src/core/winograd_gemm.c: AVX-512 where the CPU has it, else the op
+table's BLAS), which OPENBLAS_CORETYPE does not govern, so under the
+"environment" kernel mode only the other gemms are Haswell's; PyTorch's
+oneDNN also picks its kernels from the CPU itself.
 
 Each cell is the median over {env("ROUNDS")} rounds of each program's median over
 {env("REPEATS")} repeats (after {env("WARMUP")} warm-up steps); times by CPU time.
