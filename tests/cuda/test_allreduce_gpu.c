@@ -109,6 +109,19 @@ static float random_value(int rank, size_t i)
     return (float)((double)(h >> 40) / (double)(1ull << 24) * 2.0 - 1.0); /* [-1, 1), 24 bits */
 }
 
+/* The double sum over the ranks of random_value(r, i); *mag their |sum|. */
+static double random_sum(const Ctx *x, size_t i, double *mag)
+{
+    double sum = 0.0;
+    *mag = 0.0;
+    for (int r = 0; r < x->size; r++) {
+        double v = random_value(r, i);
+        sum += v;
+        *mag += fabs(v);
+    }
+    return sum;
+}
+
 static float canary_value(size_t j)
 {
     return 1000.0f + (float)j;
@@ -202,12 +215,7 @@ static void test_bits(Ctx *x, GpuAllreduce *g, const char *algo, size_t n)
     size_t wrong = 0, first = 0;
     double first_want = 0.0;
     for (size_t i = 0; i < n; i++) {
-        double sum = 0.0, mag = 0.0;
-        for (int r = 0; r < x->size; r++) {
-            double v = random_value(r, i);
-            sum += v;
-            mag += fabs(v);
-        }
+        double mag, sum = random_sum(x, i, &mag);
         if (!(fabs((double)x->hout[i] - sum) <= (x->size - 1) * (double)FLT_EPSILON * mag)) {
             if (!wrong) first = i, first_want = sum;
             wrong++;
@@ -313,12 +321,7 @@ static void test_wire(Ctx *x, const char *algo, unsigned wire, const char *name,
     const int R = rhd_roundings(x->topo->nodes);
     size_t bad = 0, differ = 0, first = 0;
     for (size_t i = 0; i < n; i++) {
-        double sum = 0.0, mag = 0.0;
-        for (int r = 0; r < x->size; r++) {
-            double v = random_value(r, i);
-            sum += v;
-            mag += fabs(v);
-        }
+        double mag, sum = random_sum(x, i, &mag);
         double tol = (R + 1) * u * mag + (double)x->size * x->size * FLT_EPSILON;
         if (!(fabs((double)x->hout[i] - sum) <= tol) && bad++ == 0) first = i;
         differ += x->hout[i] != ref32[i];
