@@ -109,7 +109,7 @@ static float random_value(int rank, size_t i)
     return (float)((double)(h >> 40) / (double)(1ull << 24) * 2.0 - 1.0); /* [-1, 1), 24 bits */
 }
 
-/* The double sum over the ranks of random_value(r, i); *mag their |sum|. */
+/* The double sum over the ranks of random_value(r, i); *mag the sum of their magnitudes. */
 static double random_sum(const Ctx *x, size_t i, double *mag)
 {
     double sum = 0.0;
