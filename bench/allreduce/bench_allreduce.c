@@ -130,6 +130,20 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return st == 1 ? 0 : BASIN_ERR_USAGE;
     }
+    /* --samples is opened before anything is measured: a path that cannot
+     * be written stops the job with one line (rank 0's), exit 2. */
+    FILE *sf = NULL;
+    int no_samples = 0;
+    if (rank == 0 && o.samples) {
+        if ((sf = fopen(o.samples, "w")))
+            fprintf(sf, "algo,bytes,run,time_us,algbw_gbs\n");
+        else
+            no_samples = 1, basin_error(BASIN_ERR_USAGE, "--samples: cannot write %s", o.samples);
+    }
+    if (MPI_Bcast(&no_samples, 1, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS || no_samples) {
+        MPI_Finalize();
+        return BASIN_ERR_USAGE;
+    }
     AllreduceConfig cfg;
     allreduce_config_default(&cfg);
     cfg.supernode_size = o.supernode_size;
@@ -153,14 +167,6 @@ int main(int argc, char **argv)
     double *samples = calloc((size_t)o.runs, sizeof *samples);
     long long total_wrong = 0;
     int write_failed = 0;
-    FILE *sf = NULL;
-    if (rank == 0 && o.samples) {
-        if (!(sf = fopen(o.samples, "w"))) {
-            basin_error(BASIN_ERR_USAGE, "cannot write %s", o.samples);
-            MPI_Abort(MPI_COMM_WORLD, BASIN_ERR_USAGE);
-        }
-        fprintf(sf, "algo,bytes,run,time_us,algbw_gbs\n");
-    }
 
     if (rank == 0)
         printf("# basin all-reduce benchmark: %d ranks, %d supernode(s) of %d..%d ranks, %s buffers, "
