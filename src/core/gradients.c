@@ -212,10 +212,10 @@ void grads_describe(const Trainer *t)
 #ifdef BASIN_HAVE_CUDA
     if (t->gar) {
         const char *wire = gpu_allreduce_wire(t->gar);
-        basin_info("basin: %d supernode(s); GPU all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s%s%s%s",
+        const int narrow = strcmp(wire, "fp32") != 0;
+        basin_info("basin: %d supernode(s); GPU all-reduce %s in %d bucket(s) of up to %.1f MiB, overlap %s%s%s",
                    topo->nodes, gpu_allreduce_algorithm(t->gar), t->n_buckets, cfg->bucket_mb,
-                   cfg->overlap ? "on" : "off", strcmp(wire, "fp32") ? ", " : "", strcmp(wire, "fp32") ? wire : "",
-                   strcmp(wire, "fp32") ? " between supernodes" : "");
+                   cfg->overlap ? "on" : "off", narrow ? ", wire between supernodes " : "", narrow ? wire : "");
         return;
     }
 #endif

@@ -669,6 +669,19 @@ static void output_adjoint(Winograd *wg, size_t g, int ty0, int ty1, size_t cols
 
 /* ---- forward, backward ------------------------------------------------------------ */
 
+/* c (m, n; rows n apart) = op(U) (m, k) b (k, n; rows ldb apart), op(U) = U
+ * (K, C) or, with trans, U^T (C, K): on the plan's kernel, or the op
+ * table's gemm. */
+static void gemm_u(const Winograd *wg, const Ops *ops, int trans, size_t m, size_t n, size_t k,
+                   const float *u, const float *b, size_t ldb, float *c)
+{
+    const size_t ldu = trans ? m : k; /* C, U's row length */
+    if (wg->gemm)
+        wg->gemm->nn(m, n, k, u, trans ? 1 : ldu, trans ? ldu : 1, b, ldb, c, n);
+    else
+        ops->gemm(trans, 0, m, n, k, 1.0f, u, ldu, b, ldb, 0.0f, c, n);
+}
+
 void winograd_forward(Winograd *wg, const Ops *ops, const float *w, const float *b,
                       const float *x, float *y, size_t n)
 {
@@ -688,14 +701,9 @@ void winograd_forward(Winograd *wg, const Ops *ops, const float *w, const float 
             const size_t cols = (size_t)(ty1 - ty0) * (size_t)wg->tw * g;
             input_transform(wg, g, ty0, ty1, T, gcol);
             stage_done(wg, WINOGRAD_INPUT, &t0);
-            for (int xi = 0; xi < wg->tt; xi++) { /* M[xi] (K, cols) = U[xi] (K, C) V[xi] (C, cols) */
-                const float *u = wg->u + (size_t)xi * K * C, *v = wg->v + (size_t)xi * C * T + col0;
-                float *m = wg->m + (size_t)xi * K * cols;
-                if (wg->gemm)
-                    wg->gemm->nn(K, cols, C, u, C, 1, v, T, m, cols);
-                else
-                    ops->gemm(0, 0, K, cols, C, 1.0f, u, C, v, T, 0.0f, m, cols);
-            }
+            for (int xi = 0; xi < wg->tt; xi++) /* M[xi] (K, cols) = U[xi] (K, C) V[xi] (C, cols) */
+                gemm_u(wg, ops, 0, K, cols, C, wg->u + (size_t)xi * K * C, wg->v + (size_t)xi * C * T + col0,
+                       T, wg->m + (size_t)xi * K * cols);
             stage_done(wg, WINOGRAD_GEMM, &t0);
             output_transform(wg, g, ty0, ty1, cols);
             stage_done(wg, WINOGRAD_OUTPUT, &t0);
@@ -735,14 +743,9 @@ void winograd_backward(Winograd *wg, const Ops *ops, const float *dy, float *dw,
             }
             stage_done(wg, WINOGRAD_GEMM_DU, &t0);
             if (!dx) continue;
-            for (int xi = 0; xi < wg->tt; xi++) { /* dV[xi] (C, cols) = U[xi]^T (C, K) dM[xi] */
-                const float *u = wg->u + (size_t)xi * K * C, *dm = wg->m + (size_t)xi * K * cols;
-                float *dv = wg->dv + (size_t)xi * C * cols;
-                if (wg->gemm)
-                    wg->gemm->nn(C, cols, K, u, 1, C, dm, cols, dv, cols);
-                else
-                    ops->gemm(1, 0, C, cols, K, 1.0f, u, C, dm, cols, 0.0f, dv, cols);
-            }
+            for (int xi = 0; xi < wg->tt; xi++) /* dV[xi] (C, cols) = U[xi]^T (C, K) dM[xi] */
+                gemm_u(wg, ops, 1, C, cols, K, wg->u + (size_t)xi * K * C, wg->m + (size_t)xi * K * cols, cols,
+                       wg->dv + (size_t)xi * C * cols);
             stage_done(wg, WINOGRAD_GEMM_DV, &t0);
             input_adjoint(wg, g, ty0, ty1, cols);
             stage_done(wg, WINOGRAD_INPUT_ADJ, &t0);
