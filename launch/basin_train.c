@@ -26,7 +26,7 @@ int main(int argc, char **argv)
         return 0;
     }
     int provided = 0;
-    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+    if (allreduce_mpi_init(&argc, &argv, &provided) != MPI_SUCCESS) {
         return basin_error(BASIN_ERR_RUNTIME, "MPI_Init_thread failed");
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);

@@ -121,7 +121,10 @@ typedef struct Row {
 int main(int argc, char **argv)
 {
     int provided, rank, size;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    if (allreduce_mpi_init(&argc, &argv, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "basin-bench-allreduce: MPI_Init_thread failed\n");
+        return 1;
+    }
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     Opts o;

@@ -72,6 +72,25 @@ typedef struct AllreduceTopology {
     int min_local_size;        /* smallest supernode: the number of hier shards */
 } AllreduceTopology;
 
+/* MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, provided), returning its
+ * code, after setting the transport defaults these algorithms are measured
+ * with. Open MPI only, each unless the environment already names it (an
+ * OMPI_MCA_ variable, which mpirun --mca and -x also set):
+ *   btl_tcp_eager_limit = ALLREDUCE_TCP_EAGER_BYTES (1 MiB). Open MPI's
+ *   default, 64 KiB, makes every larger message a rendezvous: the first
+ *   fragment, an answer from the receiver's next MPI call, then the rest.
+ *   The ring's 512 KiB pieces (and hier's ring between supernodes) waited on
+ *   that answer once per piece: 8 simulated hosts at 1 Gbit/s reached
+ *   84-86 % of the link bound at 16 MiB with 64 KiB and 91-93 % with 1 MiB,
+ *   the rate of one bare TCP stream there (bench/results/allreduce-hosts.md).
+ *   Receives are posted before the pieces arrive, so eager data lands
+ *   without an extra copy; the cost is Open MPI's TCP fragment lists of
+ *   1 MiB entries (a few MiB per process, only when TCP is in use).
+ * A value in an Open MPI parameter file is overridden by these defaults; set
+ * it with mpirun --mca or in the environment instead. */
+enum { ALLREDUCE_TCP_EAGER_BYTES = 1 << 20 };
+int allreduce_mpi_init(int *argc, char ***argv, int *provided);
+
 /* Defaults: host supernodes, 300 s watchdog, INT_MAX messages, 256 requests. */
 void allreduce_config_default(AllreduceConfig *cfg);
 

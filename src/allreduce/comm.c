@@ -18,6 +18,17 @@ void allreduce_config_default(AllreduceConfig *cfg)
     cfg->queue_capacity = 256;
 }
 
+int allreduce_mpi_init(int *argc, char ***argv, int *provided)
+{
+#ifdef OPEN_MPI
+    char eager[32];
+    snprintf(eager, sizeof eager, "%d", (int)ALLREDUCE_TCP_EAGER_BYTES);
+    /* overwrite = 0: the user's value wins. */
+    if (setenv("OMPI_MCA_btl_tcp_eager_limit", eager, 0) != 0) return MPI_ERR_OTHER;
+#endif
+    return MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, provided);
+}
+
 const AllreduceTopology *allreduce_topology(const AllreduceComm *c)
 {
     return &c->topo;

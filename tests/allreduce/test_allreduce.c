@@ -470,7 +470,7 @@ static int list_has(const char *list, const char *name)
 int main(int argc, char **argv)
 {
     int provided;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    if (allreduce_mpi_init(&argc, &argv, &provided) != MPI_SUCCESS) return 1;
     Ctx x = {0};
     MPI_Comm_rank(MPI_COMM_WORLD, &x.rank);
     MPI_Comm_size(MPI_COMM_WORLD, &x.size);

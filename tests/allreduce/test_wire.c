@@ -322,7 +322,7 @@ static void test_update(const Ctx *x)
 int main(int argc, char **argv)
 {
     int provided;
-    MPI_OK(MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided));
+    MPI_OK(allreduce_mpi_init(&argc, &argv, &provided));
     Ctx x = {0};
     MPI_OK(MPI_Comm_rank(MPI_COMM_WORLD, &x.rank));
     MPI_OK(MPI_Comm_size(MPI_COMM_WORLD, &x.size));
