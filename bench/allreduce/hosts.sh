@@ -44,7 +44,7 @@ for rep in $(seq 1 "$repeats"); do
 done
 elapsed=$(($(date +%s) - start))
 /usr/bin/python3 - "$build" "$repeats" "$elapsed" "${runs[@]}" >bench/results/allreduce-hosts.md <<'PY'
-import csv, statistics, subprocess, sys, time
+import csv, os, statistics, subprocess, sys, time
 rate = 0.125  # GB/s: 1 Gbit/s
 repeats, elapsed = int(sys.argv[2]), int(sys.argv[3])
 reps = {}  # (hosts, wire, algo, bytes) -> [algbw of each repeat]
@@ -69,6 +69,10 @@ print("Link bound: algbw <= R W / (2 (W - 1)), R = 0.125 GB/s (every host sends 
       f"the most a TCP payload can reach. Each figure is the median over {repeats} repeats of the sweep of each "
       "repeat's median of 5 runs (the range over the repeats in brackets); algbw counts the fp32 buffer, also "
       "with a bf16 wire.\n")
+eager = os.environ.get("OMPI_MCA_btl_tcp_eager_limit")
+print("Transport: Open MPI's TCP eager limit " + (f"{eager} bytes, from the environment" if eager else
+      "1 MiB, basin's default (allreduce_mpi_init)") + "; a bare TCP stream between two of these hosts "
+      "carries about 94 % of the link rate (iperf3 on every link at once, 8 hosts).\n")
 print("| hosts | size (MiB) | bound (GB/s) | hier fp32 | of bound (range) | MPI_Allreduce | hier / MPI | hier bf16 | bf16 / fp32 |")
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for h in (2, 4, 8):
