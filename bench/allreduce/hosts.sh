@@ -72,7 +72,7 @@ print("Link bound: algbw <= R W / (2 (W - 1)), R = 0.125 GB/s (every host sends 
 eager = os.environ.get("OMPI_MCA_btl_tcp_eager_limit")
 print("Transport: Open MPI's TCP eager limit " + (f"{eager} bytes, from the environment" if eager else
       "1 MiB, basin's default (allreduce_mpi_init)") + "; a bare TCP stream between two of these hosts "
-      "carries about 94 % of the link rate (iperf3 on every link at once, 8 hosts).\n")
+      "carries about 94.5 % of the link rate (iperf3 on every link at once, 8 hosts: bench/allreduce/linkrate.sh).\n")
 print("| hosts | size (MiB) | bound (GB/s) | hier fp32 | of bound (range) | MPI_Allreduce | hier / MPI | hier bf16 | bf16 / fp32 |")
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for h in (2, 4, 8):
