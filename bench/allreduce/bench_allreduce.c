@@ -121,10 +121,8 @@ typedef struct Row {
 int main(int argc, char **argv)
 {
     int provided, rank, size;
-    if (allreduce_mpi_init(&argc, &argv, &provided) != MPI_SUCCESS) {
-        fprintf(stderr, "basin-bench-allreduce: MPI_Init_thread failed\n");
-        return 1;
-    }
+    if (allreduce_mpi_init(&argc, &argv, &provided) != MPI_SUCCESS)
+        return basin_error(BASIN_ERR_RUNTIME, "MPI_Init_thread failed");
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     Opts o;
