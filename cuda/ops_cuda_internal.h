@@ -107,11 +107,20 @@ static inline unsigned blocks_for(size_t n)
     return (unsigned)(b < cap ? b : cap);
 }
 
+#ifdef BASIN_CUDA_HOST
+/* Host execution (cuda/host): the same launch, run on the CPU. */
+#define LAUNCH(kernel, grid, block, ...)                                                   \
+    do {                                                                                   \
+        host_cuda_launch(kernel, #kernel, dim3(grid), dim3(block), __VA_ARGS__);           \
+        cuda_check(cudaGetLastError(), "launch of " #kernel, __FILE__, __LINE__);          \
+    } while (0)
+#else
 #define LAUNCH(kernel, grid, block, ...)                                                   \
     do {                                                                                   \
         kernel<<<(grid), (block), 0, st()->stream>>>(__VA_ARGS__);                         \
         cuda_check(cudaGetLastError(), "launch of " #kernel, __FILE__, __LINE__);          \
     } while (0)
+#endif
 
 #define GRID_STRIDE(i, n)                                                                  \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);              \

@@ -49,12 +49,14 @@ jobs=$(nproc)
 build() {
   local dir=$1; shift
   mkdir -p "$dir"
-  if [ ! -f "$dir/CMakeCache.txt" ]; then
+  # Configured once, and again when the options below change.
+  if [ ! -f "$dir/CMakeCache.txt" ] || [ "$(cat "$dir/.setup-options" 2>/dev/null)" != "$*" ]; then
     echo "setup: configuring $dir"
     if ! cmake -S . -B "$dir" "$@" >"$dir/configure.log" 2>&1; then
       cat "$dir/configure.log" >&2; echo "setup: configuring $dir failed" >&2; exit 1
     fi
     grep 'basin:' "$dir/configure.log" | sed 's/^-- basin: */setup:   /'
+    printf '%s' "$*" >"$dir/.setup-options"
   fi
   if ! cmake --build "$dir" -j "$jobs" >"$dir/build.log" 2>&1; then
     grep -E -B2 -A8 'error|Error' "$dir/build.log" | head -60 >&2
@@ -63,5 +65,7 @@ build() {
   echo "setup: $dir is up to date"
 }
 build build -DCMAKE_BUILD_TYPE=Release
-[ "$sanitize" = 1 ] && build build-asan -DCMAKE_BUILD_TYPE=Debug -DBASIN_SANITIZE=ON -DBASIN_CUDA=OFF
+# The sanitizer build runs the CUDA backend on the CPU (cuda/host): its
+# kernels and GPU tests run there under ASan and UBSan, with or without a GPU.
+[ "$sanitize" = 1 ] && build build-asan -DCMAKE_BUILD_TYPE=Debug -DBASIN_SANITIZE=ON -DBASIN_CUDA_HOST=ON
 exit 0

@@ -1,0 +1,1058 @@
+/* Host execution of the CUDA backend: the runtime, the kernel launches,
+ * cuBLAS and one-rank NCCL of the headers beside this file, on the CPU (see cuda_runtime.h
+ * and README.md). */
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include <sys/mman.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+extern "C" {
+#include <cblas.h>
+}
+
+#include "cublas_v2.h"
+#include "cuda_runtime.h"
+#include "nccl.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define HOST_CUDA_ASAN 1
+#else
+#define HOST_CUDA_ASAN 0
+#endif
+
+/* ---- reports ------------------------------------------------------------------------------ */
+
+/* What the real runtime would only call "invalid argument", said in full. */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "host cuda: %s\n", line);
+}
+
+/* A kernel that cannot go on (a deadlock, a shuffle of a part of a warp):
+ * on a GPU it would hang or fault; here the process stops with the reason. */
+[[noreturn]] static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+[[noreturn]] static void die(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "host cuda: %s\n", line);
+    abort();
+}
+
+static thread_local cudaError_t t_last = cudaSuccess;
+
+static cudaError_t fail(cudaError_t e)
+{
+    t_last = e;
+    return e;
+}
+
+extern "C" const char *cudaGetErrorName(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+
+extern "C" const char *cudaGetErrorString(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+extern "C" cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = t_last;
+    t_last = cudaSuccess;
+    return e;
+}
+
+extern "C" cudaError_t cudaPeekAtLastError(void)
+{
+    return t_last;
+}
+
+/* ---- the device ------------------------------------------------------------------------------ */
+
+static thread_local int t_device = 0;
+
+extern "C" cudaError_t cudaGetDeviceCount(int *count)
+{
+    if (!count) return fail(cudaErrorInvalidValue);
+    *count = 1;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaSetDevice(int device)
+{
+    if (device != 0) return fail(cudaErrorInvalidDevice);
+    t_device = device;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGetDevice(int *device)
+{
+    if (!device) return fail(cudaErrorInvalidValue);
+    *device = t_device;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
+{
+    if (!prop) return fail(cudaErrorInvalidValue);
+    if (device != 0) return fail(cudaErrorInvalidDevice);
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "host execution (no GPU)");
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    prop->totalGlobalMem = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+    prop->major = 9;
+    prop->minor = 0;
+    prop->multiProcessorCount = 1;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaDeviceGetPCIBusId(char *bus, int len, int device)
+{
+    if (!bus || len <= 0) return fail(cudaErrorInvalidValue);
+    if (device != 0) return fail(cudaErrorInvalidDevice);
+    snprintf(bus, (size_t)len, "0000:00:00.0");
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaDeviceSynchronize(void)
+{
+    return cudaSuccess;
+}
+
+/* ---- memory ------------------------------------------------------------------------------------ */
+
+/* Every allocation of cudaMalloc (device) and cudaMallocHost (pinned), by
+ * start address. */
+namespace {
+struct Block {
+    size_t bytes;
+    int device; /* 1: cudaMalloc, 0: cudaMallocHost */
+};
+std::mutex g_mem_lock;
+std::map<uintptr_t, Block> g_mem;
+
+/* The allocation holding [p, p + bytes), of the given kind, or NULL. */
+const Block *find_block(const void *p, size_t bytes, int device, uintptr_t *start)
+{
+    const uintptr_t a = (uintptr_t)p;
+    auto it = g_mem.upper_bound(a);
+    if (it == g_mem.begin()) return NULL;
+    --it;
+    if (it->second.device != device || a - it->first > it->second.bytes ||
+        bytes > it->second.bytes - (a - it->first))
+        return NULL;
+    if (start) *start = it->first;
+    return &it->second;
+}
+
+int is_device(const void *p, size_t bytes)
+{
+    std::lock_guard<std::mutex> hold(g_mem_lock);
+    return find_block(p, bytes, 1, NULL) != NULL;
+}
+
+/* Whether p points into any device allocation at all. */
+int touches_device(const void *p)
+{
+    return is_device(p, 0);
+}
+
+cudaError_t alloc(void **p, size_t bytes, int device)
+{
+    if (!p) return fail(cudaErrorInvalidValue);
+    *p = NULL;
+    void *m = NULL;
+    /* Exactly the bytes asked, so that a sanitizer sees the first one past
+     * the end; 256-byte alignment, as cudaMalloc gives. */
+    if (posix_memalign(&m, 256, bytes ? bytes : 1)) return fail(cudaErrorMemoryAllocation);
+    /* A GPU's fresh memory holds whatever was there: here all-ones bytes
+     * (NaN as floats), so that a read before the first write shows. */
+    memset(m, 0xff, bytes);
+    std::lock_guard<std::mutex> hold(g_mem_lock);
+    g_mem[(uintptr_t)m] = Block{bytes, device};
+    *p = m;
+    return cudaSuccess;
+}
+
+cudaError_t release(void *p, int device, const char *call)
+{
+    if (!p) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> hold(g_mem_lock);
+        auto it = g_mem.find((uintptr_t)p);
+        if (it == g_mem.end() || it->second.device != device) {
+            say("%s(%p): not an allocation of %s", call, p, device ? "cudaMalloc" : "cudaMallocHost");
+            return fail(cudaErrorInvalidValue);
+        }
+        g_mem.erase(it);
+    }
+    free(p);
+    return cudaSuccess;
+}
+} // namespace
+
+extern "C" int host_cuda_is_device(const void *p, size_t bytes)
+{
+    return is_device(p, bytes);
+}
+
+extern "C" cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    return alloc(p, bytes, 1);
+}
+
+extern "C" cudaError_t cudaFree(void *p)
+{
+    return release(p, 1, "cudaFree");
+}
+
+extern "C" cudaError_t cudaMallocHost(void **p, size_t bytes)
+{
+    return alloc(p, bytes, 0);
+}
+
+extern "C" cudaError_t cudaFreeHost(void *p)
+{
+    return release(p, 0, "cudaFreeHost");
+}
+
+extern "C" cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const void *p)
+{
+    if (!attr) return fail(cudaErrorInvalidValue);
+    memset(attr, 0, sizeof *attr);
+    std::lock_guard<std::mutex> hold(g_mem_lock);
+    if (find_block(p, 0, 1, NULL)) {
+        attr->type = cudaMemoryTypeDevice;
+        attr->devicePointer = (void *)p;
+    } else if (find_block(p, 0, 0, NULL)) {
+        attr->type = cudaMemoryTypeHost;
+        attr->devicePointer = attr->hostPointer = (void *)p;
+    } else {
+        attr->type = cudaMemoryTypeUnregistered;
+        attr->device = -2;
+    }
+    return cudaSuccess;
+}
+
+static const char *kind_name(enum cudaMemcpyKind k)
+{
+    switch (k) {
+    case cudaMemcpyHostToHost: return "HostToHost";
+    case cudaMemcpyHostToDevice: return "HostToDevice";
+    case cudaMemcpyDeviceToHost: return "DeviceToHost";
+    case cudaMemcpyDeviceToDevice: return "DeviceToDevice";
+    case cudaMemcpyDefault: return "Default";
+    }
+    return "?";
+}
+
+/* One side of a copy: on the device it must lie inside one allocation; on
+ * the host it must not point into one. */
+static int side_ok(const void *p, size_t bytes, int device)
+{
+    return device ? is_device(p, bytes) : !touches_device(p);
+}
+
+static cudaError_t copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, const char *call)
+{
+    if (!bytes) return cudaSuccess;
+    if (!dst || !src) {
+        say("%s: NULL pointer (dst %p, src %p, %zu bytes)", call, dst, src, bytes);
+        return fail(cudaErrorInvalidValue);
+    }
+    int src_dev = -1, dst_dev = -1; /* -1: either */
+    switch (kind) {
+    case cudaMemcpyHostToHost: src_dev = dst_dev = 0; break;
+    case cudaMemcpyHostToDevice: src_dev = 0, dst_dev = 1; break;
+    case cudaMemcpyDeviceToHost: src_dev = 1, dst_dev = 0; break;
+    case cudaMemcpyDeviceToDevice: src_dev = dst_dev = 1; break;
+    case cudaMemcpyDefault: break;
+    default: return fail(cudaErrorInvalidValue);
+    }
+    if ((src_dev >= 0 && !side_ok(src, bytes, src_dev)) || (dst_dev >= 0 && !side_ok(dst, bytes, dst_dev)) ||
+        (src_dev < 0 && touches_device(src) && !is_device(src, bytes)) ||
+        (dst_dev < 0 && touches_device(dst) && !is_device(dst, bytes))) {
+        say("%s(%p <- %p, %zu bytes, %s): %s", call, dst, src, bytes, kind_name(kind),
+            "a pointer is not where the kind says, or the bytes run past its allocation");
+        return fail(cudaErrorInvalidValue);
+    }
+    const uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+    if (d != s && d < s + bytes && s < d + bytes) {
+        say("%s(%p <- %p, %zu bytes): the ranges overlap", call, dst, src, bytes);
+        return fail(cudaErrorInvalidValue);
+    }
+    if (d != s) memcpy(dst, src, bytes);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+{
+    return copy(dst, src, bytes, kind, "cudaMemcpy");
+}
+
+extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                                       cudaStream_t stream)
+{
+    (void)stream;
+    return copy(dst, src, bytes, kind, "cudaMemcpyAsync");
+}
+
+static cudaError_t set(void *p, int value, size_t bytes, const char *call)
+{
+    if (!bytes) return cudaSuccess;
+    if (!is_device(p, bytes)) {
+        say("%s(%p, %d, %zu bytes): not inside one device allocation", call, p, value, bytes);
+        return fail(cudaErrorInvalidValue);
+    }
+    memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemset(void *p, int value, size_t bytes)
+{
+    return set(p, value, bytes, "cudaMemset");
+}
+
+extern "C" cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t stream)
+{
+    (void)stream;
+    return set(p, value, bytes, "cudaMemsetAsync");
+}
+
+/* ---- streams and events ------------------------------------------------------------------------ */
+
+/* Work runs when it is queued, so a stream is always idle and an event has
+ * happened once recorded. */
+struct HostCudaStream {
+    unsigned flags;
+};
+struct HostCudaEvent {
+    unsigned flags;
+    int recorded;
+    double ms; /* host time of the last record */
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
+extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
+{
+    if (!s) return fail(cudaErrorInvalidValue);
+    *s = new HostCudaStream{flags};
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamCreate(cudaStream_t *s)
+{
+    return cudaStreamCreateWithFlags(s, cudaStreamDefault);
+}
+
+extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+    if (!s) return fail(cudaErrorInvalidResourceHandle);
+    delete s;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t s)
+{
+    (void)s;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamQuery(cudaStream_t s)
+{
+    (void)s;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags)
+{
+    (void)s;
+    (void)flags;
+    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+
+extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags)
+{
+    if (!e) return fail(cudaErrorInvalidValue);
+    *e = new HostCudaEvent{flags, 0, 0.0};
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaEventCreate(cudaEvent_t *e)
+{
+    return cudaEventCreateWithFlags(e, cudaEventDefault);
+}
+
+extern "C" cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    delete e;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+    (void)s;
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    e->recorded = 1;
+    e->ms = now_ms();
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaEventQuery(cudaEvent_t e)
+{
+    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+
+extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t e)
+{
+    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+
+extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
+{
+    if (!ms || !start || !end) return fail(cudaErrorInvalidValue);
+    if ((start->flags | end->flags) & cudaEventDisableTiming) {
+        say("cudaEventElapsedTime: an event was made with cudaEventDisableTiming");
+        return fail(cudaErrorInvalidResourceHandle);
+    }
+    if (!start->recorded || !end->recorded) {
+        say("cudaEventElapsedTime: an event was never recorded");
+        return fail(cudaErrorInvalidResourceHandle);
+    }
+    *ms = (float)(end->ms - start->ms);
+    return cudaSuccess;
+}
+
+/* ---- kernels ------------------------------------------------------------------------------------------ */
+
+thread_local uint3 threadIdx, blockIdx;
+thread_local dim3 blockDim, gridDim;
+
+/* A thread of a block is a fiber: its own stack and saved registers. On
+ * x86-64 the switch is a few instructions (callee-saved registers and the
+ * floating-point control words); elsewhere ucontext, which also saves the
+ * signal mask with a system call per switch. */
+#if defined(__x86_64__)
+extern "C" void host_cuda_switch(void **save_sp, void *next_sp);
+__asm__(".text\n"
+        ".globl host_cuda_switch\n"
+        ".type host_cuda_switch,@function\n"
+        "host_cuda_switch:\n"
+        "  pushq %rbp\n"
+        "  pushq %rbx\n"
+        "  pushq %r12\n"
+        "  pushq %r13\n"
+        "  pushq %r14\n"
+        "  pushq %r15\n"
+        "  subq $8, %rsp\n"
+        "  stmxcsr (%rsp)\n"
+        "  fnstcw 4(%rsp)\n"
+        "  movq %rsp, (%rdi)\n"
+        "  movq %rsi, %rsp\n"
+        "  ldmxcsr (%rsp)\n"
+        "  fldcw 4(%rsp)\n"
+        "  addq $8, %rsp\n"
+        "  popq %r15\n"
+        "  popq %r14\n"
+        "  popq %r13\n"
+        "  popq %r12\n"
+        "  popq %rbx\n"
+        "  popq %rbp\n"
+        "  ret\n"
+        ".size host_cuda_switch, .-host_cuda_switch\n");
+
+namespace {
+struct Context {
+    void *sp;
+};
+
+/* A stack that host_cuda_switch enters at entry: the control words of this
+ * thread, six zero registers, entry as the return address and a zero one
+ * above it (entry never returns), 16-byte aligned as after a call. */
+void ctx_make(Context *c, char *stack, size_t bytes, void (*entry)(void))
+{
+    uintptr_t top = ((uintptr_t)stack + bytes) & ~(uintptr_t)15;
+    uint64_t *sp = (uint64_t *)top;
+    *--sp = 0;
+    *--sp = (uint64_t)(uintptr_t)entry;
+    for (int i = 0; i < 6; i++) *--sp = 0;
+    uint32_t words[2];
+    __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(words[0]), "=m"(words[1]));
+    *--sp = (uint64_t)words[0] | (uint64_t)(words[1] & 0xffffu) << 32;
+    c->sp = sp;
+}
+
+void ctx_switch(Context *from, Context *to)
+{
+    host_cuda_switch(&from->sp, to->sp);
+}
+} // namespace
+#else
+namespace {
+struct Context {
+    ucontext_t uc;
+};
+
+void ctx_make(Context *c, char *stack, size_t bytes, void (*entry)(void))
+{
+    if (getcontext(&c->uc)) die("getcontext: %s", strerror(errno));
+    c->uc.uc_stack.ss_sp = stack;
+    c->uc.uc_stack.ss_size = bytes;
+    c->uc.uc_link = NULL;
+    makecontext(&c->uc, entry, 0);
+}
+
+void ctx_switch(Context *from, Context *to)
+{
+    if (swapcontext(&from->uc, &to->uc)) die("swapcontext: %s", strerror(errno));
+}
+} // namespace
+#endif
+
+namespace {
+enum FiberState { RUNNABLE, AT_BARRIER, AT_SHUFFLE, DONE };
+
+struct Fiber {
+    Context ctx;
+    FiberState state;
+    unsigned parity; /* which of the two shuffle slot rows this thread uses next */
+    uint3 tid;
+    char *stack;
+    void *fake_stack; /* ASan's, while switched away */
+};
+
+/* One block of a kernel run as fibers, on the launching host thread. */
+struct BlockRun {
+    const char *name;
+    void (*body)(void *);
+    void *arg;
+    unsigned nthreads;
+    std::vector<Fiber> fibers;
+    Fiber *cur;
+    Context sched;
+    const void *sched_bottom; /* the launching thread's stack, for ASan */
+    size_t sched_size;
+    std::vector<uint64_t> slots[2]; /* a value per thread, for the shuffles */
+    int waited;                     /* a thread reached __syncthreads or a shuffle */
+};
+
+thread_local BlockRun *t_run;   /* set while a block runs as fibers */
+thread_local int t_direct;      /* set while a kernel runs as plain calls */
+thread_local const char *t_kernel;
+
+/* Stacks of the fibers, kept for the next block: 1024 threads at most. */
+constexpr size_t STACK_BYTES = 256 * 1024;
+thread_local std::vector<char *> t_stacks;
+
+char *stack_for(size_t i)
+{
+    while (t_stacks.size() <= i) {
+        void *m = mmap(NULL, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (m == MAP_FAILED) die("cannot map a fiber stack: %s", strerror(errno));
+        /* a guard page below: an overflow faults instead of writing on */
+        if (mprotect(m, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE)) die("mprotect: %s", strerror(errno));
+        t_stacks.push_back(static_cast<char *>(m));
+    }
+    return t_stacks[i];
+}
+
+void asan_start(void **fake, const void *bottom, size_t size)
+{
+#if HOST_CUDA_ASAN
+    __sanitizer_start_switch_fiber(fake, bottom, size);
+#else
+    (void)fake, (void)bottom, (void)size;
+#endif
+}
+
+void asan_finish(void *fake, const void **bottom, size_t *size)
+{
+#if HOST_CUDA_ASAN
+    __sanitizer_finish_switch_fiber(fake, bottom, size);
+#else
+    (void)fake, (void)bottom, (void)size;
+#endif
+}
+
+void fiber_main(void)
+{
+    BlockRun *r = t_run;
+    asan_finish(NULL, &r->sched_bottom, &r->sched_size);
+    r->body(r->arg);
+    Fiber *f = r->cur;
+    f->state = DONE;
+    asan_start(NULL, r->sched_bottom, r->sched_size); /* NULL: this fiber ends */
+    ctx_switch(&f->ctx, &r->sched);
+    die("kernel %s: a finished thread was resumed", r->name);
+}
+
+/* From a fiber back to the block's scheduler, until released. */
+void suspend(Fiber *f, FiberState why)
+{
+    BlockRun *r = t_run;
+    f->state = why;
+    r->waited = 1;
+    asan_start(&f->fake_stack, r->sched_bottom, r->sched_size);
+    ctx_switch(&f->ctx, &r->sched);
+    asan_finish(f->fake_stack, &r->sched_bottom, &r->sched_size);
+}
+
+unsigned linear(uint3 t)
+{
+    return t.x + blockDim.x * (t.y + blockDim.y * t.z);
+}
+
+void run_block_fibers(BlockRun *r)
+{
+    const unsigned n = r->nthreads;
+    r->fibers.assign(n, Fiber{});
+    r->slots[0].assign(n, 0);
+    r->slots[1].assign(n, 0);
+    unsigned i = 0;
+    for (unsigned z = 0; z < blockDim.z; z++)
+        for (unsigned y = 0; y < blockDim.y; y++)
+            for (unsigned x = 0; x < blockDim.x; x++, i++) {
+                Fiber *f = &r->fibers[i];
+                f->tid = uint3{x, y, z};
+                f->state = RUNNABLE;
+                f->stack = stack_for(i);
+                ctx_make(&f->ctx, f->stack, STACK_BYTES, fiber_main);
+            }
+    const long page = sysconf(_SC_PAGESIZE);
+    for (;;) {
+        for (Fiber &f : r->fibers) {
+            if (f.state != RUNNABLE) continue;
+            r->cur = &f;
+            threadIdx = f.tid;
+            void *fake = NULL;
+            asan_start(&fake, f.stack + page, STACK_BYTES - (size_t)page);
+            ctx_switch(&r->sched, &f.ctx);
+            asan_finish(fake, NULL, NULL);
+        }
+        /* Nobody can run: release a whole warp at a shuffle, else the
+         * block at a barrier once every live thread is there. */
+        unsigned done = 0, at_barrier = 0;
+        int released = 0;
+        for (unsigned w = 0; w * 32 < n; w++) {
+            unsigned lanes = n - w * 32 < 32 ? n - w * 32 : 32, shuffling = 0;
+            for (unsigned l = 0; l < lanes; l++) shuffling += r->fibers[w * 32 + l].state == AT_SHUFFLE;
+            if (!shuffling) continue;
+            if (lanes != 32)
+                die("kernel %s: a shuffle in a warp of %u threads (a block of %u): only whole warps shuffle "
+                    "with a full mask", r->name, lanes, n);
+            if (shuffling == 32) {
+                for (unsigned l = 0; l < 32; l++) r->fibers[w * 32 + l].state = RUNNABLE;
+                released = 1;
+            }
+        }
+        if (released) continue;
+        for (const Fiber &f : r->fibers) done += f.state == DONE, at_barrier += f.state == AT_BARRIER;
+        if (done == n) return;
+        if (done + at_barrier == n) {
+            for (Fiber &f : r->fibers)
+                if (f.state == AT_BARRIER) f.state = RUNNABLE;
+            continue;
+        }
+        die("kernel %s, block (%u,%u,%u): deadlock: %u of %u threads wait at __syncthreads, %u at a shuffle "
+            "whose warp never completes, %u have finished", r->name, blockIdx.x, blockIdx.y, blockIdx.z,
+            at_barrier, n, n - done - at_barrier, done);
+    }
+}
+
+/* Kernels known not to wait (a fiber run in which no thread did). */
+std::mutex g_plain_lock;
+std::unordered_map<const void *, int> g_plain;
+
+int valid_geometry(dim3 g, dim3 b)
+{
+    const unsigned long long threads = (unsigned long long)b.x * b.y * b.z;
+    return g.x >= 1 && g.x <= 0x7fffffffu && g.y >= 1 && g.y <= 65535 && g.z >= 1 && g.z <= 65535 &&
+           b.x >= 1 && b.y >= 1 && b.z >= 1 && b.x <= 1024 && b.y <= 1024 && b.z <= 64 && threads <= 1024;
+}
+} // namespace
+
+void host_cuda::launch(const void *kernel, const char *name, dim3 grid, dim3 block, void (*body)(void *), void *arg)
+{
+    if (!valid_geometry(grid, block)) {
+        say("launch of %s: grid (%u,%u,%u), block (%u,%u,%u): invalid configuration", name, grid.x, grid.y,
+            grid.z, block.x, block.y, block.z);
+        t_last = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (t_run || t_direct) die("launch of %s from inside kernel %s", name, t_kernel);
+    int plain;
+    {
+        std::lock_guard<std::mutex> hold(g_plain_lock);
+        auto it = g_plain.find(kernel);
+        plain = it != g_plain.end() && it->second;
+    }
+    gridDim = grid;
+    blockDim = block;
+    t_kernel = name;
+    if (plain) {
+        t_direct = 1;
+        for (unsigned bz = 0; bz < grid.z; bz++)
+            for (unsigned by = 0; by < grid.y; by++)
+                for (unsigned bx = 0; bx < grid.x; bx++) {
+                    blockIdx = uint3{bx, by, bz};
+                    for (unsigned z = 0; z < block.z; z++)
+                        for (unsigned y = 0; y < block.y; y++)
+                            for (unsigned x = 0; x < block.x; x++) {
+                                threadIdx = uint3{x, y, z};
+                                body(arg);
+                            }
+                }
+        t_direct = 0;
+        return;
+    }
+    BlockRun r;
+    r.name = name;
+    r.body = body;
+    r.arg = arg;
+    r.nthreads = block.x * block.y * block.z;
+    r.cur = NULL;
+    r.sched_bottom = NULL;
+    r.sched_size = 0;
+    r.waited = 0;
+    t_run = &r;
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                blockIdx = uint3{bx, by, bz};
+                run_block_fibers(&r);
+            }
+    t_run = NULL;
+    std::lock_guard<std::mutex> hold(g_plain_lock);
+    g_plain[kernel] = !r.waited;
+}
+
+void host_cuda::syncthreads(void)
+{
+    if (t_direct)
+        die("kernel %s called __syncthreads in a launch run as plain calls (an earlier launch never waited): "
+            "a kernel must wait on every launch or on none", t_kernel);
+    if (!t_run) die("__syncthreads outside a kernel");
+    suspend(t_run->cur, AT_BARRIER);
+}
+
+void host_cuda::shuffle(unsigned mask, const void *in, void *out, size_t size, int mode, unsigned delta)
+{
+    if (t_direct)
+        die("kernel %s shuffled in a launch run as plain calls (an earlier launch never waited): a kernel "
+            "must wait on every launch or on none", t_kernel);
+    if (!t_run) die("a warp shuffle outside a kernel");
+    if (mask != 0xffffffffu) die("kernel %s: a shuffle with mask %#x: only full warps are run", t_kernel, mask);
+    if (size > sizeof(uint64_t) || delta >= 32) die("kernel %s: a shuffle of %zu bytes by %u", t_kernel, size, delta);
+    BlockRun *r = t_run;
+    Fiber *f = r->cur;
+    const unsigned me = linear(f->tid), lane = me % 32, base = me - lane;
+    std::vector<uint64_t> &row = r->slots[f->parity];
+    uint64_t v = 0;
+    memcpy(&v, in, size);
+    row[me] = v;
+    suspend(f, AT_SHUFFLE);
+    unsigned src = mode == 0 ? lane + delta : lane ^ delta;
+    if (src >= 32) src = lane; /* __shfl_down_sync past the warp's end: the thread's own value */
+    memcpy(out, &row[base + src], size);
+    f->parity ^= 1;
+}
+
+/* ---- cuBLAS ---------------------------------------------------------------------------------------------- */
+
+struct HostCublas {
+    cudaStream_t stream;
+};
+
+extern "C" cublasStatus_t cublasCreate(cublasHandle_t *h)
+{
+    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+    *h = new HostCublas{NULL};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+extern "C" cublasStatus_t cublasDestroy(cublasHandle_t h)
+{
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+extern "C" cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s)
+{
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->stream = s;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+extern "C" cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode)
+{
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    (void)mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+extern "C" const char *cublasGetStatusString(cublasStatus_t s)
+{
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    }
+    return "CUBLAS_STATUS_UNKNOWN";
+}
+
+/* A column-major rows x cols matrix with leading dimension ld spans
+ * ld (cols - 1) + rows elements. */
+static int matrix_ok(const char *which, const float *p, int rows, int cols, int ld)
+{
+    if (ld < (rows > 1 ? rows : 1)) {
+        say("cublasSgemm: %s is %d x %d (column-major) with leading dimension %d < %d", which, rows, cols, ld,
+            rows > 1 ? rows : 1);
+        return 0;
+    }
+    if (rows == 0 || cols == 0) return 1;
+    const size_t span = (size_t)ld * (size_t)(cols - 1) + (size_t)rows;
+    if (!is_device(p, span * sizeof(float))) {
+        say("cublasSgemm: %s (%d x %d, ld %d: %zu floats from %p) is not inside one device allocation", which, rows,
+            cols, ld, span, (const void *)p);
+        return 0;
+    }
+    return 1;
+}
+
+extern "C" cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                      int k, const float *alpha, const float *a, int lda, const float *b, int ldb,
+                                      const float *beta, float *c, int ldc)
+{
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (m < 0 || n < 0 || k < 0 || !alpha || !beta || (ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) ||
+        (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T)) {
+        say("cublasSgemm: m %d, n %d, k %d, ops %d/%d: invalid", m, n, k, (int)ta, (int)tb);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    /* op(A) is m x k, op(B) k x n, C m x n, all column-major. */
+    const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
+    const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
+    if (!matrix_ok("C", c, m, n, ldc)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    if (k > 0 && (!matrix_ok("A", a, ar, ac, lda) || !matrix_ok("B", b, br, bc, ldb)))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (k == 0 || *alpha == 0.0f) {
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float *e = c + (size_t)j * (size_t)ldc + (size_t)i;
+                *e = *beta == 0.0f ? 0.0f : *beta * *e;
+            }
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, a, lda, b, ldb, *beta, c, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* ---- NCCL of one rank -------------------------------------------------------------------------------------- */
+
+struct HostNcclComm {
+    char last[256];
+};
+static thread_local char t_nccl_last[256];
+
+static ncclResult_t nccl_refuse(ncclComm_t comm, ncclResult_t r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static ncclResult_t nccl_refuse(ncclComm_t comm, ncclResult_t r, const char *fmt, ...)
+{
+    char *dst = comm ? comm->last : t_nccl_last;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst, sizeof t_nccl_last, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+extern "C" const char *ncclGetErrorString(ncclResult_t r)
+{
+    switch (r) {
+    case ncclSuccess: return "no error";
+    case ncclUnhandledCudaError: return "unhandled cuda error";
+    case ncclSystemError: return "unhandled system error";
+    case ncclInternalError: return "internal error";
+    case ncclInvalidArgument: return "invalid argument";
+    case ncclInvalidUsage: return "invalid usage";
+    case ncclRemoteError: return "remote process exited or there was a network error";
+    case ncclInProgress: return "NCCL operation in progress";
+    }
+    return "unknown result code";
+}
+
+extern "C" const char *ncclGetLastError(ncclComm_t comm)
+{
+    return comm ? comm->last : t_nccl_last;
+}
+
+extern "C" ncclResult_t ncclGetUniqueId(ncclUniqueId *id)
+{
+    if (!id) return nccl_refuse(NULL, ncclInvalidArgument, "ncclGetUniqueId: NULL");
+    memset(id, 0, sizeof *id);
+    snprintf(id->internal, sizeof id->internal, "host:%ld", (long)getpid());
+    return ncclSuccess;
+}
+
+extern "C" ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank)
+{
+    (void)id;
+    if (!comm) return nccl_refuse(NULL, ncclInvalidArgument, "ncclCommInitRank: NULL");
+    *comm = NULL;
+    if (nranks != 1 || rank != 0)
+        return nccl_refuse(NULL, ncclInvalidUsage,
+                           "host execution runs NCCL communicators of one rank only (asked: rank %d of %d)", rank,
+                           nranks);
+    *comm = new HostNcclComm{};
+    return ncclSuccess;
+}
+
+extern "C" ncclResult_t ncclCommFinalize(ncclComm_t comm)
+{
+    return comm ? ncclSuccess : nccl_refuse(NULL, ncclInvalidArgument, "ncclCommFinalize: NULL");
+}
+
+extern "C" ncclResult_t ncclCommDestroy(ncclComm_t comm)
+{
+    delete comm;
+    return ncclSuccess;
+}
+
+extern "C" ncclResult_t ncclCommAbort(ncclComm_t comm)
+{
+    delete comm;
+    return ncclSuccess;
+}
+
+extern "C" ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async)
+{
+    if (!comm || !async) return nccl_refuse(comm, ncclInvalidArgument, "ncclCommGetAsyncError: NULL");
+    *async = ncclSuccess;
+    return ncclSuccess;
+}
+
+extern "C" ncclResult_t ncclGroupStart(void)
+{
+    return ncclSuccess;
+}
+
+extern "C" ncclResult_t ncclGroupEnd(void)
+{
+    return ncclSuccess;
+}
+
+static size_t type_bytes(ncclDataType_t t)
+{
+    switch (t) {
+    case ncclInt8: case ncclUint8: return 1;
+    case ncclFloat16: case ncclBfloat16: return 2;
+    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
+    case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
+    }
+    return 0;
+}
+
+/* Every collective of one rank: recv = send, both in device memory. */
+static ncclResult_t one_rank(const char *call, const void *send, void *recv, size_t count, ncclDataType_t type,
+                             int root, ncclComm_t comm)
+{
+    if (!comm) return nccl_refuse(NULL, ncclInvalidArgument, "%s: no communicator", call);
+    const size_t size = type_bytes(type);
+    if (!size) return nccl_refuse(comm, ncclInvalidArgument, "%s: data type %d", call, (int)type);
+    if (root != 0) return nccl_refuse(comm, ncclInvalidArgument, "%s: root %d of 1 rank", call, root);
+    if (!count) return ncclSuccess;
+    if (!is_device(send, count * size) || !is_device(recv, count * size))
+        return nccl_refuse(comm, ncclInvalidArgument, "%s: %zu elements at %p -> %p: not inside device allocations",
+                           call, count, send, recv);
+    if (send != recv) memmove(recv, send, count * size);
+    return ncclSuccess;
+}
+
+extern "C" ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type,
+                                      ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)
+{
+    (void)op, (void)stream;
+    return one_rank("ncclAllReduce", send, recv, count, type, 0, comm);
+}
+
+extern "C" ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
+                                   int root, ncclComm_t comm, cudaStream_t stream)
+{
+    (void)op, (void)stream;
+    return one_rank("ncclReduce", send, recv, count, type, root, comm);
+}
+
+extern "C" ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t type, int root,
+                                      ncclComm_t comm, cudaStream_t stream)
+{
+    (void)stream;
+    return one_rank("ncclBroadcast", send, recv, count, type, root, comm);
+}
+
+extern "C" ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recv_count, ncclDataType_t type,
+                                          ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)
+{
+    (void)op, (void)stream;
+    return one_rank("ncclReduceScatter", send, recv, recv_count, type, 0, comm);
+}
+
+extern "C" ncclResult_t ncclAllGather(const void *send, void *recv, size_t send_count, ncclDataType_t type,
+                                      ncclComm_t comm, cudaStream_t stream)
+{
+    (void)stream;
+    return one_rank("ncclAllGather", send, recv, send_count, type, 0, comm);
+}

@@ -1,0 +1,319 @@
+/* Host execution of the CUDA backend (cuda/host), tested on its own: the
+ * kernel language (threads and blocks in 3 dimensions, shared memory and
+ * __syncthreads, the two warp shuffles), launches with a bad geometry, what
+ * the runtime refuses (a copy whose kind does not match its pointers, one
+ * past an allocation's end, a free of what cudaMalloc did not give), cuBLAS
+ * gemm in its four transpose cases against a double-precision loop, its
+ * leading-dimension checks, and NCCL of one rank. A kernel that deadlocks
+ * (a shuffle that some lanes never reach) or shuffles in a block of part of
+ * a warp must stop its process (run in a child). */
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "testing.h"
+
+/* ---- kernels ---------------------------------------------------------------------------- */
+
+/* Every thread writes where it is: block and thread in 3 dimensions. */
+__global__ void k_where(unsigned *out)
+{
+    const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
+    out[b * threads + t] = b * 1000u + t;
+}
+
+/* A tree sum in shared memory: correct only if every __syncthreads holds
+ * back every thread until all have arrived. */
+enum { SUM_THREADS = 128 };
+__global__ void k_block_sum(const float *x, float *out)
+{
+    __shared__ float part[SUM_THREADS];
+    part[threadIdx.x] = x[blockIdx.x * SUM_THREADS + threadIdx.x];
+    __syncthreads();
+    for (unsigned half = SUM_THREADS / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = part[0];
+}
+
+/* Each thread's value after one shuffle of each kind. */
+__global__ void k_shuffles(int *down, int *xr, double *down_d, unsigned delta)
+{
+    const int v = (int)(threadIdx.x * 3 + 1);
+    down[threadIdx.x] = __shfl_down_sync(0xffffffffu, v, delta);
+    xr[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, (int)delta);
+    down_d[threadIdx.x] = __shfl_down_sync(0xffffffffu, 0.5 * v, delta);
+}
+
+/* Arguments are each thread's own copy: changing one changes no other's. */
+__global__ void k_own_args(int *out, int base)
+{
+    base += (int)threadIdx.x;
+    out[threadIdx.x] = base;
+}
+
+/* Half of each warp returns before a shuffle that needs all 32 lanes. */
+__global__ void k_deadlock(int *out)
+{
+    if (threadIdx.x % 32 < 16) return;
+    out[threadIdx.x] = __shfl_down_sync(0xffffffffu, (int)threadIdx.x, 1);
+}
+
+__global__ void k_part_warp(int *out)
+{
+    out[threadIdx.x] = __shfl_down_sync(0xffffffffu, (int)threadIdx.x, 1);
+}
+
+#define LAUNCH(k, g, b, ...) host_cuda_launch(k, #k, dim3(g), dim3(b), __VA_ARGS__)
+
+template <typename T> static T *dev_alloc(size_t n)
+{
+    void *p = NULL;
+    EXPECT(cudaMalloc(&p, n * sizeof(T)) == cudaSuccess, "cudaMalloc %zu", n);
+    return static_cast<T *>(p);
+}
+
+template <typename T> static std::vector<T> to_host(const T *d, size_t n)
+{
+    std::vector<T> h(n);
+    EXPECT(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess, "copy back");
+    return h;
+}
+
+/* The child's exit: 0 when it ended by SIGABRT (the expected stop). */
+static int stops_by_abort(void (*what)(void))
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        what();
+        _exit(0); /* reached only when the kernel did not stop the process */
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid) return 0;
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+}
+
+static void deadlock_child(void)
+{
+    int *d = NULL;
+    if (cudaMalloc((void **)&d, 64 * sizeof *d) != cudaSuccess) _exit(3);
+    LAUNCH(k_deadlock, 1, 64, d);
+}
+
+static void part_warp_child(void)
+{
+    int *d = NULL;
+    if (cudaMalloc((void **)&d, 48 * sizeof *d) != cudaSuccess) _exit(3);
+    LAUNCH(k_part_warp, 1, 48, d);
+}
+
+/* ---- the tests ---------------------------------------------------------------------------- */
+
+static void test_geometry(void)
+{
+    const dim3 grid(3, 2, 2), block(4, 3, 2);
+    const size_t n = 12 * 24;
+    unsigned *d = dev_alloc<unsigned>(n);
+    LAUNCH(k_where, grid, block, d);
+    EXPECT(cudaGetLastError() == cudaSuccess, "launch");
+    std::vector<unsigned> h = to_host(d, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += h[i] != (unsigned)(i / 24 * 1000 + i % 24);
+    EXPECT(bad == 0, "%zu of %zu threads wrote the wrong place or value", bad, n);
+    cudaFree(d);
+}
+
+static void test_block_sum(void)
+{
+    const unsigned blocks = 5;
+    std::vector<float> x(blocks * SUM_THREADS);
+    for (size_t i = 0; i < x.size(); i++) x[i] = (float)((i * 7919) % 23) - 11.0f;
+    float *dx = dev_alloc<float>(x.size()), *dout = dev_alloc<float>(blocks);
+    EXPECT(cudaMemcpy(dx, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess, "copy");
+    for (int run = 0; run < 2; run++) { /* the second launch of a kernel that waits runs as fibers again */
+        LAUNCH(k_block_sum, blocks, SUM_THREADS, dx, dout);
+        EXPECT(cudaGetLastError() == cudaSuccess, "launch");
+        std::vector<float> out = to_host(dout, blocks);
+        for (unsigned b = 0; b < blocks; b++) {
+            double want = 0.0;
+            for (unsigned t = 0; t < SUM_THREADS; t++) want += x[b * SUM_THREADS + t];
+            EXPECT(out[b] == (float)want, "run %d block %u: sum %g, want %g", run, b, (double)out[b], want);
+        }
+    }
+    cudaFree(dx);
+    cudaFree(dout);
+}
+
+static void test_shuffles(void)
+{
+    const unsigned threads = 64;
+    int *down = dev_alloc<int>(threads), *xr = dev_alloc<int>(threads);
+    double *down_d = dev_alloc<double>(threads);
+    for (unsigned delta : {1u, 5u, 16u}) {
+        LAUNCH(k_shuffles, 1, threads, down, xr, down_d, delta);
+        std::vector<int> hd = to_host(down, threads), hx = to_host(xr, threads);
+        std::vector<double> hdd = to_host(down_d, threads);
+        for (unsigned t = 0; t < threads; t++) {
+            const unsigned lane = t % 32, base = t - lane;
+            const unsigned from_down = lane + delta < 32 ? t + delta : t, from_xor = base + (lane ^ delta);
+            EXPECT(hd[t] == (int)(from_down * 3 + 1), "down by %u, thread %u: %d", delta, t, hd[t]);
+            EXPECT(hx[t] == (int)(from_xor * 3 + 1), "xor %u, thread %u: %d", delta, t, hx[t]);
+            EXPECT(hdd[t] == 0.5 * (from_down * 3 + 1), "down (double) by %u, thread %u: %g", delta, t, hdd[t]);
+        }
+    }
+    int *own = dev_alloc<int>(32);
+    LAUNCH(k_own_args, 1, 32, own, 100);
+    std::vector<int> ho = to_host(own, 32);
+    for (int t = 0; t < 32; t++) EXPECT(ho[t] == 100 + t, "own argument copy, thread %d: %d", t, ho[t]);
+    cudaFree(down);
+    cudaFree(xr);
+    cudaFree(down_d);
+    cudaFree(own);
+}
+
+static void test_bad_launches(void)
+{
+    unsigned *d = dev_alloc<unsigned>(4096);
+    (void)cudaGetLastError();
+    LAUNCH(k_where, 0, 32, d);
+    EXPECT(cudaGetLastError() == cudaErrorInvalidConfiguration, "an empty grid is refused");
+    LAUNCH(k_where, 1, 2048, d);
+    EXPECT(cudaGetLastError() == cudaErrorInvalidConfiguration, "2048 threads a block are refused");
+    LAUNCH(k_where, dim3(1, 70000), 32, d);
+    EXPECT(cudaGetLastError() == cudaErrorInvalidConfiguration, "grid.y above 65535 is refused");
+    EXPECT(cudaGetLastError() == cudaSuccess, "cudaGetLastError clears the error");
+    cudaFree(d);
+    EXPECT(stops_by_abort(deadlock_child), "a shuffle that half of the warp never reaches stops the process");
+    EXPECT(stops_by_abort(part_warp_child), "a shuffle in a warp of 16 threads stops the process");
+}
+
+static void test_memory(void)
+{
+    float host[16] = {0}, back[16];
+    float *d = dev_alloc<float>(16), *e = dev_alloc<float>(16);
+    (void)cudaGetLastError();
+    EXPECT(cudaMemcpy(d, host, sizeof host, cudaMemcpyHostToDevice) == cudaSuccess, "host to device");
+    EXPECT(cudaMemcpy(e, d, sizeof host, cudaMemcpyDeviceToDevice) == cudaSuccess, "device to device");
+    EXPECT(cudaMemcpy(back, e, sizeof back, cudaMemcpyDeviceToHost) == cudaSuccess, "device to host");
+    EXPECT(cudaMemcpy(back, d, sizeof back, cudaMemcpyHostToDevice) == cudaErrorInvalidValue,
+           "host to device with the pointers swapped is refused");
+    EXPECT(cudaMemcpy(d, host, sizeof host, cudaMemcpyDeviceToDevice) == cudaErrorInvalidValue,
+           "device to device from host memory is refused");
+    EXPECT(cudaMemcpy(d + 8, host, sizeof host, cudaMemcpyHostToDevice) == cudaErrorInvalidValue,
+           "a copy past the allocation's end is refused");
+    EXPECT(cudaMemset(d + 1, 0, 16 * sizeof(float)) == cudaErrorInvalidValue, "a memset past the end is refused");
+    EXPECT(cudaMemcpy(d + 4, d, 8 * sizeof(float), cudaMemcpyDeviceToDevice) == cudaErrorInvalidValue,
+           "overlapping ranges are refused");
+    EXPECT(cudaFree(host) == cudaErrorInvalidValue, "cudaFree of host memory is refused");
+    EXPECT(cudaFree(d + 1) == cudaErrorInvalidValue, "cudaFree inside an allocation is refused");
+    struct cudaPointerAttributes a;
+    EXPECT(cudaPointerGetAttributes(&a, d + 3) == cudaSuccess && a.type == cudaMemoryTypeDevice, "device pointer");
+    EXPECT(cudaPointerGetAttributes(&a, host) == cudaSuccess && a.type == cudaMemoryTypeUnregistered, "host pointer");
+    /* fresh device memory is not zero: NaN where a read comes before a write */
+    float *fresh = dev_alloc<float>(4);
+    std::vector<float> f = to_host(fresh, 4);
+    EXPECT(std::isnan(f[0]) && std::isnan(f[3]), "fresh device memory reads as NaN");
+    cudaFree(fresh);
+    cudaFree(d);
+    cudaFree(e);
+    (void)cudaGetLastError();
+}
+
+/* C (m x n) = op(A) op(B) in column-major storage, against double loops. */
+static void test_gemm(void)
+{
+    cublasHandle_t h;
+    EXPECT(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
+    const int m = 7, n = 5, k = 6, pad = 2;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+            const int lda = ar + pad, ldb = br + pad, ldc = m + pad;
+            std::vector<float> A((size_t)lda * ac), B((size_t)ldb * bc), C((size_t)ldc * n);
+            for (size_t i = 0; i < A.size(); i++) A[i] = (float)((i * 37) % 11) * 0.25f - 1.0f;
+            for (size_t i = 0; i < B.size(); i++) B[i] = (float)((i * 53) % 13) * 0.125f - 0.75f;
+            for (size_t i = 0; i < C.size(); i++) C[i] = (float)(i % 5) - 2.0f;
+            float *dA = dev_alloc<float>(A.size()), *dB = dev_alloc<float>(B.size()), *dC = dev_alloc<float>(C.size());
+            cudaMemcpy(dA, A.data(), A.size() * sizeof(float), cudaMemcpyHostToDevice);
+            cudaMemcpy(dB, B.data(), B.size() * sizeof(float), cudaMemcpyHostToDevice);
+            cudaMemcpy(dC, C.data(), C.size() * sizeof(float), cudaMemcpyHostToDevice);
+            const float alpha = 1.5f, beta = -0.5f;
+            EXPECT(cublasSgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, dA,
+                               lda, dB, ldb, &beta, dC, ldc) == CUBLAS_STATUS_SUCCESS,
+                   "sgemm %d%d", ta, tb);
+            std::vector<float> got = to_host(dC, C.size());
+            for (int j = 0; j < n; j++)
+                for (int i = 0; i < m; i++) {
+                    double s = 0.0;
+                    for (int p = 0; p < k; p++) {
+                        const double a = ta ? A[(size_t)i * lda + p] : A[(size_t)p * lda + i];
+                        const double b = tb ? B[(size_t)p * ldb + j] : B[(size_t)j * ldb + p];
+                        s += a * b;
+                    }
+                    const double want = alpha * s + beta * C[(size_t)j * ldc + i];
+                    EXPECT_NEAR(got[(size_t)j * ldc + i], want, 1e-5, 1e-5, "sgemm element");
+                }
+            for (int j = 0; j < n; j++)
+                for (int i = m; i < ldc; i++)
+                    EXPECT(got[(size_t)j * ldc + i] == C[(size_t)j * ldc + i], "sgemm wrote past row %d", m);
+            if (ta == 0 && tb == 0) {
+                EXPECT(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &alpha, dA, m - 1, dB, ldb, &beta, dC, ldc) ==
+                           CUBLAS_STATUS_INVALID_VALUE,
+                       "lda below m is refused");
+                EXPECT(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n + 1, k, &alpha, dA, lda, dB, ldb, &beta, dC,
+                                   ldc) == CUBLAS_STATUS_INVALID_VALUE,
+                       "B or C past its allocation is refused");
+            }
+            cudaFree(dA);
+            cudaFree(dB);
+            cudaFree(dC);
+        }
+    cublasDestroy(h);
+}
+
+static void test_nccl(void)
+{
+    ncclUniqueId id;
+    ncclComm_t two = NULL, one = NULL;
+    EXPECT(ncclGetUniqueId(&id) == ncclSuccess, "id");
+    EXPECT(ncclCommInitRank(&two, 2, id, 0) == ncclInvalidUsage && !two, "a communicator of two ranks is refused");
+    EXPECT(ncclCommInitRank(&one, 1, id, 0) == ncclSuccess && one, "a communicator of one rank");
+    float h[8] = {1, 2, 3, 4, 5, 6, 7, 8}, back[8] = {0};
+    float *a = dev_alloc<float>(8), *b = dev_alloc<float>(8);
+    cudaMemcpy(a, h, sizeof h, cudaMemcpyHostToDevice);
+    EXPECT(ncclAllReduce(a, b, 8, ncclFloat, ncclSum, one, NULL) == ncclSuccess, "all-reduce");
+    cudaMemcpy(back, b, sizeof back, cudaMemcpyDeviceToHost);
+    EXPECT(!memcmp(back, h, sizeof h), "the all-reduce of one rank copies");
+    EXPECT(ncclBroadcast(a, b, 8, ncclFloat, 1, one, NULL) == ncclInvalidArgument, "root 1 of 1 rank is refused");
+    EXPECT(ncclAllReduce(h, b, 8, ncclFloat, ncclSum, one, NULL) == ncclInvalidArgument,
+           "host memory is refused");
+    EXPECT(ncclCommDestroy(one) == ncclSuccess, "destroy");
+    cudaFree(a);
+    cudaFree(b);
+}
+
+int main(void)
+{
+    test_geometry();
+    test_block_sum();
+    test_shuffles();
+    test_bad_launches();
+    test_memory();
+    test_gemm();
+    test_nccl();
+    return test_finish("test_host_cuda");
+}
