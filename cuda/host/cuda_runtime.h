@@ -5,7 +5,9 @@
  * with their tests, on a machine without a GPU. cuda/host/README.md says
  * what it checks and what only a GPU can.
  *
- * One device, whose memory is host memory: every call runs to completion
+ * One device (BASIN_HOST_CUDA_DEVICES of them, 0 to 64: the same memory
+ * under their own indices and PCI bus ids), whose memory is host memory; every call
+ * runs to completion
  * before it returns (a stream is a name, an event a time stamp), which is
  * one of the orders a GPU may choose. What a GPU would refuse is refused
  * here too: a copy whose kind does not match where its pointers point, a
@@ -29,6 +31,7 @@ typedef enum cudaError {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorNotReady = 600,

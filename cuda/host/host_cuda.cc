@@ -1,17 +1,23 @@
 /* Host execution of the CUDA backend: the runtime, the kernel launches,
- * cuBLAS and one-rank NCCL of the headers beside this file, on the CPU (see cuda_runtime.h
+ * cuBLAS and NCCL of the headers beside this file, on the CPU (see cuda_runtime.h
  * and README.md). */
+#include <atomic>
 #include <cerrno>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <unordered_map>
 #include <vector>
 
+#include <fcntl.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -74,6 +80,7 @@ extern "C" const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady: return "cudaErrorNotReady";
@@ -89,6 +96,7 @@ extern "C" const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorNotReady: return "device not ready";
@@ -109,20 +117,41 @@ extern "C" cudaError_t cudaPeekAtLastError(void)
     return t_last;
 }
 
-/* ---- the device ------------------------------------------------------------------------------ */
+/* ---- the devices ------------------------------------------------------------------------------ */
+
+/* One device, or BASIN_HOST_CUDA_DEVICES of them (0..64): each is the same
+ * host memory under its own index and PCI bus id, so that ranks of one
+ * host take different ones (rank -> device by local rank) and may share
+ * an NCCL communicator. 0 is a machine without a GPU. */
+static int device_count(void)
+{
+    static int count = 0;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        const char *e = getenv("BASIN_HOST_CUDA_DEVICES");
+        char *end = NULL;
+        long v = e && *e ? strtol(e, &end, 10) : 1;
+        if (e && *e && (*end || v < 0 || v > 64)) {
+            say("BASIN_HOST_CUDA_DEVICES=%s: not a count from 0 to 64; using 1", e);
+            v = 1;
+        }
+        count = (int)v;
+    });
+    return count;
+}
 
 static thread_local int t_device = 0;
 
 extern "C" cudaError_t cudaGetDeviceCount(int *count)
 {
     if (!count) return fail(cudaErrorInvalidValue);
-    *count = 1;
-    return cudaSuccess;
+    *count = device_count();
+    return *count ? cudaSuccess : fail(cudaErrorNoDevice);
 }
 
 extern "C" cudaError_t cudaSetDevice(int device)
 {
-    if (device != 0) return fail(cudaErrorInvalidDevice);
+    if (device < 0 || device >= device_count()) return fail(cudaErrorInvalidDevice);
     t_device = device;
     return cudaSuccess;
 }
@@ -137,7 +166,7 @@ extern "C" cudaError_t cudaGetDevice(int *device)
 extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
 {
     if (!prop) return fail(cudaErrorInvalidValue);
-    if (device != 0) return fail(cudaErrorInvalidDevice);
+    if (device < 0 || device >= device_count()) return fail(cudaErrorInvalidDevice);
     memset(prop, 0, sizeof *prop);
     snprintf(prop->name, sizeof prop->name, "host execution (no GPU)");
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -151,8 +180,8 @@ extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
 extern "C" cudaError_t cudaDeviceGetPCIBusId(char *bus, int len, int device)
 {
     if (!bus || len <= 0) return fail(cudaErrorInvalidValue);
-    if (device != 0) return fail(cudaErrorInvalidDevice);
-    snprintf(bus, (size_t)len, "0000:00:00.0");
+    if (device < 0 || device >= device_count()) return fail(cudaErrorInvalidDevice);
+    snprintf(bus, (size_t)len, "0000:%02x:00.0", device + 1);
     return cudaSuccess;
 }
 
@@ -901,10 +930,36 @@ extern "C" cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cu
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* ---- NCCL of one rank -------------------------------------------------------------------------------------- */
+/* ---- NCCL ------------------------------------------------------------------------------------------------ */
+
+/* A communicator of several ranks (processes of one host) meets in a POSIX
+ * shared-memory segment named by its unique id: a barrier and a 1 MiB slot
+ * per rank. A collective goes slot-sized piece by piece: every rank puts
+ * its piece in its slot, all wait, each reads what it needs, all wait. Sums
+ * add the ranks' values in rank order, so every rank gets the same bits. A
+ * rank that waits more than HOST_NCCL_TIMEOUT_S for a peer fails the call
+ * (ncclSystemError) and the communicator. */
+enum { HOST_NCCL_SLOT = 1 << 20 };
+static const double HOST_NCCL_TIMEOUT_S = 120.0;
+static const uint64_t HOST_NCCL_MAGIC = 0x6c63636e74736f68ull;
+
+namespace {
+struct NcclShm {
+    uint64_t magic;
+    int nranks;
+    std::atomic<int> ready;
+    std::atomic<int> arrived;
+    std::atomic<unsigned> generation;
+    alignas(64) unsigned char slots[1]; /* nranks * HOST_NCCL_SLOT */
+};
+} // namespace
 
 struct HostNcclComm {
     char last[256];
+    int nranks, rank;
+    int broken; /* a peer was lost: every later call fails */
+    NcclShm *shm;
+    size_t map_bytes;
 };
 static thread_local char t_nccl_last[256];
 
@@ -940,24 +995,146 @@ extern "C" const char *ncclGetLastError(ncclComm_t comm)
     return comm ? comm->last : t_nccl_last;
 }
 
+static size_t shm_bytes(int nranks)
+{
+    return offsetof(NcclShm, slots) + (size_t)nranks * HOST_NCCL_SLOT;
+}
+
+static unsigned char *slot(ncclComm_t c, int r)
+{
+    return c->shm->slots + (size_t)r * HOST_NCCL_SLOT;
+}
+
+/* All ranks of the communicator meet; 0 when they did, else the call fails
+ * and so does every later one. */
+static int meet(ncclComm_t c, const char *call)
+{
+    if (c->nranks == 1) return 0;
+    NcclShm *h = c->shm;
+    const unsigned gen = h->generation.load(std::memory_order_acquire);
+    if (h->arrived.fetch_add(1, std::memory_order_acq_rel) == c->nranks - 1) {
+        h->arrived.store(0, std::memory_order_relaxed);
+        h->generation.store(gen + 1, std::memory_order_release);
+        return 0;
+    }
+    const double t0 = now_ms();
+    for (unsigned long spins = 0; h->generation.load(std::memory_order_acquire) == gen; spins++) {
+        if (spins < 1000) {
+            sched_yield();
+            continue;
+        }
+        struct timespec ts = {0, 100 * 1000};
+        nanosleep(&ts, NULL);
+        if (now_ms() - t0 > 1e3 * HOST_NCCL_TIMEOUT_S) {
+            c->broken = 1;
+            nccl_refuse(c, ncclSystemError, "%s: rank %d of %d waited %.0f s for its peers", call, c->rank,
+                        c->nranks, HOST_NCCL_TIMEOUT_S);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 extern "C" ncclResult_t ncclGetUniqueId(ncclUniqueId *id)
 {
+    static std::atomic<unsigned> made{0};
     if (!id) return nccl_refuse(NULL, ncclInvalidArgument, "ncclGetUniqueId: NULL");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     memset(id, 0, sizeof *id);
-    snprintf(id->internal, sizeof id->internal, "host:%ld", (long)getpid());
+    snprintf(id->internal, sizeof id->internal, "/basin-nccl-%ld-%u-%lx", (long)getpid(), made++,
+             (unsigned long)ts.tv_nsec);
     return ncclSuccess;
+}
+
+static void unmap(ncclComm_t c)
+{
+    if (c && c->shm) munmap(c->shm, c->map_bytes);
 }
 
 extern "C" ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank)
 {
-    (void)id;
     if (!comm) return nccl_refuse(NULL, ncclInvalidArgument, "ncclCommInitRank: NULL");
     *comm = NULL;
-    if (nranks != 1 || rank != 0)
-        return nccl_refuse(NULL, ncclInvalidUsage,
-                           "host execution runs NCCL communicators of one rank only (asked: rank %d of %d)", rank,
-                           nranks);
-    *comm = new HostNcclComm{};
+    if (nranks < 1 || rank < 0 || rank >= nranks)
+        return nccl_refuse(NULL, ncclInvalidArgument, "ncclCommInitRank: rank %d of %d", rank, nranks);
+    HostNcclComm *c = new HostNcclComm{};
+    c->nranks = nranks;
+    c->rank = rank;
+    if (nranks == 1) {
+        *comm = c;
+        return ncclSuccess;
+    }
+    const char *name = id.internal;
+    if (name[0] != '/' || !memchr(id.internal, 0, sizeof id.internal)) {
+        delete c;
+        return nccl_refuse(NULL, ncclInvalidArgument, "ncclCommInitRank: not an id of ncclGetUniqueId");
+    }
+    c->map_bytes = shm_bytes(nranks);
+    int fd = -1;
+    const double t0 = now_ms();
+    if (rank == 0) {
+        fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+        if (fd >= 0 && ftruncate(fd, (off_t)c->map_bytes)) {
+            close(fd);
+            shm_unlink(name);
+            fd = -1;
+        }
+    } else {
+        /* rank 0 may not have made it yet */
+        for (;;) {
+            fd = shm_open(name, O_RDWR, 0600);
+            struct stat sb;
+            if (fd >= 0 && fstat(fd, &sb) == 0 && (size_t)sb.st_size == c->map_bytes) break;
+            if (fd >= 0) close(fd);
+            fd = -1;
+            if (now_ms() - t0 > 1e3 * HOST_NCCL_TIMEOUT_S) break;
+            struct timespec ts = {0, 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (fd < 0) {
+        delete c;
+        return nccl_refuse(NULL, ncclSystemError, "ncclCommInitRank: rank %d of %d: shared memory %s: %s", rank,
+                           nranks, name, errno ? strerror(errno) : "not made in time");
+    }
+    void *m = mmap(NULL, c->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        if (rank == 0) shm_unlink(name);
+        delete c;
+        return nccl_refuse(NULL, ncclSystemError, "ncclCommInitRank: mmap: %s", strerror(errno));
+    }
+    c->shm = static_cast<NcclShm *>(m);
+    NcclShm *h = c->shm;
+    if (rank == 0) {
+        h->magic = HOST_NCCL_MAGIC;
+        h->nranks = nranks;
+        new (&h->arrived) std::atomic<int>(0);
+        new (&h->generation) std::atomic<unsigned>(0);
+        new (&h->ready) std::atomic<int>(0);
+        h->ready.store(1, std::memory_order_release);
+    } else {
+        while (h->ready.load(std::memory_order_acquire) != 1) {
+            if (now_ms() - t0 > 1e3 * HOST_NCCL_TIMEOUT_S) break;
+            sched_yield();
+        }
+        if (h->ready.load(std::memory_order_acquire) != 1 || h->magic != HOST_NCCL_MAGIC || h->nranks != nranks) {
+            unmap(c);
+            delete c;
+            return nccl_refuse(NULL, ncclInvalidUsage, "ncclCommInitRank: rank %d of %d: the communicator's "
+                               "segment is not ready or was made for another size", rank, nranks);
+        }
+    }
+    const int lost = meet(c, "ncclCommInitRank");
+    if (rank == 0) shm_unlink(name); /* everyone has it mapped, or nobody will come */
+    if (lost) {
+        unmap(c);
+        delete c;
+        return nccl_refuse(NULL, ncclSystemError, "ncclCommInitRank: rank %d of %d: the other ranks never came",
+                           rank, nranks);
+    }
+    *comm = c;
     return ncclSuccess;
 }
 
@@ -968,12 +1145,14 @@ extern "C" ncclResult_t ncclCommFinalize(ncclComm_t comm)
 
 extern "C" ncclResult_t ncclCommDestroy(ncclComm_t comm)
 {
+    unmap(comm);
     delete comm;
     return ncclSuccess;
 }
 
 extern "C" ncclResult_t ncclCommAbort(ncclComm_t comm)
 {
+    unmap(comm);
     delete comm;
     return ncclSuccess;
 }
@@ -981,10 +1160,12 @@ extern "C" ncclResult_t ncclCommAbort(ncclComm_t comm)
 extern "C" ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async)
 {
     if (!comm || !async) return nccl_refuse(comm, ncclInvalidArgument, "ncclCommGetAsyncError: NULL");
-    *async = ncclSuccess;
+    *async = comm->broken ? ncclSystemError : ncclSuccess;
     return ncclSuccess;
 }
 
+/* Calls in a group run as they come: every rank makes the same calls in
+ * the same order, which is all that running them at once needs. */
 extern "C" ncclResult_t ncclGroupStart(void)
 {
     return ncclSuccess;
@@ -1006,53 +1187,147 @@ static size_t type_bytes(ncclDataType_t t)
     return 0;
 }
 
-/* Every collective of one rank: recv = send, both in device memory. */
-static ncclResult_t one_rank(const char *call, const void *send, void *recv, size_t count, ncclDataType_t type,
-                             int root, ncclComm_t comm)
+/* What every collective checks: the communicator, the type (and, for a
+ * reduction, float sums: the only kind cuda/ asks for), the root, and that
+ * both buffers are device memory of the given sizes. */
+static ncclResult_t check(const char *call, ncclComm_t comm, ncclDataType_t type, int reduces, ncclRedOp_t op,
+                          int root, const void *send, size_t send_n, const void *recv, size_t recv_n)
 {
     if (!comm) return nccl_refuse(NULL, ncclInvalidArgument, "%s: no communicator", call);
+    if (comm->broken) return nccl_refuse(comm, ncclSystemError, "%s: a peer was lost earlier", call);
     const size_t size = type_bytes(type);
     if (!size) return nccl_refuse(comm, ncclInvalidArgument, "%s: data type %d", call, (int)type);
-    if (root != 0) return nccl_refuse(comm, ncclInvalidArgument, "%s: root %d of 1 rank", call, root);
-    if (!count) return ncclSuccess;
-    if (!is_device(send, count * size) || !is_device(recv, count * size))
-        return nccl_refuse(comm, ncclInvalidArgument, "%s: %zu elements at %p -> %p: not inside device allocations",
-                           call, count, send, recv);
-    if (send != recv) memmove(recv, send, count * size);
+    if (reduces && (type != ncclFloat32 || op != ncclSum))
+        return nccl_refuse(comm, ncclInvalidArgument, "%s: host execution sums floats only (type %d, op %d)", call,
+                           (int)type, (int)op);
+    if (root < 0 || root >= comm->nranks)
+        return nccl_refuse(comm, ncclInvalidArgument, "%s: root %d of %d ranks", call, root, comm->nranks);
+    if ((send_n && !is_device(send, send_n * size)) || (recv_n && !is_device(recv, recv_n * size)))
+        return nccl_refuse(comm, ncclInvalidArgument,
+                           "%s: %zu elements at %p -> %zu at %p: not inside device allocations", call, send_n, send,
+                           recv_n, recv);
+    return ncclSuccess;
+}
+
+/* dst[i] = the sum over ranks, in rank order, of slot r's i-th float. */
+static void sum_slots(ncclComm_t c, float *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float s = reinterpret_cast<const float *>(slot(c, 0))[i];
+        for (int r = 1; r < c->nranks; r++) s += reinterpret_cast<const float *>(slot(c, r))[i];
+        dst[i] = s;
+    }
+}
+
+static const size_t SLOT_FLOATS = HOST_NCCL_SLOT / sizeof(float);
+
+/* reduce: the sum to root alone (root -1: to every rank). */
+static ncclResult_t reduce(const char *call, const float *send, float *recv, size_t count, int root, ncclComm_t c)
+{
+    for (size_t o = 0; o < count; o += SLOT_FLOATS) {
+        const size_t n = count - o < SLOT_FLOATS ? count - o : SLOT_FLOATS;
+        memcpy(slot(c, c->rank), send + o, n * sizeof(float));
+        if (meet(c, call)) return ncclSystemError;
+        if (root < 0 || root == c->rank) sum_slots(c, recv + o, n);
+        if (meet(c, call)) return ncclSystemError;
+    }
     return ncclSuccess;
 }
 
 extern "C" ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type,
                                       ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)
 {
-    (void)op, (void)stream;
-    return one_rank("ncclAllReduce", send, recv, count, type, 0, comm);
+    (void)stream;
+    ncclResult_t r = check("ncclAllReduce", comm, type, 1, op, 0, send, count, recv, count);
+    if (r != ncclSuccess || !count) return r;
+    if (comm->nranks == 1) {
+        if (send != recv) memmove(recv, send, count * sizeof(float));
+        return ncclSuccess;
+    }
+    return reduce("ncclAllReduce", static_cast<const float *>(send), static_cast<float *>(recv), count, -1, comm);
 }
 
 extern "C" ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
                                    int root, ncclComm_t comm, cudaStream_t stream)
 {
-    (void)op, (void)stream;
-    return one_rank("ncclReduce", send, recv, count, type, root, comm);
+    (void)stream;
+    const int at_root = comm && comm->rank == root;
+    ncclResult_t r = check("ncclReduce", comm, type, 1, op, root, send, count, recv, at_root ? count : 0);
+    if (r != ncclSuccess || !count) return r;
+    if (comm->nranks == 1) {
+        if (send != recv) memmove(recv, send, count * sizeof(float));
+        return ncclSuccess;
+    }
+    return reduce("ncclReduce", static_cast<const float *>(send), static_cast<float *>(recv), count, root, comm);
 }
 
 extern "C" ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t type, int root,
                                       ncclComm_t comm, cudaStream_t stream)
 {
     (void)stream;
-    return one_rank("ncclBroadcast", send, recv, count, type, root, comm);
+    const int at_root = comm && comm->rank == root;
+    ncclResult_t r = check("ncclBroadcast", comm, type, 0, ncclSum, root, send, at_root ? count : 0, recv, count);
+    if (r != ncclSuccess || !count) return r;
+    const size_t size = type_bytes(type), bytes = count * size;
+    if (comm->nranks == 1) {
+        if (send != recv) memmove(recv, send, bytes);
+        return ncclSuccess;
+    }
+    for (size_t o = 0; o < bytes; o += HOST_NCCL_SLOT) {
+        const size_t n = bytes - o < HOST_NCCL_SLOT ? bytes - o : (size_t)HOST_NCCL_SLOT;
+        if (at_root) memcpy(slot(comm, root), static_cast<const unsigned char *>(send) + o, n);
+        if (meet(comm, "ncclBroadcast")) return ncclSystemError;
+        memcpy(static_cast<unsigned char *>(recv) + o, slot(comm, root), n);
+        if (meet(comm, "ncclBroadcast")) return ncclSystemError;
+    }
+    return ncclSuccess;
 }
 
 extern "C" ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recv_count, ncclDataType_t type,
                                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)
 {
-    (void)op, (void)stream;
-    return one_rank("ncclReduceScatter", send, recv, recv_count, type, 0, comm);
+    (void)stream;
+    const size_t ranks = comm ? (size_t)comm->nranks : 1;
+    ncclResult_t r = check("ncclReduceScatter", comm, type, 1, op, 0, send, recv_count * ranks, recv, recv_count);
+    if (r != ncclSuccess || !recv_count) return r;
+    const float *in = static_cast<const float *>(send);
+    float *out = static_cast<float *>(recv);
+    if (comm->nranks == 1) {
+        if (in != out) memmove(out, in, recv_count * sizeof(float));
+        return ncclSuccess;
+    }
+    /* rank d's share, piece by piece, d in order (in place, recv is send's
+     * share of this rank, read into the slot before it is written) */
+    for (int d = 0; d < comm->nranks; d++)
+        for (size_t o = 0; o < recv_count; o += SLOT_FLOATS) {
+            const size_t n = recv_count - o < SLOT_FLOATS ? recv_count - o : SLOT_FLOATS;
+            memcpy(slot(comm, comm->rank), in + (size_t)d * recv_count + o, n * sizeof(float));
+            if (meet(comm, "ncclReduceScatter")) return ncclSystemError;
+            if (d == comm->rank) sum_slots(comm, out + o, n);
+            if (meet(comm, "ncclReduceScatter")) return ncclSystemError;
+        }
+    return ncclSuccess;
 }
 
 extern "C" ncclResult_t ncclAllGather(const void *send, void *recv, size_t send_count, ncclDataType_t type,
                                       ncclComm_t comm, cudaStream_t stream)
 {
     (void)stream;
-    return one_rank("ncclAllGather", send, recv, send_count, type, 0, comm);
+    const size_t ranks = comm ? (size_t)comm->nranks : 1;
+    ncclResult_t r = check("ncclAllGather", comm, type, 0, ncclSum, 0, send, send_count, recv, send_count * ranks);
+    if (r != ncclSuccess || !send_count) return r;
+    const size_t size = type_bytes(type), bytes = send_count * size;
+    if (comm->nranks == 1) {
+        if (send != recv) memmove(recv, send, bytes);
+        return ncclSuccess;
+    }
+    for (size_t o = 0; o < bytes; o += HOST_NCCL_SLOT) {
+        const size_t n = bytes - o < HOST_NCCL_SLOT ? bytes - o : (size_t)HOST_NCCL_SLOT;
+        memcpy(slot(comm, comm->rank), static_cast<const unsigned char *>(send) + o, n);
+        if (meet(comm, "ncclAllGather")) return ncclSystemError;
+        for (int q = 0; q < comm->nranks; q++)
+            memcpy(static_cast<unsigned char *>(recv) + (size_t)q * bytes + o, slot(comm, q), n);
+        if (meet(comm, "ncclAllGather")) return ncclSystemError;
+    }
+    return ncclSuccess;
 }

@@ -1,7 +1,7 @@
-/* Host execution of the CUDA backend: NCCL for communicators of one rank
- * (a collective over one rank is a copy). A communicator of more ranks is
- * refused at ncclCommInitRank, as is any call on a communicator that was
- * not made. */
+/* Host execution of the CUDA backend: the NCCL calls cuda/ makes. A
+ * communicator of one rank copies; one of several ranks (processes of one
+ * host) meets in shared memory (host_cuda.cc). Reductions are float sums,
+ * as cuda/ asks for; buffers must be device memory. */
 #ifndef BASIN_HOST_NCCL_H
 #define BASIN_HOST_NCCL_H
 

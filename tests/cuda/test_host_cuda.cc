@@ -4,7 +4,8 @@
  * the runtime refuses (a copy whose kind does not match its pointers, one
  * past an allocation's end, a free of what cudaMalloc did not give), cuBLAS
  * gemm in its four transpose cases against a double-precision loop, its
- * leading-dimension checks, and NCCL of one rank. A kernel that deadlocks
+ * leading-dimension checks, NCCL of one rank and of three (child processes
+ * over shared memory), in place and not. A kernel that deadlocks
  * (a shuffle that some lanes never reach) or shuffles in a block of part of
  * a warp must stop its process (run in a child). */
 #include <cmath>
@@ -288,9 +289,8 @@ static void test_gemm(void)
 static void test_nccl(void)
 {
     ncclUniqueId id;
-    ncclComm_t two = NULL, one = NULL;
+    ncclComm_t one = NULL;
     EXPECT(ncclGetUniqueId(&id) == ncclSuccess, "id");
-    EXPECT(ncclCommInitRank(&two, 2, id, 0) == ncclInvalidUsage && !two, "a communicator of two ranks is refused");
     EXPECT(ncclCommInitRank(&one, 1, id, 0) == ncclSuccess && one, "a communicator of one rank");
     float h[8] = {1, 2, 3, 4, 5, 6, 7, 8}, back[8] = {0};
     float *a = dev_alloc<float>(8), *b = dev_alloc<float>(8);
@@ -306,6 +306,74 @@ static void test_nccl(void)
     cudaFree(b);
 }
 
+/* One rank of a 3-rank communicator, in a child process: every collective
+ * against the values it must give, in place and not. The exit code is the
+ * number of wrong results (0: all right). */
+static int nccl_rank(ncclUniqueId id, int rank)
+{
+    const int P = 3;
+    const size_t n = 300000; /* more than one 1 MiB slot of floats */
+    ncclComm_t c = NULL;
+    if (ncclCommInitRank(&c, P, id, rank) != ncclSuccess) return 100;
+    int bad = 0;
+    std::vector<float> h(n * P), back(n * P);
+    float *a = NULL, *b = NULL;
+    if (cudaMalloc((void **)&a, n * P * sizeof(float)) || cudaMalloc((void **)&b, n * P * sizeof(float))) return 101;
+    auto value = [](int r, size_t i) { return (float)((i * 7 + (size_t)r * 13) % 19) - 9.0f; };
+    auto sum = [&](size_t i) {
+        float s = 0.0f;
+        for (int r = 0; r < P; r++) s += value(r, i);
+        return s;
+    };
+    for (size_t i = 0; i < n * P; i++) h[i] = value(rank, i);
+    cudaMemcpy(a, h.data(), n * P * sizeof(float), cudaMemcpyHostToDevice);
+    /* all-reduce into b, then in place in a copy */
+    bad += ncclAllReduce(a, b, n, ncclFloat, ncclSum, c, NULL) != ncclSuccess;
+    cudaMemcpy(back.data(), b, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) bad += back[i] != sum(i);
+    /* reduce-scatter in place: rank r's share of a becomes the sum of the ranks' r-th shares */
+    bad += ncclReduceScatter(a, a + (size_t)rank * n, n, ncclFloat, ncclSum, c, NULL) != ncclSuccess;
+    cudaMemcpy(back.data(), a + (size_t)rank * n, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) bad += back[i] != sum((size_t)rank * n + i);
+    /* all-gather in place: every share to every rank */
+    bad += ncclAllGather(a + (size_t)rank * n, a, n, ncclFloat, c, NULL) != ncclSuccess;
+    cudaMemcpy(back.data(), a, n * P * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n * P; i++) bad += back[i] != sum(i);
+    /* reduce to rank 1 and broadcast from rank 2 */
+    cudaMemcpy(a, h.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    bad += ncclReduce(a, b, n, ncclFloat, ncclSum, 1, c, NULL) != ncclSuccess;
+    if (rank == 1) {
+        cudaMemcpy(back.data(), b, n * sizeof(float), cudaMemcpyDeviceToHost);
+        for (size_t i = 0; i < n; i++) bad += back[i] != sum(i);
+    }
+    bad += ncclBroadcast(a, a, n, ncclFloat, 2, c, NULL) != ncclSuccess;
+    cudaMemcpy(back.data(), a, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) bad += back[i] != value(2, i);
+    ncclCommDestroy(c);
+    cudaFree(a);
+    cudaFree(b);
+    return bad > 99 ? 99 : bad;
+}
+
+static void test_nccl_ranks(void)
+{
+    ncclUniqueId id;
+    EXPECT(ncclGetUniqueId(&id) == ncclSuccess, "id");
+    fflush(NULL);
+    pid_t pids[3];
+    for (int r = 0; r < 3; r++) {
+        pids[r] = fork();
+        if (pids[r] == 0) _exit(nccl_rank(id, r));
+    }
+    for (int r = 0; r < 3; r++) {
+        int status = 0;
+        EXPECT(pids[r] > 0 && waitpid(pids[r], &status, 0) == pids[r] && WIFEXITED(status) &&
+                   WEXITSTATUS(status) == 0,
+               "NCCL rank %d of 3: exit %d (wrong results, or 100+: no communicator)", r,
+               WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+}
+
 int main(void)
 {
     test_geometry();
@@ -315,5 +383,6 @@ int main(void)
     test_memory();
     test_gemm();
     test_nccl();
+    test_nccl_ranks();
     return test_finish("test_host_cuda");
 }

@@ -53,9 +53,13 @@ expect_usage_error "status file under a file" "text.h5/status" \
   "${run[@]}" --data "$good" --status-file "$work/text.h5/status"
 expect_usage_error "nccl on the CPU" "nccl needs --device cuda" "${run[@]}" --data "$good" --allreduce nccl
 expect_usage_error "host all-reduce on the GPU" "device cuda" "${run[@]}" --data "$good" --device cuda --allreduce ring
-# Without a GPU (or without the CUDA backend), --device cuda is refused.
+# Without a GPU (or without the CUDA backend), --device cuda is refused
+# (BASIN_HOST_CUDA_DEVICES=0: a sanitizer build runs the CUDA backend on
+# the CPU, cuda/host, and shows it no device).
 if ! ls /dev/nvidia0 >/dev/null 2>&1; then
+  export BASIN_HOST_CUDA_DEVICES=0
   expect_usage_error "no GPU" "device cuda: " "${run[@]}" --data "$good" --device cuda
+  unset BASIN_HOST_CUDA_DEVICES
 fi
 
 before=$(md5sum "$good")

@@ -194,8 +194,12 @@ expect_refusal "missing value" "--split" 0 "$ckpt" --split
 expect_refusal "no checkpoint" "no checkpoint" 0 --json
 expect_refusal "two checkpoints" "unexpected argument" 0 "$ckpt" "$ckpt"
 expect_refusal "bad device" "--device 'gpu'" 0 "$ckpt" --device gpu
+# (BASIN_HOST_CUDA_DEVICES=0: a sanitizer build runs the CUDA backend on
+# the CPU, cuda/host, and shows it no device)
 if ! ls /dev/nvidia0 >/dev/null 2>&1; then
+  export BASIN_HOST_CUDA_DEVICES=0
   expect_refusal "no GPU" "device cuda" 0 "$ckpt" --device cuda
+  unset BASIN_HOST_CUDA_DEVICES
 fi
 # The plot's folder is missing: refused, nothing printed, no file left.
 "$evaluate" "$ckpt" --limit 50 --plot "$work/no/such/dir/p.png" >"$work/out" 2>"$work/err"
