@@ -111,7 +111,7 @@ static inline unsigned blocks_for(size_t n)
 /* Host execution (cuda/host): the same launch, run on the CPU. */
 #define LAUNCH(kernel, grid, block, ...)                                                   \
     do {                                                                                   \
-        host_cuda_launch(kernel, #kernel, dim3(grid), dim3(block), __VA_ARGS__);           \
+        host_cuda_launch(kernel, #kernel, dim3(grid), dim3(block), st()->stream, __VA_ARGS__); \
         cuda_check(cudaGetLastError(), "launch of " #kernel, __FILE__, __LINE__);          \
     } while (0)
 #else

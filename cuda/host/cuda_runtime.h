@@ -6,13 +6,15 @@
  * what it checks and what only a GPU can.
  *
  * One device (BASIN_HOST_CUDA_DEVICES of them, 0 to 64: the same memory
- * under their own indices and PCI bus ids), whose memory is host memory; every call
- * runs to completion
- * before it returns (a stream is a name, an event a time stamp), which is
- * one of the orders a GPU may choose. What a GPU would refuse is refused
- * here too: a copy whose kind does not match where its pointers point, a
- * copy or memset past the end of an allocation, a launch with an empty grid
- * or more than 1024 threads a block, a free of what cudaMalloc did not give.
+ * under their own indices and PCI bus ids), whose memory is host memory.
+ * Work on a stream waits in the stream's queue until the host needs it
+ * done (a synchronisation, or an event another stream waits on), the
+ * latest that CUDA allows, so a missing event wait or a pinned buffer
+ * refilled too soon gives wrong results here. What a GPU would refuse is
+ * refused too: a copy whose kind does not match where its pointers point,
+ * a copy or memset past the end of an allocation, a launch with an empty
+ * grid or more than 1024 threads a block, a free of what cudaMalloc did
+ * not give.
  * C and C++; the kernel language (threads, blocks, shared memory,
  * __syncthreads, warp shuffles, launches) is C++ only. */
 #ifndef BASIN_HOST_CUDA_RUNTIME_H
@@ -123,6 +125,7 @@ int host_cuda_is_device(const void *p, size_t bytes);
 /* ---- the kernel language -------------------------------------------------------------------- */
 
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <utility>
 
@@ -146,11 +149,13 @@ extern thread_local uint3 threadIdx, blockIdx;
 extern thread_local dim3 blockDim, gridDim;
 
 namespace host_cuda {
-/* Runs body(arg) once for every thread of every block. A kernel's first
- * launch runs each thread as a fiber, so that __syncthreads and the warp
- * shuffles can suspend it; a kernel that never waited then runs as plain
- * calls (a wait in that mode stops the process with a message). */
-void launch(const void *kernel, const char *name, dim3 grid, dim3 block, void (*body)(void *), void *arg);
+/* Queues on stream a run of body(arg) for every thread of every block (arg
+ * is kept alive by hold until then). A kernel's first launch runs each
+ * thread as a fiber, so that __syncthreads and the warp shuffles can
+ * suspend it; a kernel that never waited then runs as plain calls (a wait
+ * in that mode stops the process with a message). */
+void launch(const void *kernel, const char *name, dim3 grid, dim3 block, cudaStream_t stream,
+            std::shared_ptr<void> hold, void (*body)(void *), void *arg);
 void syncthreads(void);
 /* mode 0: from lane + delta (own value past the warp's end); 1: from lane ^ delta */
 void shuffle(unsigned mask, const void *in, void *out, size_t size, int mode, unsigned delta);
@@ -198,22 +203,26 @@ inline double __dsub_rn(double a, double b) { volatile double r = a - b; return 
 inline double __dmul_rn(double a, double b) { volatile double r = a * b; return r; }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 
-/* kernel<<<grid, block, 0, stream>>>(args...): each thread gets its own
- * copies of the arguments, converted to the parameters' types, as on a GPU. */
+/* kernel<<<grid, block, 0, stream>>>(args...): the arguments are taken
+ * (converted to the parameters' types) when the launch is queued, and each
+ * thread gets its own copies of them, as on a GPU. */
 template <typename... P, typename... A>
-inline void host_cuda_launch(void (*kernel)(P...), const char *name, dim3 grid, dim3 block, A &&...args)
+inline void host_cuda_launch(void (*kernel)(P...), const char *name, dim3 grid, dim3 block, cudaStream_t stream,
+                             A &&...args)
 {
-    const std::tuple<P...> params(std::forward<A>(args)...);
     struct Call {
         void (*kernel)(P...);
-        const std::tuple<P...> *params;
+        std::tuple<P...> params;
         static void run(void *p)
         {
             const Call *c = static_cast<const Call *>(p);
-            std::apply(c->kernel, *c->params);
+            std::apply(c->kernel, c->params);
         }
-    } call{kernel, &params};
-    host_cuda::launch(reinterpret_cast<const void *>(kernel), name, grid, block, &Call::run, &call);
+    };
+    std::shared_ptr<Call> call(new Call{kernel, std::tuple<P...>(std::forward<A>(args)...)});
+    void *arg = call.get();
+    host_cuda::launch(reinterpret_cast<const void *>(kernel), name, grid, block, stream, std::move(call), &Call::run,
+                      arg);
 }
 #endif /* __cplusplus */
 

@@ -8,7 +8,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <unordered_map>
@@ -185,11 +188,6 @@ extern "C" cudaError_t cudaDeviceGetPCIBusId(char *bus, int len, int device)
     return cudaSuccess;
 }
 
-extern "C" cudaError_t cudaDeviceSynchronize(void)
-{
-    return cudaSuccess;
-}
-
 /* ---- memory ------------------------------------------------------------------------------------ */
 
 /* Every allocation of cudaMalloc (device) and cudaMallocHost (pinned), by
@@ -262,6 +260,72 @@ cudaError_t release(void *p, int device, const char *call)
 }
 } // namespace
 
+/* ---- stream queues ---------------------------------------------------------------------------- */
+
+/* Work on a stream waits in its queue until the host needs it done: a
+ * synchronisation of the stream, of an event recorded on it, of the
+ * device, or a wait of another stream's work on such an event. So device
+ * work runs as late as CUDA allows, which shows what a GPU would only show
+ * now and then: a host that reuses a pinned buffer before its copy has
+ * left it, or a stream that reads what another writes without waiting for
+ * it. The legacy default stream (NULL) runs everything queued, then its
+ * own work at once. */
+struct HostCudaStream {
+    unsigned flags;
+    std::deque<std::function<void()>> queue;
+    uint64_t queued, done; /* items queued so far, run so far */
+    int destroyed;         /* kept: events may still name it */
+};
+
+namespace {
+std::recursive_mutex g_work; /* one runner at a time, for every host thread */
+/* Every stream made, never freed (so never destroyed before the leak check
+ * at exit either). */
+std::vector<HostCudaStream *> &g_streams = *new std::vector<HostCudaStream *>;
+
+/* Run s's work up to its item upto (1-based), in order. */
+void run_until(HostCudaStream *s, uint64_t upto)
+{
+    std::lock_guard<std::recursive_mutex> hold(g_work);
+    while (s->done < upto && !s->queue.empty()) {
+        std::function<void()> f = std::move(s->queue.front());
+        s->queue.pop_front();
+        s->done++;
+        f();
+    }
+}
+
+void run_stream(HostCudaStream *s);
+
+void run_all(void)
+{
+    std::lock_guard<std::recursive_mutex> hold(g_work);
+    for (HostCudaStream *s : g_streams) run_stream(s);
+}
+
+void run_stream(HostCudaStream *s)
+{
+    if (!s) {
+        run_all();
+        return;
+    }
+    std::lock_guard<std::recursive_mutex> hold(g_work);
+    run_until(s, s->queued);
+}
+
+void enqueue(cudaStream_t s, std::function<void()> f)
+{
+    std::lock_guard<std::recursive_mutex> hold(g_work);
+    if (!s) {
+        run_all();
+        f();
+        return;
+    }
+    s->queue.push_back(std::move(f));
+    s->queued++;
+}
+} // namespace
+
 extern "C" int host_cuda_is_device(const void *p, size_t bytes)
 {
     return is_device(p, bytes);
@@ -272,8 +336,10 @@ extern "C" cudaError_t cudaMalloc(void **p, size_t bytes)
     return alloc(p, bytes, 1);
 }
 
+/* Both wait for the device, as CUDA's do. */
 extern "C" cudaError_t cudaFree(void *p)
 {
+    run_all();
     return release(p, 1, "cudaFree");
 }
 
@@ -284,6 +350,7 @@ extern "C" cudaError_t cudaMallocHost(void **p, size_t bytes)
 
 extern "C" cudaError_t cudaFreeHost(void *p)
 {
+    run_all();
     return release(p, 0, "cudaFreeHost");
 }
 
@@ -324,9 +391,10 @@ static int side_ok(const void *p, size_t bytes, int device)
     return device ? is_device(p, bytes) : !touches_device(p);
 }
 
-static cudaError_t copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, const char *call)
+/* The checks of a copy: pointers where the kind says, inside their
+ * allocations, ranges apart. */
+static cudaError_t copy_ok(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, const char *call)
 {
-    if (!bytes) return cudaSuccess;
     if (!dst || !src) {
         say("%s: NULL pointer (dst %p, src %p, %zu bytes)", call, dst, src, bytes);
         return fail(cudaErrorInvalidValue);
@@ -352,55 +420,86 @@ static cudaError_t copy(void *dst, const void *src, size_t bytes, enum cudaMemcp
         say("%s(%p <- %p, %zu bytes): the ranges overlap", call, dst, src, bytes);
         return fail(cudaErrorInvalidValue);
     }
-    if (d != s) memcpy(dst, src, bytes);
     return cudaSuccess;
+}
+
+/* Host memory that cudaMallocHost did not give (pageable). */
+static int pageable(const void *p)
+{
+    std::lock_guard<std::mutex> hold(g_mem_lock);
+    return !find_block(p, 0, 1, NULL) && !find_block(p, 0, 0, NULL);
 }
 
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
-    return copy(dst, src, bytes, kind, "cudaMemcpy");
+    if (!bytes) return cudaSuccess;
+    cudaError_t e = copy_ok(dst, src, bytes, kind, "cudaMemcpy");
+    if (e != cudaSuccess) return e;
+    run_all();
+    if (dst != src) memcpy(dst, src, bytes);
+    return cudaSuccess;
 }
 
+/* As CUDA: from pageable memory the bytes are taken before the call
+ * returns; into pageable memory the call waits for the copy; between
+ * device and pinned memory it is queued. */
 extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                                        cudaStream_t stream)
 {
-    (void)stream;
-    return copy(dst, src, bytes, kind, "cudaMemcpyAsync");
+    if (!bytes) return cudaSuccess;
+    cudaError_t e = copy_ok(dst, src, bytes, kind, "cudaMemcpyAsync");
+    if (e != cudaSuccess || dst == src) return e;
+    if (pageable(src)) {
+        auto taken = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char *>(src),
+                                                                  static_cast<const unsigned char *>(src) + bytes);
+        enqueue(stream, [dst, taken] { memcpy(dst, taken->data(), taken->size()); });
+    } else if (pageable(dst)) {
+        run_stream(stream);
+        memcpy(dst, src, bytes);
+    } else {
+        enqueue(stream, [dst, src, bytes] { memcpy(dst, src, bytes); });
+    }
+    return cudaSuccess;
 }
 
-static cudaError_t set(void *p, int value, size_t bytes, const char *call)
+static cudaError_t set_ok(void *p, int value, size_t bytes, const char *call)
 {
-    if (!bytes) return cudaSuccess;
     if (!is_device(p, bytes)) {
         say("%s(%p, %d, %zu bytes): not inside one device allocation", call, p, value, bytes);
         return fail(cudaErrorInvalidValue);
     }
-    memset(p, value, bytes);
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaMemset(void *p, int value, size_t bytes)
 {
-    return set(p, value, bytes, "cudaMemset");
+    if (!bytes) return cudaSuccess;
+    cudaError_t e = set_ok(p, value, bytes, "cudaMemset");
+    if (e != cudaSuccess) return e;
+    run_all();
+    memset(p, value, bytes);
+    return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t stream)
 {
-    (void)stream;
-    return set(p, value, bytes, "cudaMemsetAsync");
+    if (!bytes) return cudaSuccess;
+    cudaError_t e = set_ok(p, value, bytes, "cudaMemsetAsync");
+    if (e != cudaSuccess) return e;
+    enqueue(stream, [p, value, bytes] { memset(p, value, bytes); });
+    return cudaSuccess;
 }
 
 /* ---- streams and events ------------------------------------------------------------------------ */
 
-/* Work runs when it is queued, so a stream is always idle and an event has
- * happened once recorded. */
-struct HostCudaStream {
-    unsigned flags;
-};
+/* An event is the position of its last record in its stream's queue, and
+ * the host time at which the work reached it. */
 struct HostCudaEvent {
     unsigned flags;
+    HostCudaStream *stream; /* of the last record; NULL: none, or the legacy stream */
+    uint64_t seq;
     int recorded;
-    double ms; /* host time of the last record */
+    std::shared_ptr<double> ms;
 };
 
 static double now_ms(void)
@@ -413,7 +512,10 @@ static double now_ms(void)
 extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 {
     if (!s) return fail(cudaErrorInvalidValue);
-    *s = new HostCudaStream{flags};
+    HostCudaStream *n = new HostCudaStream{flags, {}, 0, 0, 0};
+    std::lock_guard<std::recursive_mutex> hold(g_work);
+    g_streams.push_back(n);
+    *s = n;
     return cudaSuccess;
 }
 
@@ -422,36 +524,50 @@ extern "C" cudaError_t cudaStreamCreate(cudaStream_t *s)
     return cudaStreamCreateWithFlags(s, cudaStreamDefault);
 }
 
+/* Its work still runs (as CUDA's does), now. */
 extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
-    if (!s) return fail(cudaErrorInvalidResourceHandle);
-    delete s;
+    if (!s || s->destroyed) return fail(cudaErrorInvalidResourceHandle);
+    run_stream(s);
+    s->destroyed = 1;
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
-    (void)s;
+    run_stream(s);
     return cudaSuccess;
 }
 
+/* A query finishes the work: a caller that polls is waiting for it. */
 extern "C" cudaError_t cudaStreamQuery(cudaStream_t s)
 {
-    (void)s;
+    run_stream(s);
     return cudaSuccess;
 }
 
+extern "C" cudaError_t cudaDeviceSynchronize(void)
+{
+    run_all();
+    return cudaSuccess;
+}
+
+/* The work queued on s from now on waits for e's last record (as CUDA:
+ * a later record does not move the wait). */
 extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags)
 {
-    (void)s;
     (void)flags;
-    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    HostCudaStream *on = e->stream;
+    const uint64_t seq = e->seq;
+    if (on) enqueue(s, [on, seq] { run_until(on, seq); });
+    return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags)
 {
     if (!e) return fail(cudaErrorInvalidValue);
-    *e = new HostCudaEvent{flags, 0, 0.0};
+    *e = new HostCudaEvent{flags, NULL, 0, 0, std::make_shared<double>(0.0)};
     return cudaSuccess;
 }
 
@@ -469,21 +585,34 @@ extern "C" cudaError_t cudaEventDestroy(cudaEvent_t e)
 
 extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
-    (void)s;
     if (!e) return fail(cudaErrorInvalidResourceHandle);
+    std::lock_guard<std::recursive_mutex> hold(g_work);
+    std::shared_ptr<double> ms = std::make_shared<double>(0.0);
+    e->ms = ms;
     e->recorded = 1;
-    e->ms = now_ms();
+    e->stream = s;
+    enqueue(s, [ms] { *ms = now_ms(); });
+    e->seq = s ? s->queued : 0;
     return cudaSuccess;
+}
+
+static void event_wait(cudaEvent_t e)
+{
+    if (e->stream) run_until(e->stream, e->seq);
 }
 
 extern "C" cudaError_t cudaEventQuery(cudaEvent_t e)
 {
-    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    event_wait(e);
+    return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
-    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    event_wait(e);
+    return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
@@ -497,7 +626,9 @@ extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEv
         say("cudaEventElapsedTime: an event was never recorded");
         return fail(cudaErrorInvalidResourceHandle);
     }
-    *ms = (float)(end->ms - start->ms);
+    event_wait(start);
+    event_wait(end);
+    *ms = (float)(*end->ms - *start->ms);
     return cudaSuccess;
 }
 
@@ -750,14 +881,9 @@ int valid_geometry(dim3 g, dim3 b)
 }
 } // namespace
 
-void host_cuda::launch(const void *kernel, const char *name, dim3 grid, dim3 block, void (*body)(void *), void *arg)
+/* One launch, when its stream runs it. */
+static void run_grid(const void *kernel, const char *name, dim3 grid, dim3 block, void (*body)(void *), void *arg)
 {
-    if (!valid_geometry(grid, block)) {
-        say("launch of %s: grid (%u,%u,%u), block (%u,%u,%u): invalid configuration", name, grid.x, grid.y,
-            grid.z, block.x, block.y, block.z);
-        t_last = cudaErrorInvalidConfiguration;
-        return;
-    }
     if (t_run || t_direct) die("launch of %s from inside kernel %s", name, t_kernel);
     int plain;
     {
@@ -803,6 +929,18 @@ void host_cuda::launch(const void *kernel, const char *name, dim3 grid, dim3 blo
     t_run = NULL;
     std::lock_guard<std::mutex> hold(g_plain_lock);
     g_plain[kernel] = !r.waited;
+}
+
+void host_cuda::launch(const void *kernel, const char *name, dim3 grid, dim3 block, cudaStream_t stream,
+                       std::shared_ptr<void> hold, void (*body)(void *), void *arg)
+{
+    if (!valid_geometry(grid, block)) {
+        say("launch of %s: grid (%u,%u,%u), block (%u,%u,%u): invalid configuration", name, grid.x, grid.y,
+            grid.z, block.x, block.y, block.z);
+        t_last = cudaErrorInvalidConfiguration;
+        return;
+    }
+    enqueue(stream, [kernel, name, grid, block, hold, body, arg] { run_grid(kernel, name, grid, block, body, arg); });
 }
 
 void host_cuda::syncthreads(void)
@@ -917,16 +1055,21 @@ extern "C" cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cu
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     if (k > 0 && (!matrix_ok("A", a, ar, ac, lda) || !matrix_ok("B", b, br, bc, ldb)))
         return CUBLAS_STATUS_INVALID_VALUE;
-    if (k == 0 || *alpha == 0.0f) {
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++) {
-                float *e = c + (size_t)j * (size_t)ldc + (size_t)i;
-                *e = *beta == 0.0f ? 0.0f : *beta * *e;
-            }
-        return CUBLAS_STATUS_SUCCESS;
-    }
-    cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, a, lda, b, ldb, *beta, c, ldc);
+    /* alpha and beta are read now (host pointers), the matrices when the
+     * stream runs the gemm */
+    const float al = *alpha, be = *beta;
+    enqueue(h->stream, [=] {
+        if (k == 0 || al == 0.0f) {
+            for (int j = 0; j < n; j++)
+                for (int i = 0; i < m; i++) {
+                    float *e = c + (size_t)j * (size_t)ldc + (size_t)i;
+                    *e = be == 0.0f ? 0.0f : be * *e;
+                }
+            return;
+        }
+        cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, al, a, lda, b, ldb, be, c, ldc);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -1164,8 +1307,11 @@ extern "C" ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *asy
     return ncclSuccess;
 }
 
-/* Calls in a group run as they come: every rank makes the same calls in
- * the same order, which is all that running them at once needs. */
+/* A collective runs when it is called, after the work queued before it on
+ * its stream: run later, at a synchronisation, one rank could wait for
+ * its peers while they wait for it in MPI. Calls in a group run as they
+ * come: every rank makes the same calls in the same order, which is all
+ * that running them at once needs. */
 extern "C" ncclResult_t ncclGroupStart(void)
 {
     return ncclSuccess;
@@ -1237,9 +1383,9 @@ static ncclResult_t reduce(const char *call, const float *send, float *recv, siz
 extern "C" ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type,
                                       ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)
 {
-    (void)stream;
     ncclResult_t r = check("ncclAllReduce", comm, type, 1, op, 0, send, count, recv, count);
     if (r != ncclSuccess || !count) return r;
+    run_stream(stream);
     if (comm->nranks == 1) {
         if (send != recv) memmove(recv, send, count * sizeof(float));
         return ncclSuccess;
@@ -1250,10 +1396,10 @@ extern "C" ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count
 extern "C" ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
                                    int root, ncclComm_t comm, cudaStream_t stream)
 {
-    (void)stream;
     const int at_root = comm && comm->rank == root;
     ncclResult_t r = check("ncclReduce", comm, type, 1, op, root, send, count, recv, at_root ? count : 0);
     if (r != ncclSuccess || !count) return r;
+    run_stream(stream);
     if (comm->nranks == 1) {
         if (send != recv) memmove(recv, send, count * sizeof(float));
         return ncclSuccess;
@@ -1264,10 +1410,10 @@ extern "C" ncclResult_t ncclReduce(const void *send, void *recv, size_t count, n
 extern "C" ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t type, int root,
                                       ncclComm_t comm, cudaStream_t stream)
 {
-    (void)stream;
     const int at_root = comm && comm->rank == root;
     ncclResult_t r = check("ncclBroadcast", comm, type, 0, ncclSum, root, send, at_root ? count : 0, recv, count);
     if (r != ncclSuccess || !count) return r;
+    run_stream(stream);
     const size_t size = type_bytes(type), bytes = count * size;
     if (comm->nranks == 1) {
         if (send != recv) memmove(recv, send, bytes);
@@ -1286,10 +1432,10 @@ extern "C" ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count
 extern "C" ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recv_count, ncclDataType_t type,
                                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)
 {
-    (void)stream;
     const size_t ranks = comm ? (size_t)comm->nranks : 1;
     ncclResult_t r = check("ncclReduceScatter", comm, type, 1, op, 0, send, recv_count * ranks, recv, recv_count);
     if (r != ncclSuccess || !recv_count) return r;
+    run_stream(stream);
     const float *in = static_cast<const float *>(send);
     float *out = static_cast<float *>(recv);
     if (comm->nranks == 1) {
@@ -1312,10 +1458,10 @@ extern "C" ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t r
 extern "C" ncclResult_t ncclAllGather(const void *send, void *recv, size_t send_count, ncclDataType_t type,
                                       ncclComm_t comm, cudaStream_t stream)
 {
-    (void)stream;
     const size_t ranks = comm ? (size_t)comm->nranks : 1;
     ncclResult_t r = check("ncclAllGather", comm, type, 0, ncclSum, 0, send, send_count, recv, send_count * ranks);
     if (r != ncclSuccess || !send_count) return r;
+    run_stream(stream);
     const size_t size = type_bytes(type), bytes = send_count * size;
     if (comm->nranks == 1) {
         if (send != recv) memmove(recv, send, bytes);

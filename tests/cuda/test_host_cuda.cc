@@ -2,7 +2,8 @@
  * kernel language (threads and blocks in 3 dimensions, shared memory and
  * __syncthreads, the two warp shuffles), launches with a bad geometry, what
  * the runtime refuses (a copy whose kind does not match its pointers, one
- * past an allocation's end, a free of what cudaMalloc did not give), cuBLAS
+ * past an allocation's end, a free of what cudaMalloc did not give), work on
+ * streams run as late as CUDA allows (what a missing event wait shows), cuBLAS
  * gemm in its four transpose cases against a double-precision loop, its
  * leading-dimension checks, NCCL of one rank and of three (child processes
  * over shared memory), in place and not. A kernel that deadlocks
@@ -78,7 +79,8 @@ __global__ void k_part_warp(int *out)
     out[threadIdx.x] = __shfl_down_sync(0xffffffffu, (int)threadIdx.x, 1);
 }
 
-#define LAUNCH(k, g, b, ...) host_cuda_launch(k, #k, dim3(g), dim3(b), __VA_ARGS__)
+#define LAUNCH(k, g, b, ...) host_cuda_launch(k, #k, dim3(g), dim3(b), (cudaStream_t)NULL, __VA_ARGS__)
+#define LAUNCH_ON(s, k, g, b, ...) host_cuda_launch(k, #k, dim3(g), dim3(b), s, __VA_ARGS__)
 
 template <typename T> static T *dev_alloc(size_t n)
 {
@@ -306,6 +308,58 @@ static void test_nccl(void)
     cudaFree(b);
 }
 
+__global__ void k_copy(const float *x, float *y, size_t n)
+{
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = x[i];
+}
+
+/* Work on a stream runs when the host needs it: a copy from pinned memory
+ * reads it then (so a host that refills the buffer too soon is seen), and
+ * a stream that reads what another writes sees it only after waiting on
+ * an event. */
+static void test_streams(void)
+{
+    const size_t n = 64;
+    float *pinned = NULL, *d = dev_alloc<float>(n), *out = dev_alloc<float>(n);
+    EXPECT(cudaMallocHost((void **)&pinned, n * sizeof(float)) == cudaSuccess, "cudaMallocHost");
+    cudaStream_t a, b;
+    cudaEvent_t ev;
+    EXPECT(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking) == cudaSuccess, "stream a");
+    EXPECT(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking) == cudaSuccess, "stream b");
+    EXPECT(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) == cudaSuccess, "event");
+    for (size_t i = 0; i < n; i++) pinned[i] = 1.0f;
+    cudaMemset(d, 0, n * sizeof(float));
+    EXPECT(cudaMemcpyAsync(d, pinned, n * sizeof(float), cudaMemcpyHostToDevice, a) == cudaSuccess, "copy on a");
+    for (size_t i = 0; i < n; i++) pinned[i] = 2.0f; /* too soon: the copy has not run */
+    /* b reads d without waiting: it sees what was there before the copy */
+    LAUNCH_ON(b, k_copy, 1, 32, d, out, n);
+    cudaStreamSynchronize(b);
+    std::vector<float> got = to_host(out, n);
+    EXPECT(got[0] == 0.0f && got[n - 1] == 0.0f, "b without a wait read %g, not the 0 from before a's copy",
+           (double)got[0]);
+    /* after an event on a and a wait of b on it: the copy, of the refilled buffer */
+    cudaEventRecord(ev, a);
+    cudaStreamWaitEvent(b, ev, 0);
+    LAUNCH_ON(b, k_copy, 1, 32, d, out, n);
+    cudaStreamSynchronize(b);
+    got = to_host(out, n);
+    EXPECT(got[0] == 2.0f && got[n - 1] == 2.0f, "after the wait b read %g, not the 2 that the pinned buffer "
+           "held when the copy ran", (double)got[0]);
+    /* from pageable memory the bytes are taken at the call */
+    std::vector<float> pageable(n, 3.0f);
+    cudaMemcpyAsync(d, pageable.data(), n * sizeof(float), cudaMemcpyHostToDevice, a);
+    pageable.assign(n, 4.0f);
+    cudaStreamSynchronize(a);
+    got = to_host(d, n);
+    EXPECT(got[0] == 3.0f, "a pageable source is taken at the call: %g, want 3", (double)got[0]);
+    cudaEventDestroy(ev);
+    cudaStreamDestroy(a);
+    cudaStreamDestroy(b);
+    cudaFreeHost(pinned);
+    cudaFree(d);
+    cudaFree(out);
+}
+
 /* One rank of a 3-rank communicator, in a child process: every collective
  * against the values it must give, in place and not. The exit code is the
  * number of wrong results (0: all right). */
@@ -382,6 +436,7 @@ int main(void)
     test_bad_launches();
     test_memory();
     test_gemm();
+    test_streams();
     test_nccl();
     test_nccl_ranks();
     return test_finish("test_host_cuda");
