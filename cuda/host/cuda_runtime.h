@@ -115,10 +115,6 @@ cudaError_t cudaEventQuery(cudaEvent_t e);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 
-/* For the other parts of host execution (cuBLAS, NCCL): 0 when the bytes
- * [p, p + bytes) lie inside one cudaMalloc allocation. */
-int host_cuda_is_device(const void *p, size_t bytes);
-
 #ifdef __cplusplus
 }
 

@@ -42,16 +42,21 @@ extern "C" {
 
 /* ---- reports ------------------------------------------------------------------------------ */
 
+static void vsay(const char *fmt, va_list ap)
+{
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    fprintf(stderr, "host cuda: %s\n", line);
+}
+
 /* What the real runtime would only call "invalid argument", said in full. */
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...)
 {
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    vsay(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "host cuda: %s\n", line);
 }
 
 /* A kernel that cannot go on (a deadlock, a shuffle of a part of a warp):
@@ -59,12 +64,10 @@ static void say(const char *fmt, ...)
 [[noreturn]] static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 [[noreturn]] static void die(const char *fmt, ...)
 {
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    vsay(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "host cuda: %s\n", line);
     abort();
 }
 
@@ -76,35 +79,33 @@ static cudaError_t fail(cudaError_t e)
     return e;
 }
 
+/* The errors this runtime returns: name and text, as the real one's. */
+static const struct {
+    cudaError_t e;
+    const char *name, *text;
+} k_errors[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument"},
+    {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle"},
+    {cudaErrorNotReady, "cudaErrorNotReady", "device not ready"},
+    {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+};
+
 extern "C" const char *cudaGetErrorName(cudaError_t e)
 {
-    switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorNotReady: return "cudaErrorNotReady";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    }
+    for (const auto &k : k_errors)
+        if (k.e == e) return k.name;
     return "cudaErrorUnknown";
 }
 
 extern "C" const char *cudaGetErrorString(cudaError_t e)
 {
-    switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    }
+    for (const auto &k : k_errors)
+        if (k.e == e) return k.text;
     return "unknown error";
 }
 
@@ -135,8 +136,8 @@ static int device_count(void)
         char *end = NULL;
         long v = e && *e ? strtol(e, &end, 10) : 1;
         if (e && *e && (*end || v < 0 || v > 64)) {
-            say("BASIN_HOST_CUDA_DEVICES=%s: not a count from 0 to 64; using 1", e);
-            v = 1;
+            say("BASIN_HOST_CUDA_DEVICES=%s: not a count from 0 to 64", e);
+            exit(2);
         }
         count = (int)v;
     });
@@ -271,7 +272,6 @@ cudaError_t release(void *p, int device, const char *call)
  * it. The legacy default stream (NULL) runs everything queued, then its
  * own work at once. */
 struct HostCudaStream {
-    unsigned flags;
     std::deque<std::function<void()>> queue;
     uint64_t queued, done; /* items queued so far, run so far */
     int destroyed;         /* kept: events may still name it */
@@ -325,11 +325,6 @@ void enqueue(cudaStream_t s, std::function<void()> f)
     s->queued++;
 }
 } // namespace
-
-extern "C" int host_cuda_is_device(const void *p, size_t bytes)
-{
-    return is_device(p, bytes);
-}
 
 extern "C" cudaError_t cudaMalloc(void **p, size_t bytes)
 {
@@ -512,7 +507,8 @@ static double now_ms(void)
 extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 {
     if (!s) return fail(cudaErrorInvalidValue);
-    HostCudaStream *n = new HostCudaStream{flags, {}, 0, 0, 0};
+    (void)flags; /* non-blocking or not: no stream waits for the legacy one here */
+    HostCudaStream *n = new HostCudaStream{{}, 0, 0, 0};
     std::lock_guard<std::recursive_mutex> hold(g_work);
     g_streams.push_back(n);
     *s = n;
